@@ -1,0 +1,4 @@
+// scmm CPU kernels — to be implemented.
+#include <pybind11/pybind11.h>
+namespace py = pybind11;
+void bind_scmm_cpu(py::module_& m) { (void)m; }

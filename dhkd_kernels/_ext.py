@@ -1,0 +1,56 @@
+"""Loading of the compiled kernel modules and the raw-pointer calling convention.
+
+``_cpu`` and ``_cuda`` are optional at import time: ``import dhkd_kernels`` works whichever parts were
+built, and :func:`dhkd_kernels.backends` reports what is there.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from types import ModuleType
+
+import torch
+
+# Must match csrc/common/dtype.h.
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+_modules: dict[str, ModuleType | None] = {}
+_errors: dict[str, str] = {}
+
+
+def load(name: str) -> ModuleType | None:
+    """Return ``dhkd_kernels.<name>`` if it was built and imports, else None (the reason in :func:`error`)."""
+    if name not in _modules:
+        full = f"dhkd_kernels.{name}"
+        if importlib.util.find_spec(full) is None:
+            _modules[name] = None
+            _errors[name] = "not built"
+        else:
+            try:
+                _modules[name] = importlib.import_module(full)
+            except ImportError as exc:  # e.g. libcudart missing on this machine
+                _modules[name] = None
+                _errors[name] = f"import failed: {exc}"
+    return _modules[name]
+
+
+def error(name: str) -> str | None:
+    load(name)
+    return _errors.get(name)
+
+
+def dtype_code(t: torch.Tensor) -> int:
+    try:
+        return DTYPE_CODES[t.dtype]
+    except KeyError:
+        raise TypeError(f"unsupported dtype {t.dtype}; expected float32, float16 or bfloat16") from None
+
+
+def ptr(t: torch.Tensor | None) -> int:
+    """Raw data pointer of a tensor (0 for None)."""
+    return 0 if t is None else t.data_ptr()
+
+
+def stream(device: torch.device) -> int:
+    """The current CUDA stream of ``device`` as an integer handle for the CUDA launchers."""
+    return torch.cuda.current_stream(device).cuda_stream

@@ -1,0 +1,99 @@
+"""Backend choice: the one place that decides which implementation of an op runs.
+
+Every op has a plain-PyTorch ``reference`` implementation and may have ``cpu`` (C++), ``cuda`` and
+``triton`` ones. Per call, the backend is the one requested (``use_backend`` context manager, else the
+``DHKD_BACKEND`` environment variable) or, by default, the first available one in the op's preference
+list for the input's device. An explicit request that cannot run is an error, never a silent fallback.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+
+@dataclass
+class OpBackends:
+    """Which backends an op has, where each can run, and the default order per device type."""
+
+    name: str
+    available: dict[str, Callable[[str], bool]] = field(default_factory=dict)  # backend -> f(device_type)
+    preference: dict[str, list[str]] = field(default_factory=dict)  # device type -> ordered backends
+
+
+_ops: dict[str, OpBackends] = {}
+_local = threading.local()
+
+
+def register_op(name: str, preference: dict[str, list[str]]) -> OpBackends:
+    op = _ops.setdefault(name, OpBackends(name))
+    op.preference = preference
+    op.available.setdefault("reference", lambda device_type: True)
+    return op
+
+
+def register_backend(op: str, backend: str, available: Callable[[str], bool]) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    _ops[op].available[backend] = available
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None) -> Iterator[None]:
+    """Force a backend (or None for the automatic choice) for every op called inside the block."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    stack = _local.__dict__.setdefault("stack", [])
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def requested_backend() -> str | None:
+    stack = getattr(_local, "stack", None)
+    if stack:
+        return stack[-1]
+    env = os.environ.get("DHKD_BACKEND", "").strip().lower()
+    if env in ("", "auto"):
+        return None
+    if env not in BACKENDS:
+        raise ValueError(f"DHKD_BACKEND={env!r} is not one of {BACKENDS} or 'auto'")
+    return env
+
+
+def is_available(op: str, backend: str, device_type: str) -> bool:
+    check = _ops[op].available.get(backend)
+    return bool(check and check(device_type))
+
+
+def choose(op: str, device: torch.device) -> str:
+    """The backend that runs ``op`` for tensors on ``device`` in the current context."""
+    device_type = device.type
+    want = requested_backend()
+    if want is not None:
+        if not is_available(op, want, device_type):
+            raise RuntimeError(
+                f"backend {want!r} was requested for {op} but cannot run on {device_type} tensors here "
+                f"(available: {available_backends(op, device_type)})"
+            )
+        return want
+    for backend in _ops[op].preference.get(device_type, ["reference"]):
+        if is_available(op, backend, device_type):
+            return backend
+    return "reference"
+
+
+def available_backends(op: str, device_type: str) -> list[str]:
+    return [b for b in BACKENDS if is_available(op, b, device_type)]
+
+
+def ops() -> dict[str, OpBackends]:
+    return dict(_ops)

@@ -1,0 +1,3 @@
+from .ops import scmm_modulate
+
+__all__ = ["scmm_modulate"]
