@@ -1,0 +1,1 @@
+"""Sub-commands of the ``dhkd`` CLI (see :mod:`dhkd.cli`)."""
