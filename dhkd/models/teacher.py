@@ -18,18 +18,22 @@ class PDN(nn.Module):
     """EfficientAD's patch description network: four (small) or six (medium) convolutions in ``convs``.
 
     With ``padding=True`` (DHKD's teacher) a 256×256 input gives a 64×64 map; without, 56×56. The
-    receptive field is 33×33 pixels. The input is an ImageNet-normalised image batch.
+    receptive field is 33×33 pixels. The input is an ImageNet-normalised image batch. ``width_div``
+    divides the hidden widths (1 = EfficientAD's network; larger only for test-sized models).
     """
 
-    def __init__(self, size: str = "medium", out_channels: int = 384, padding: bool = True):
+    def __init__(self, size: str = "medium", out_channels: int = 384, padding: bool = True, width_div: int = 1):
         super().__init__()
         if size not in _PDN_LAYERS:
             raise ValueError(f"PDN size must be 'small' or 'medium', got {size!r}")
         specs, self.pool_after = _PDN_LAYERS[size]
         self.size, self.padding, self.out_channels = size, padding, out_channels
-        self.convs = nn.ModuleList()
-        for cin, cout, k, p in specs:
-            self.convs.append(nn.Conv2d(cin or out_channels, cout or out_channels, k, padding=p if padding else 0))
+
+        def width(c):  # hidden widths may be divided (test-sized networks); 3 and the output stay
+            return out_channels if c is None else (c if c == 3 else c // width_div)
+
+        self.convs = nn.ModuleList(nn.Conv2d(width(cin), width(cout), k, padding=p if padding else 0)
+                                   for cin, cout, k, p in specs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.convs) - 1

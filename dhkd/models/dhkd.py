@@ -1,0 +1,148 @@
+"""The DHKD model: frozen teacher PDN, student encoder, FCCM, Lnet (structural) and Gnet (logical)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DHKDConfig, preset
+from .fccm import FCCM
+from .gnet import Gnet
+from .lnet import Lnet
+from .student import StudentEncoder
+from .teacher import PDN
+
+
+class DHKD(nn.Module):
+    """Teacher–student anomaly detector with two heterogeneous student decoders.
+
+    Input: an ImageNet-normalised image batch (b, 3, H, W). Training (``model.train()``): ``model(x)``
+    returns the 1:1:2 loss and its terms. Evaluation (``model.eval()``): ``model(x)`` returns
+    ``anomaly_map`` (b, 1, H, W) — the quantile-normalised combined map at the input's resolution — and
+    ``score`` (b,), its maximum. The teacher channel statistics and the map quantiles are buffers, saved
+    with the weights.
+    """
+
+    def __init__(self, config: DHKDConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or DHKDConfig()
+        if not cfg.teacher_padding:
+            raise ValueError("DHKD's student encoder is padded, so its teacher must be padded too "
+                             "(teacher_padding=True); unpadded PDNs are for loading/distillation only")
+        self.teacher = PDN(cfg.teacher_size, cfg.channels, cfg.teacher_padding, cfg.teacher_width_div)
+        self.teacher.requires_grad_(False)
+        self.encoder = StudentEncoder(cfg.encoder_widths, cfg.channels)
+        self.fccm = FCCM(cfg.channels, cfg.fccm_hidden, use_mixer=cfg.use_fccm)
+        self.lnet = Lnet(cfg.channels, cfg.lnet_width, cfg.lnet_hidden, use_scmm=cfg.use_scmm)
+        self.gnet = Gnet(cfg.channels, cfg.gnet_bottleneck, cfg.gnet_kernel, cfg.gnet_width, cfg.gnet_head,
+                         cfg.gnet_stages, cfg.use_hstm, cfg.dropout, cfg.d_state, cfg.ssm_ratio)
+        self.register_buffer("teacher_mean", torch.zeros(1, cfg.channels, 1, 1))
+        self.register_buffer("teacher_std", torch.ones(1, cfg.channels, 1, 1))
+        self.register_buffer("quantiles", torch.zeros(4))  # qa_l, qb_l, qa_g, qb_g; all zero = not fitted
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "DHKD":
+        """Build a preset ("paper", "small", "tiny"), optionally overriding config fields."""
+        return cls(preset(name, **overrides))
+
+    # ---------------------------------------------------------------- set-up
+    def train(self, mode: bool = True) -> "DHKD":
+        super().train(mode)
+        self.teacher.eval()  # frozen, always
+        return self
+
+    def student_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if not name.startswith("teacher.")]
+
+    def set_teacher_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.teacher_mean.copy_(mean.reshape(self.teacher_mean.shape))
+        self.teacher_std.copy_(std.reshape(self.teacher_std.shape))
+
+    def set_quantiles(self, qa_l: float, qb_l: float, qa_g: float, qb_g: float) -> None:
+        if qb_l <= qa_l or qb_g <= qa_g:
+            raise ValueError(f"map quantiles must satisfy qa < qb, got L ({qa_l}, {qb_l}), G ({qa_g}, {qb_g})")
+        self.quantiles.copy_(torch.tensor([qa_l, qb_l, qa_g, qb_g], dtype=self.quantiles.dtype))
+
+    @property
+    def has_quantiles(self) -> bool:
+        return bool(self.quantiles.abs().sum() > 0)
+
+    # ---------------------------------------------------------------- shapes
+    @staticmethod
+    def feature_size(size: tuple[int, int]) -> tuple[int, int]:
+        """Teacher/student feature map size (h, w) for an input of ``size`` (64×64 for 256×256)."""
+
+        def side(s: int) -> int:
+            a = (s + 3) // 2 + 1
+            b = (a + 3) // 2 + 1
+            return b - 3
+
+        return side(size[0]), side(size[1])
+
+    def min_input_size(self) -> int:
+        s = 8
+        while not self._size_ok((s, s)):
+            s += 1
+        return s
+
+    def _size_ok(self, size: tuple[int, int]) -> bool:
+        fh, fw = self.feature_size(size)
+        mh, mw = fh // 4, fw // 4
+        return min(fh, fw) >= 2 and min(mh, mw) >= self.config.gnet_kernel
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"DHKD expects an image batch (b, 3, H, W), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if x.shape[1] != 3:
+            raise ValueError(f"DHKD expects 3 input channels (RGB), got {x.shape[1]}")
+        if not x.is_floating_point():
+            raise TypeError(f"DHKD expects a floating-point (ImageNet-normalised) image batch, got {x.dtype}")
+        if not self._size_ok(tuple(x.shape[-2:])):
+            m = self.min_input_size()
+            raise ValueError(f"input {x.shape[-2]}×{x.shape[-1]} is too small for this model: it needs at least "
+                             f"{m}×{m} (Gnet collapses the {self.config.gnet_kernel}×{self.config.gnet_kernel} "
+                             f"bottleneck map)")
+
+    # ---------------------------------------------------------------- forward
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """T̂ (normalised teacher), f_S, f_L, f_G — all (b, C, h, w)."""
+        self.check_input(x)
+        with torch.no_grad():
+            t_hat = (self.teacher(x) - self.teacher_mean) / self.teacher_std
+        f_s = self.encoder(x)
+        size = tuple(f_s.shape[-2:])
+        f_m = self.fccm(f_s)
+        return {"t_hat": t_hat, "f_s": f_s, "f_l": self.lnet(f_m, size), "f_g": self.gnet(f_m, size)}
+
+    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """L = α·mean((T̂−f_L)²) + β·mean((T̂−f_G)²) + γ·mean((f_G−f_S)²), α:β:γ = 1:1:2 (no detach)."""
+        f = self.features(x)
+        loss_l = ((f["t_hat"] - f["f_l"]) ** 2).mean()
+        loss_g = ((f["t_hat"] - f["f_g"]) ** 2).mean()
+        loss_c = ((f["f_g"] - f["f_s"]) ** 2).mean()
+        a, b, c = self.config.loss_weights
+        return {"loss": a * loss_l + b * loss_g + c * loss_c, "loss_l": loss_l, "loss_g": loss_g, "loss_c": loss_c}
+
+    def raw_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unnormalised maps at feature resolution: map_L = mean_c (T̂−f_L)², map_G = mean_c (f_G−f_S)²."""
+        f = self.features(x)
+        map_l = ((f["t_hat"] - f["f_l"]) ** 2).mean(1, keepdim=True)
+        map_g = ((f["f_g"] - f["f_s"]) ** 2).mean(1, keepdim=True)
+        return map_l.float(), map_g.float()
+
+    def normalized_map(self, map_l: torch.Tensor, map_g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """0.5·norm(map_L) + 0.5·norm(map_G), norm(m) = 0.1·(m−q_a)/(q_b−q_a), bilinearly resized to ``size``."""
+        if not self.has_quantiles:
+            raise RuntimeError("the map quantiles are not fitted: run the evaluator's fit on validation "
+                               "good images (or load a trained checkpoint) first")
+        qa_l, qb_l, qa_g, qb_g = self.quantiles
+        m = 0.5 * 0.1 * (map_l - qa_l) / (qb_l - qa_l) + 0.5 * 0.1 * (map_g - qa_g) / (qb_g - qa_g)
+        return F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.training:
+            return self.losses(x)
+        map_l, map_g = self.raw_maps(x)
+        amap = self.normalized_map(map_l, map_g, tuple(x.shape[-2:]))
+        return {"anomaly_map": amap, "score": amap.flatten(1).amax(1), "map_l": map_l, "map_g": map_g}
