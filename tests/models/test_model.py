@@ -1,0 +1,144 @@
+"""DHKD model: shapes per preset and module, parameter counts, gradients, determinism, input errors."""
+import pytest
+import torch
+
+from dhkd.models import DHKD, PRESETS, preset
+from dhkd.models.fccm import FCCM
+from dhkd.models.gnet import Gnet
+from dhkd.models.lnet import Lnet
+from dhkd.models.ss2d import HSTM, SS2D
+from dhkd.models.student import StudentEncoder
+from dhkd.models.teacher import PDN
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_paper_parameter_counts():
+    m = DHKD.from_preset("paper")
+    assert n_params(m.teacher) == 8_026_624
+    assert sum(p.numel() for p in m.student_parameters()) == 27_136_448
+    assert n_params(m.encoder) == 4_546_432
+    assert n_params(m.fccm) == 5_309_952
+    assert n_params(m.lnet) == 5_904_768
+    assert n_params(m.gnet) == 11_375_296
+    assert n_params(HSTM(128, 16)) == 109_312
+    assert n_params(SS2D(64, 16)) == 55_808
+
+
+def test_paper_module_shapes_at_256():
+    """Every paper-preset module's output shape at 256² (DHKD_SPEC §Shapes), on the meta device."""
+    with torch.device("meta"):
+        x = torch.empty(1, 3, 256, 256)
+        assert PDN("medium", padding=True)(x).shape == (1, 384, 64, 64)
+        assert PDN("small", padding=True)(x).shape == (1, 384, 64, 64)
+        assert PDN("medium", padding=False)(x).shape == (1, 384, 56, 56)
+        f_s = StudentEncoder()(x)
+        assert f_s.shape == (1, 384, 64, 64)
+        f_m = FCCM()(f_s)
+        assert f_m.shape == (1, 384, 16, 16)
+        assert Lnet()(f_m, (64, 64)).shape == (1, 384, 64, 64)
+        g = Gnet()
+        assert g.stage_sizes((64, 64)) == [(4, 4), (8, 8), (32, 32), (64, 64)]
+        assert g.collapse(f_m).shape == (1, 64, 1, 1)
+        assert g(f_m, (64, 64)).shape == (1, 384, 64, 64)
+
+
+def test_paper_preset_end_to_end_finite_map():
+    torch.manual_seed(0)
+    m = DHKD.from_preset("paper").eval()
+    m.set_quantiles(0.0, 1.0, 0.0, 1.0)
+    with torch.no_grad():
+        out = m(torch.randn(1, 3, 256, 256))
+    assert out["anomaly_map"].shape == (1, 1, 256, 256)
+    assert out["map_l"].shape == out["map_g"].shape == (1, 1, 64, 64)
+    assert torch.isfinite(out["anomaly_map"]).all() and out["score"].shape == (1,)
+
+
+@pytest.mark.parametrize("name,size", [("tiny", (64, 64)), ("tiny", (72, 96)), ("small", (256, 256))])
+def test_preset_shapes(name, size):
+    torch.manual_seed(0)
+    m = DHKD.from_preset(name).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        f = m.features(x)
+        fh, fw = m.feature_size(size)
+        for key in ("t_hat", "f_s", "f_l", "f_g"):
+            assert f[key].shape == (2, m.config.channels, fh, fw), key
+        m.set_quantiles(0.0, 1.0, 0.0, 2.0)
+        out = m(x)
+    assert out["anomaly_map"].shape == (2, 1, *size)
+    assert torch.allclose(out["score"], out["anomaly_map"].flatten(1).amax(1))
+
+
+def test_ss2d_block_non_square():
+    torch.manual_seed(0)
+    block = SS2D(16, d_state=4)
+    y = block(torch.randn(2, 3, 5, 16))
+    assert y.shape == (2, 3, 5, 16) and torch.isfinite(y).all()
+
+
+def test_gradients_reach_every_student_parameter():
+    torch.manual_seed(0)
+    m = DHKD.from_preset("tiny").train()
+    out = m(torch.randn(1, 3, 128, 128))  # 32×32 features: every HSTM stage has L > 1, so A gets a gradient
+    out["loss"].backward()
+    missing = [n for n, p in m.named_parameters() if not n.startswith("teacher.")
+               and (p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0)]
+    assert not missing, f"no gradient for {missing}"
+    assert all(p.grad is None for p in m.teacher.parameters())
+    a, b, c = m.config.loss_weights
+    assert (a, b, c) == (1.0, 1.0, 2.0)
+    assert torch.allclose(out["loss"], out["loss_l"] + out["loss_g"] + 2 * out["loss_c"])
+
+
+def test_seeded_determinism():
+    def run():
+        torch.manual_seed(123)
+        m = DHKD.from_preset("tiny").train()
+        x = torch.randn(1, 3, 64, 64)
+        return m(x)["loss"].detach(), [p.detach().clone() for p in m.student_parameters()]
+
+    (l1, p1), (l2, p2) = run(), run()
+    assert torch.equal(l1, l2)
+    assert all(torch.equal(a, b) for a, b in zip(p1, p2))
+
+
+@pytest.mark.parametrize("switch", ["use_fccm", "use_scmm", "use_hstm"])
+def test_ablation_switches(switch):
+    full = DHKD.from_preset("tiny")
+    ablated = DHKD.from_preset("tiny", **{switch: False})
+    assert n_params(ablated) < n_params(full)
+    out = ablated.train()(torch.randn(1, 3, 64, 64))
+    assert torch.isfinite(out["loss"])
+
+
+def test_clear_input_errors():
+    m = DHKD.from_preset("tiny").eval()
+    with pytest.raises(ValueError, match="3 input channels"):
+        m.features(torch.randn(1, 1, 64, 64))
+    with pytest.raises(TypeError, match="floating-point"):
+        m.features(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="too small"):
+        m.features(torch.randn(1, 3, 40, 40))
+    with pytest.raises(ValueError, match="image batch"):
+        m.features(torch.randn(3, 64, 64))
+    with pytest.raises(RuntimeError, match="quantiles are not fitted"):
+        m(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="qa < qb"):
+        m.set_quantiles(1.0, 0.5, 0.0, 1.0)
+    paper = DHKD.from_preset("paper")
+    assert paper.min_input_size() == 253
+    with pytest.raises(ValueError, match="at least 253"):
+        paper.check_input(torch.empty(1, 3, 128, 128))
+
+
+def test_presets_and_config_errors():
+    assert set(PRESETS) == {"paper", "small", "tiny"}
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("huge")
+    with pytest.raises(ValueError, match="must be padded"):
+        DHKD(preset("tiny", teacher_padding=False))
+    cfg = preset("small")
+    assert type(cfg).from_dict(cfg.to_dict()) == cfg
