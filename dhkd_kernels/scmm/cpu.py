@@ -1,0 +1,52 @@
+"""SCMM backend on the C++/OpenMP kernels of ``dhkd_kernels._cpu`` (csrc/scmm/scmm_cpu.cpp).
+
+Calling convention shared by the backends (``cpu``, ``cuda``, ``triton``):
+    two_scale_forward(x, wa, ba, wb, bb) -> s
+    two_scale_backward(ds, x, wa, wb) -> (dx, dwa, dba, dwb, dbb)
+    gate_forward(G, x) -> y
+    gate_backward(dy, G, x) -> (dG, dx)
+x, s, ds, dx any strided (B, C, H, W) tensors; wa, wb (C/2, 9) and ba, bb (C/2,) fp32 contiguous; the
+weight gradients come back fp32 in those shapes. The gate tensors share one dense layout (see ops.py).
+"""
+from __future__ import annotations
+
+import torch
+
+from .._ext import dtype_code, load, ptr
+
+
+def _lib():
+    lib = load("_cpu")
+    if lib is None or not hasattr(lib, "scmm_two_scale_fwd"):
+        raise RuntimeError("dhkd_kernels._cpu with the SCMM kernels is not built")
+    return lib
+
+
+def two_scale_forward(x, wa, ba, wb, bb):
+    s = torch.empty_like(x)
+    _lib().scmm_two_scale_fwd(ptr(x), ptr(s), ptr(wa), ptr(ba), ptr(wb), ptr(bb), dtype_code(x), *x.shape,
+                              x.stride(), s.stride())
+    return s
+
+
+def two_scale_backward(ds, x, wa, wb):
+    B, C = x.shape[:2]
+    dx = torch.empty_like(x)
+    dw = torch.empty((B, C, 9), dtype=torch.float32, device=x.device)
+    db = torch.empty((B, C), dtype=torch.float32, device=x.device)
+    _lib().scmm_two_scale_bwd(ptr(ds), ptr(x), ptr(dx), ptr(wa), ptr(wb), ptr(dw), ptr(db), dtype_code(x),
+                              *x.shape, ds.stride(), x.stride(), dx.stride())
+    half = C // 2  # separate sums: the returned gradients must not alias each other
+    return dx, dw[:, :half].sum(0), db[:, :half].sum(0), dw[:, half:].sum(0), db[:, half:].sum(0)
+
+
+def gate_forward(G, x):
+    y = torch.empty_like(x)
+    _lib().scmm_gate_fwd(ptr(G), ptr(x), ptr(y), dtype_code(x), x.numel())
+    return y
+
+
+def gate_backward(dy, G, x):
+    dG, dx = torch.empty_like(x), torch.empty_like(x)
+    _lib().scmm_gate_bwd(ptr(dy), ptr(G), ptr(x), ptr(dG), ptr(dx), dtype_code(x), x.numel())
+    return dG, dx
