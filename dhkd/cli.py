@@ -10,6 +10,7 @@ import sys
 
 COMMANDS = [
     "dhkd.commands.info",
+    "dhkd.commands.distill_teacher",
 ]
 
 

@@ -1,0 +1,257 @@
+"""Distilling a PDN teacher from a pretrained backbone (EfficientAD's teacher pretraining, offline-able).
+
+The PDN (``padding=True``) sees an ImageNet-normalised image of size S; the target is the backbone's
+projected 384-channel feature map of the same image at ``backbone.input_scale``·S, standardised per
+channel with a mean and std estimated once on ``stat_images`` augmented samples. Loss: MSE. Optimiser:
+Adam (lr 1e-4, weight decay 1e-5 by default, as in EfficientAD's pretraining).
+
+Checkpoints (every ``checkpoint_every`` steps and at the end) go to a folder holding
+``state-<step>.safetensors`` (PDN weights, Adam moments, target statistics) and ``checkpoint.json``
+(step, configuration, Adam's scalar state, the data generator's RNG state, recent losses). Each file is
+written to a temporary name and renamed; ``checkpoint.json`` is renamed last and names its tensor file,
+so an interrupted save leaves the previous checkpoint intact. Resuming restores everything, so a
+resumed run produces the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from ..models.teacher import PDN
+from ..models.teacher_io import save_teacher
+from .images import PairedViews, find_images
+
+_IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+_IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+_CHECKPOINT_JSON = "checkpoint.json"
+_RECENT = 100  # losses averaged for the reported final loss
+
+
+@dataclass
+class DistillConfig:
+    """Hyper-parameters of one distillation run (all but ``steps`` must match when resuming)."""
+
+    size: str = "small"
+    steps: int = 60000
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    image_size: int = 256
+    crop_scale: tuple[float, float] = (1.0, 1.0)
+    hflip: bool = False
+    grayscale_p: float = 0.1
+    stat_images: int = 1000
+    seed: int = 0
+
+    def __post_init__(self):
+        self.crop_scale = tuple(float(v) for v in self.crop_scale)
+        if self.size not in ("small", "medium"):
+            raise ValueError(f"size must be 'small' or 'medium', got {self.size!r}")
+        for name in ("steps", "batch_size", "stat_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.image_size < 16 or self.image_size % 16:
+            raise ValueError(f"image_size must be a positive multiple of 16, got {self.image_size}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"need lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+
+
+@dataclass
+class DistillResult:
+    output: Path
+    steps: int
+    final_loss: float  # mean loss of the last (up to) 100 steps
+    history: list[float]  # per-step losses of this call (not of earlier, resumed-from runs)
+    wall_s: float  # training wall time over all sessions of the run
+
+
+def initial_pdn(size: str, seed: int) -> PDN:
+    """The PDN a run with this seed starts from (initialised under its own seed, global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return PDN(size=size, padding=True)
+
+
+def pdn_input(images: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of a [0, 1] batch, as the PDN expects."""
+    return (images - _IMAGENET_MEAN.to(images.device)) / _IMAGENET_STD.to(images.device)
+
+
+@torch.no_grad()
+def estimate_target_stats(backbone: nn.Module, views: PairedViews, n_images: int, batch_size: int,
+                          gen: torch.Generator, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of the backbone target over ``n_images`` random samples."""
+    total, sq, count = None, None, 0
+    for start in range(0, n_images, batch_size):
+        big, _ = views.batch(min(batch_size, n_images - start), gen)
+        t = backbone(big.to(device)).double()
+        s, s2 = t.sum(dim=(0, 2, 3)), (t * t).sum(dim=(0, 2, 3))
+        total, sq = (s, s2) if total is None else (total + s, sq + s2)
+        count += t.shape[0] * t.shape[2] * t.shape[3]
+    mean = total / count
+    std = (sq / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
+    return mean.float().cpu(), std.float().cpu()
+
+
+def target_loss(pdn: nn.Module, backbone: nn.Module, big: torch.Tensor, small: torch.Tensor,
+                mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """MSE between the PDN's output on ``small`` and the standardised backbone target of ``big``."""
+    with torch.no_grad():
+        target = (backbone(big) - mean.view(1, -1, 1, 1).to(big.device)) / std.view(1, -1, 1, 1).to(big.device)
+    pred = pdn(pdn_input(small))
+    if pred.shape != target.shape:
+        raise ValueError(f"PDN output {tuple(pred.shape)} and backbone target {tuple(target.shape)} differ; "
+                         f"the backbone must give one {pred.shape[1]}-vector per PDN output cell")
+    return F.mse_loss(pred, target)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(folder: Path, step: int, pdn: PDN, opt: torch.optim.Optimizer, mean: torch.Tensor,
+                    std: torch.Tensor, gen: torch.Generator, state: dict) -> Path:
+    """Write a checkpoint for ``step`` (see the module docstring); returns the JSON file's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"pdn.{k}": v.detach().cpu().contiguous() for k, v in pdn.state_dict().items()}
+    opt_sd = opt.state_dict()
+    opt_scalars = {}
+    for idx, pstate in opt_sd["state"].items():
+        for k, v in pstate.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"opt.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                opt_scalars.setdefault(str(idx), {})[k] = v
+    tensors["target_mean"], tensors["target_std"] = mean.contiguous(), std.contiguous()
+    tensor_name = f"state-{step:08d}.safetensors"
+    _atomic_write(folder / tensor_name, lambda tmp: save_file(tensors, tmp))
+    doc = dict(state, format="dhkd-distill-checkpoint", step=step, tensors=tensor_name,
+               optimizer={"param_groups": opt_sd["param_groups"], "scalars": opt_scalars},
+               rng=base64.b64encode(gen.get_state().numpy().tobytes()).decode("ascii"))
+    path = folder / _CHECKPOINT_JSON
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    for old in folder.glob("state-*.safetensors"):
+        if old.name != tensor_name:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(folder: Path, pdn: PDN, opt: torch.optim.Optimizer, gen: torch.Generator):
+    """Restore a checkpoint into ``pdn``, ``opt`` and ``gen``; return (json document, mean, std)."""
+    path = folder / _CHECKPOINT_JSON
+    try:
+        doc = json.loads(path.read_text())
+        tensors = load_file(str(folder / doc["tensors"]))
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"checkpoint {path}: cannot be read ({type(e).__name__}: {e})") from e
+    if doc.get("format") != "dhkd-distill-checkpoint":
+        raise ValueError(f"checkpoint {path}: not a dhkd distillation checkpoint")
+    pdn.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("pdn.")}, strict=True)
+    opt_state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, name = k.split(".", 2)
+            opt_state.setdefault(int(idx), {})[name] = v
+    for idx, scalars in doc["optimizer"]["scalars"].items():
+        opt_state.setdefault(int(idx), {}).update(scalars)
+    opt.load_state_dict({"state": opt_state, "param_groups": doc["optimizer"]["param_groups"]})
+    gen.set_state(torch.frombuffer(bytearray(base64.b64decode(doc["rng"])), dtype=torch.uint8))
+    return doc, tensors["target_mean"], tensors["target_std"]
+
+
+def default_checkpoint_dir(output: Path) -> Path:
+    return output.with_name(output.name.removesuffix(".safetensors") + ".ckpt")
+
+
+def distill(images_dir, output, config: DistillConfig, backbone: nn.Module, *, checkpoint_dir=None,
+            checkpoint_every: int = 500, resume: bool = False, device="cpu", progress: bool = True) -> DistillResult:
+    """Distil a PDN-``config.size`` from ``backbone`` on the images under ``images_dir``.
+
+    Writes the teacher to ``output`` (safetensors with metadata; loadable with ``load_teacher``) and
+    checkpoints to ``checkpoint_dir`` (default: ``<output stem>.ckpt`` beside it). With ``resume`` the
+    run continues from the checkpoint there; without it an existing checkpoint is an error.
+    """
+    output = Path(output)
+    if output.suffix != ".safetensors":
+        raise ValueError(f"output {output}: the name must end in .safetensors")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir(output)
+    paths = find_images(images_dir)
+    views = PairedViews(paths, config.image_size, config.image_size * backbone.input_scale,
+                        config.crop_scale, config.hflip, config.grayscale_p)
+    backbone = backbone.to(device).eval().requires_grad_(False)
+    pdn = initial_pdn(config.size, config.seed).to(device).train()
+    opt = torch.optim.Adam(pdn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    run_config = {k: v for k, v in dataclasses.asdict(config).items() if k != "steps"}
+    run_config.update(backbone=backbone.name, crop_scale=list(config.crop_scale))
+    has_checkpoint = (folder / _CHECKPOINT_JSON).is_file()
+    if has_checkpoint and not resume:
+        raise FileExistsError(f"checkpoint {folder / _CHECKPOINT_JSON} exists: resume it or remove {folder}")
+    if resume and has_checkpoint:
+        doc, mean, std = load_checkpoint(folder, pdn, opt, gen)
+        if doc["config"] != run_config:
+            diff = {k: (doc["config"].get(k), v) for k, v in run_config.items() if doc["config"].get(k) != v}
+            raise ValueError(f"checkpoint {folder}: its configuration differs from this run's "
+                             f"(saved, now): {diff}")
+        step, recent, wall = doc["step"], doc["recent_losses"], doc["wall_s"]
+    else:
+        mean, std = estimate_target_stats(backbone, views, config.stat_images, config.batch_size, gen, device)
+        step, recent, wall = 0, [], 0.0
+
+    def checkpoint(step_now: int) -> None:
+        state = {"config": run_config, "recent_losses": recent[-_RECENT:], "wall_s": wall + time.perf_counter() - t0,
+                 "images_dir": str(images_dir), "images": len(paths)}
+        save_checkpoint(folder, step_now, pdn, opt, mean, std, gen, state)
+
+    history: list[float] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, unit="step",
+               desc=f"distil PDN-{config.size[0].upper()} from {backbone.name}", dynamic_ncols=True)
+    while step < config.steps:
+        big, small = views.batch(config.batch_size, gen)
+        loss = target_loss(pdn, backbone, big.to(device), small.to(device), mean, std)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        value = loss.item()
+        history.append(value)
+        recent = (recent + [value])[-_RECENT:]
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(recent[-10:]) / len(recent[-10:]):.4f}", refresh=False)
+        if step % checkpoint_every == 0 or step == config.steps:
+            checkpoint(step)
+    bar.close()
+    wall += time.perf_counter() - t0
+    final_loss = sum(recent) / len(recent) if recent else float("nan")
+    metadata = {"backbone": backbone.name, "size": config.size, "steps": step, "images": len(paths),
+                "images_dir": str(images_dir), "padding": True,
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "image_size": config.image_size, "batch_size": config.batch_size, "lr": config.lr,
+                "weight_decay": config.weight_decay, "crop_scale": list(config.crop_scale),
+                "hflip": config.hflip, "grayscale_p": config.grayscale_p, "stat_images": config.stat_images,
+                "seed": config.seed, "final_loss": final_loss}
+    save_teacher(pdn.cpu().eval(), output, metadata)
+    return DistillResult(output=output, steps=step, final_loss=final_loss, history=history, wall_s=wall)
