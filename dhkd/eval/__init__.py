@@ -1,0 +1,1 @@
+"""Evaluation: metrics, anomaly-map scoring, result files and visualisation."""
