@@ -25,8 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-LOG2E = math.log2(math.e)
-K = 4  # SS2D directions
+LOG2E = tl.constexpr(math.log2(math.e))
+K = tl.constexpr(4)  # SS2D directions
 _ELEMS_PER_TILE = 2048  # BLOCK_T * BLOCK_D * BLOCK_N budget: ~16 fp32 registers per thread per live tile at 4 warps
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -65,9 +65,10 @@ def _pixel_index(t, L, H, W, k: tl.constexpr):
 @triton.jit
 def _softplus(z):
     """softplus(z) = log1p(exp(z)) for z ≤ 20 (log1p done exactly via the w = 1 + e trick), z above."""
-    e = tl.exp2(tl.minimum(z, 20.0) * 1.4426950408889634)
+    e = tl.exp2(tl.minimum(z, 20.0) * LOG2E)
     w = 1.0 + e
-    sp = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+    exact = w == 1.0  # e below fp32 resolution: log1p(e) = e
+    sp = tl.where(exact, e, tl.log(w) * (e / tl.where(exact, 1.0, w - 1.0)))
     return tl.where(z > 20.0, z, sp)
 
 
@@ -126,7 +127,7 @@ def _ss2d_fwd_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bias_ptr,
     n_chunks = tl.cdiv(L, BLOCK_T)
     for k in tl.static_range(K):
         m_dn = d_ok[:, None] & n_ok[None, :]
-        a2 = tl.load(a_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0) * 1.4426950408889634
+        a2 = tl.load(a_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0) * LOG2E
         bias = tl.load(bias_ptr + k * D + offs_d, mask=d_ok, other=0.0) if HAS_BIAS else offs_d * 0.0
         dskip = tl.load(dskip_ptr + k * D + offs_d, mask=d_ok, other=0.0) if HAS_D else offs_d * 0.0
         h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
@@ -185,7 +186,7 @@ def _ss2d_bwd_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, b
     ckpt_offs = offs_d[:, None] * N + offs_n[None, :]
     for k in tl.static_range(K):
         a_raw = tl.load(a_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0)
-        a2 = a_raw * 1.4426950408889634
+        a2 = a_raw * LOG2E
         bias = tl.load(bias_ptr + k * D + offs_d, mask=d_ok, other=0.0) if HAS_BIAS else offs_d * 0.0
         dskip = tl.load(dskip_ptr + k * D + offs_d, mask=d_ok, other=0.0) if HAS_D else offs_d * 0.0
         # 1) forward recompute, keeping the state that enters every chunk
@@ -233,7 +234,8 @@ def _ss2d_bwd_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, b
                 du += dy * dskip[None, :]
             d_skip += tl.sum(dy * u, axis=0)
             if SOFTPLUS:
-                sig = 1.0 / (1.0 + tl.exp2(-tl.minimum(z, 20.0) * 1.4426950408889634))
+                zc = tl.minimum(tl.maximum(z, -80.0), 20.0)  # sigmoid(-80) ~ 2e-35: no exp overflow below
+                sig = 1.0 / (1.0 + tl.exp2(-zc * LOG2E))
                 ddt = tl.where(z > 20.0, ddt, ddt * sig)
             ddt = tl.where(m_td, ddt, 0.0)
             d_bias += tl.sum(ddt, axis=0)
@@ -300,9 +302,9 @@ def backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus):
     ddelta = torch.empty_like(delta)
     db_part = torch.empty((n_dtiles,) + tuple(B.shape), dtype=f32, device=dev)
     dc_part = torch.empty((n_dtiles,) + tuple(C.shape), dtype=f32, device=dev)
-    da_part = torch.empty((bsz, K, Dch, N), dtype=f32, device=dev)
-    dd_part = torch.empty((bsz, K, Dch), dtype=f32, device=dev)
-    dbias_part = torch.empty((bsz, K, Dch), dtype=f32, device=dev)
+    da_part = torch.empty((bsz, K.value, Dch, N), dtype=f32, device=dev)
+    dd_part = torch.empty((bsz, K.value, Dch), dtype=f32, device=dev)
+    dbias_part = torch.empty((bsz, K.value, Dch), dtype=f32, device=dev)
     grid = (bsz, n_dtiles)
     _ss2d_bwd_kernel[grid](dy, u, delta, A, B, C, dskip, bias, ckpt, duacc, du, ddelta,
                            da_part, db_part, dc_part, dd_part, dbias_part, L, H, W, Dch, N,

@@ -1,0 +1,120 @@
+"""Triton backend of ss2d_scan against the float64 PyTorch reference, through the public op.
+
+Without a GPU the kernels run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), which is
+slow, so the CPU shapes are tiny; L = 21 and L = 35 span several 16-step chunks and so exercise the chunk
+carry of the forward and the checkpoints and adjoint carry of the backward.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dhkd_kernels
+from dhkd_kernels.ss2d import reference
+
+pytest.importorskip("triton")
+
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+TOL = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 4e-2}  # max error / max(1, max |ref|)
+
+
+def make_inputs(bsz, H, W, Dch, N, dtype, has_d=True, has_bias=True, device="cpu", seed=0):
+    """SS2D inputs in ``dtype`` (A, D, delta_bias in fp32), in a stable regime (A < 0, moderate dt)."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    u = rnd(bsz, H, W, Dch)
+    delta = 0.5 * rnd(bsz, H, W, 4, Dch) - 0.5
+    A = -(0.1 + 2.0 * torch.rand(4, Dch, N, generator=g))
+    B, C = rnd(bsz, H, W, 4, N), rnd(bsz, H, W, 4, N)
+    D = rnd(4, Dch) if has_d else None
+    bias = 0.3 * rnd(4, Dch) if has_bias else None
+    io = [t.to(dtype) for t in (u, delta)] + [A] + [t.to(dtype) for t in (B, C)] + [D, bias]
+    return [None if t is None else t.to(device) for t in io]
+
+
+def run_triton(inputs, dy, delta_softplus, out_float):
+    leaves = [None if t is None else t.clone().requires_grad_() for t in inputs]
+    with dhkd_kernels.use_backend("triton"):
+        y = dhkd_kernels.ss2d_scan(*leaves, delta_softplus=delta_softplus, out_float=out_float)
+    wrt = [t for t in leaves if t is not None]
+    return y, torch.autograd.grad(y, wrt, dy.to(y.dtype))
+
+
+def run_reference(inputs, dy, delta_softplus):
+    leaves = [None if t is None else t.double().requires_grad_() for t in inputs]
+    y = reference.ss2d_scan_reference(*leaves, delta_softplus=delta_softplus, out_float=True)
+    wrt = [t for t in leaves if t is not None]
+    return y, torch.autograd.grad(y, wrt, dy.double())
+
+
+def assert_near(name, actual, expected, tol):
+    scale = max(1.0, expected.abs().max().item())
+    err = (actual.double() - expected).abs().max().item()
+    assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol * scale:.3g} (max |ref| {scale:.3g})"
+
+
+def check_against_reference(shape, dtype, has_d=True, has_bias=True, delta_softplus=True, out_float=False,
+                            device="cpu"):
+    inputs = make_inputs(*shape, dtype, has_d, has_bias, device)
+    dy = torch.randn(shape[:3] + (shape[3],), generator=torch.Generator().manual_seed(1)).to(device)
+    y, grads = run_triton(inputs, dy, delta_softplus, out_float)
+    y_ref, grads_ref = run_reference(inputs, dy, delta_softplus)
+    assert y.dtype == (torch.float32 if out_float else dtype) and y.shape == y_ref.shape
+    tol = TOL[dtype]
+    assert_near("y", y, y_ref, tol)
+    present = [n for n, t in zip(GRAD_NAMES, inputs) if t is not None]
+    for name, got, want, inp in zip(present, grads, grads_ref, [t for t in inputs if t is not None]):
+        assert got.dtype == inp.dtype and got.shape == inp.shape, name
+        assert_near(f"d{name}", got, want, tol)
+
+
+# (batch, H, W, D, N)
+FP32_CASES = [
+    ((1, 1, 1, 2, 1), dict()),
+    ((2, 2, 3, 3, 4), dict(has_d=False)),
+    ((1, 3, 2, 5, 4), dict(has_bias=False, out_float=True)),
+    ((2, 4, 4, 16, 4), dict(has_d=False, has_bias=False)),
+    ((1, 4, 4, 6, 1), dict(delta_softplus=False)),
+    ((1, 3, 7, 4, 2), dict()),  # L = 21: two chunks, the second one partial
+]
+
+
+@pytest.mark.parametrize("shape,opts", FP32_CASES, ids=[str(c[0]) for c in FP32_CASES])
+def test_fp32_matches_float64_reference(shape, opts):
+    check_against_reference(shape, torch.float32, **opts)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("out_float", [False, True], ids=["out_io", "out_fp32"])
+def test_half_precision_io(dtype, out_float):
+    check_against_reference((2, 2, 3, 4, 4), dtype, out_float=out_float)
+
+
+def test_multi_chunk_half_precision():
+    check_against_reference((1, 5, 7, 3, 2), torch.bfloat16, has_d=False)  # L = 35: three chunks
+
+
+def test_extreme_delta_stays_finite_and_matches():
+    """delta + bias of +100 / -100 (exp overflows fp32 there) gives the reference's values, no inf/nan."""
+    inputs = make_inputs(1, 2, 2, 3, 2, torch.float32)
+    inputs[1] = inputs[1] + torch.tensor([0.0, 100.0, -100.0, 0.0]).view(1, 1, 1, 4, 1)
+    inputs[2] = inputs[2] * 0.005  # keep exp(dt·A) away from underflow so every gradient path stays live
+    dy = torch.randn(1, 2, 2, 3, generator=torch.Generator().manual_seed(2))
+    y, grads = run_triton(inputs, dy, True, True)
+    y_ref, grads_ref = run_reference(inputs, dy, True)
+    assert_near("y", y, y_ref, TOL[torch.float32])
+    for name, got, want in zip(GRAD_NAMES, grads, grads_ref):
+        assert torch.isfinite(got).all(), name
+        assert_near(f"d{name}", got, want, TOL[torch.float32])
+
+
+def test_opcheck():
+    inputs = make_inputs(1, 2, 2, 2, 2, torch.float32)
+    args = [None if t is None else t.requires_grad_() for t in inputs] + [True, False, "triton"]
+    torch.library.opcheck(torch.ops.dhkd.ss2d_scan.default, args)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_dhkd_shape_on_gpu(dtype):
+    check_against_reference((1, 64, 64, 128, 16), dtype, device="cuda", out_float=dtype != torch.float32)
