@@ -1,6 +1,8 @@
 """The DHKD model: frozen teacher PDN, student encoder, FCCM, Lnet (structural) and Gnet (logical)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -105,20 +107,37 @@ class DHKD(nn.Module):
                              f"bottleneck map)")
 
     # ---------------------------------------------------------------- forward
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """T̂ (normalised teacher), f_S, f_L, f_G — all (b, C, h, w)."""
-        self.check_input(x)
+    def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
+        """T̂: the frozen teacher's output normalised with the stored channel statistics."""
         with torch.no_grad():
-            t_hat = (self.teacher(x) - self.teacher_mean) / self.teacher_std
+            return (self.teacher(x) - self.teacher_mean) / self.teacher_std
+
+    def features(self, x: torch.Tensor, t_hat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """T̂ (normalised teacher; computed unless given), f_S, f_L, f_G — all (b, C, h, w)."""
+        self.check_input(x)
+        if t_hat is None:
+            t_hat = self.teacher_features(x)
         f_s = self.encoder(x)
         size = tuple(f_s.shape[-2:])
         f_m = self.fccm(f_s)
         return {"t_hat": t_hat, "f_s": f_s, "f_l": self.lnet(f_m, size), "f_g": self.gnet(f_m, size)}
 
-    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """L = α·mean((T̂−f_L)²) + β·mean((T̂−f_G)²) + γ·mean((f_G−f_S)²), α:β:γ = 1:1:2 (no detach)."""
-        f = self.features(x)
-        loss_l = ((f["t_hat"] - f["f_l"]) ** 2).mean()
+    def losses(self, x: torch.Tensor, t_hat: torch.Tensor | None = None,
+               hard_mining: float = 0.0) -> dict[str, torch.Tensor]:
+        """L = α·mean((T̂−f_L)²) + β·mean((T̂−f_G)²) + γ·mean((f_G−f_S)²), α:β:γ = 1:1:2 (no detach).
+
+        ``hard_mining`` = q in (0, 1) keeps only the Lnet distances at or above their q-quantile
+        (EfficientAD's hard-feature loss; off in DHKD).
+        """
+        f = self.features(x, t_hat)
+        dist_l = (f["t_hat"] - f["f_l"]) ** 2
+        if hard_mining:
+            flat = dist_l.flatten()
+            k = max(1, min(flat.numel(), int(math.ceil(hard_mining * flat.numel()))))
+            threshold = flat.detach().kthvalue(k).values
+            loss_l = flat[flat >= threshold].mean()
+        else:
+            loss_l = dist_l.mean()
         loss_g = ((f["t_hat"] - f["f_g"]) ** 2).mean()
         loss_c = ((f["f_g"] - f["f_s"]) ** 2).mean()
         a, b, c = self.config.loss_weights

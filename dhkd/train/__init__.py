@@ -1,0 +1,5 @@
+"""Training: config, loop, checkpoints."""
+from .config import TrainConfig
+from .trainer import Trainer
+
+__all__ = ["TrainConfig", "Trainer"]

@@ -1,0 +1,103 @@
+"""Training configuration: a dataclass with the paper recipe as defaults, YAML files and key=value overrides."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "mvtec_ad"
+    root: str = ""
+    category: str = ""
+    dataset_options: dict = field(default_factory=dict)   # e.g. folder dirs or synthetic generator settings
+    image_size: int = 256
+    seed: int = 0                      # model init, data order, dropout and the validation hold-out
+    num_workers: int = 0
+    # model
+    preset: str = "paper"
+    model_overrides: dict = field(default_factory=dict)   # DHKDConfig fields, e.g. {"use_hstm": false}
+    teacher: str = ""                  # teacher weights (EfficientAD .pth or distilled .safetensors); "" = random
+    # optimisation (DHKD paper: batch 1, Adam 1e-4, wd 1e-5, 100k steps, lr ×0.1 after 76k)
+    steps: int = 100_000
+    batch_size: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    lr_decay_step: int = 76_000        # <= 0: no decay
+    lr_gamma: float = 0.1
+    hard_mining: float = 0.0           # EfficientAD's 0.999-quantile hard-feature loss on Lnet; 0 = off
+    penalty_dir: str = ""              # ImageNet-like folder for EfficientAD's penalty on f_L; "" = off
+    cache_teacher: bool = True         # keep normalised teacher outputs of the train images in memory
+    # bookkeeping
+    output: str = "runs"               # runs/<dataset>/<category>/<timestamp>/
+    run_dir: str = ""                  # explicit run directory (overrides output/...)
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    device: str = "auto"               # auto: cuda if available else cpu
+    amp: bool = True                   # bf16/fp16 autocast on GPU (ignored on CPU)
+    evaluate: bool = True              # fit quantiles on validation good images and evaluate the test split
+
+    def validate(self) -> "TrainConfig":
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if not self.root:
+            raise ValueError("set the dataset root (--root)")
+        if not self.category:
+            raise ValueError("set the category (--category)")
+        if self.hard_mining and not 0.0 < self.hard_mining < 1.0:
+            raise ValueError(f"hard_mining is a quantile in (0, 1) or 0 (off), got {self.hard_mining}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys: {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a training config must be a YAML mapping")
+        return cls.from_dict(data)
+
+    def override(self, assignments: list[str]) -> "TrainConfig":
+        """Apply ``key=value`` strings (values parsed as YAML, e.g. ``steps=500``, ``model_overrides={d_state: 4}``)."""
+        known = {f.name: f for f in fields(self)}
+        changes = {}
+        for item in assignments:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} must look like key=value")
+            key, value = item.split("=", 1)
+            key = key.strip().replace("-", "_")
+            if key not in known:
+                raise ValueError(f"unknown training config key {key!r}; known: {sorted(known)}")
+            changes[key] = _coerce(key, yaml.safe_load(value) if value.strip() else "", type(getattr(self, key)))
+        return dataclasses.replace(self, **changes)
+
+    def dump_yaml(self) -> str:
+        return yaml.safe_dump(json.loads(json.dumps(self.to_dict())), sort_keys=False)
+
+
+def _coerce(key: str, value, kind: type):
+    """YAML reads ``3e-4`` as a string and ``1`` as an int: convert to the field's type, or fail clearly."""
+    if isinstance(value, kind):
+        return value
+    try:
+        if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str:
+            return str(value)
+    except ValueError:
+        pass
+    raise ValueError(f"{key} must be a {kind.__name__}, got {value!r}")

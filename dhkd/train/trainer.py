@@ -1,0 +1,180 @@
+"""The DHKD training loop: the paper recipe, exact resume, atomic checkpoints, a progress bar."""
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from dhkd.data import build_dataset
+from dhkd.io import atomic_write_bytes, atomic_write_json, save_model
+from dhkd.models import DHKD
+
+from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def sample_indices(n: int, seed: int, step: int, batch_size: int) -> list[int]:
+    """Dataset indices for ``step``: a fresh seeded permutation per epoch, so any step can be recomputed."""
+    out = []
+    for p in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(p, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.append(int(perm[pos]))
+    return out
+
+
+@torch.no_grad()
+def teacher_statistics(model: DHKD, batches, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean (mean of per-image spatial means) and std (from the mean squared deviation).
+
+    ``batches()`` yields single-image batches; it is iterated twice (two passes, as EfficientAD).
+    """
+    means = []
+    for x in tqdm(batches(), desc="teacher mean", leave=False):
+        means.append(model.teacher(x.to(device)).mean(dim=(0, 2, 3)))
+    mean = torch.stack(means).mean(0)
+    var = torch.zeros_like(mean)
+    for x in tqdm(batches(), desc="teacher std", leave=False):
+        t = model.teacher(x.to(device))
+        var += ((t - mean[None, :, None, None]) ** 2).mean(dim=(0, 2, 3))
+    return mean, (var / len(means)).sqrt()
+
+
+class Trainer:
+    """Train one model on one category. ``run()`` returns a summary dict (and writes it to the run dir)."""
+
+    def __init__(self, config: TrainConfig):
+        self.cfg = config.validate()
+        self.device = pick_device(config.device)
+        self.run_dir = Path(config.run_dir) if config.run_dir else (
+            Path(config.output) / config.dataset / config.category / datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+    # ------------------------------------------------------------------ set-up
+    def build_model(self) -> DHKD:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        model = DHKD.from_preset(cfg.preset, **cfg.model_overrides)
+        if cfg.teacher:
+            from dhkd.models import load_teacher
+
+            teacher = load_teacher(cfg.teacher, size=model.config.teacher_size, padding=True)
+            model.teacher.load_state_dict(teacher.state_dict())
+        return model.to(self.device)
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.cfg.amp:
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return contextlib.nullcontext()
+
+    def run(self) -> dict:
+        cfg, device = self.cfg, self.device
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.run_dir / "config.yaml", cfg.dump_yaml().encode())
+        train_set = build_dataset(cfg.dataset, cfg.root, cfg.category, "train", cfg.image_size, cfg.seed,
+                                  **cfg.dataset_options)
+        model = self.build_model()
+        optimizer = torch.optim.Adam(model.student_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.StepLR(  # lr_decay_step <= 0: never decay
+            optimizer, cfg.lr_decay_step if cfg.lr_decay_step > 0 else 2**62, cfg.lr_gamma)
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
+                                      and not torch.cuda.is_bf16_supported())
+        # images are decoded lazily, or kept in memory together with the teacher outputs
+        images = _ImageSource(train_set, cache=cfg.cache_teacher)
+        start = 0
+        if has_checkpoint(self.run_dir):
+            start = load_checkpoint(self.run_dir, model, optimizer, scheduler)
+            print(f"resuming {self.run_dir} at step {start}")
+        else:
+            t0 = time.time()
+            mean, std = teacher_statistics(model, images.batches, device)
+            model.set_teacher_stats(mean, std)
+            print(f"teacher statistics over {len(train_set)} training images in {time.time() - t0:.1f} s")
+        t_cache = images.teacher_cache(model, device) if cfg.cache_teacher else None
+        model.train()
+        penalty = _PenaltyImages(cfg.penalty_dir, cfg.image_size, cfg.seed) if cfg.penalty_dir else None
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", dynamic_ncols=True)
+        t0, last = time.time(), {}
+        for step in bar:
+            idx = sample_indices(len(train_set), cfg.seed, step, cfg.batch_size)
+            x = images.get(idx).to(device)
+            t_hat = t_cache[idx] if t_cache is not None else None
+            with self._autocast():
+                out = model.losses(x, t_hat=t_hat, hard_mining=cfg.hard_mining)
+                loss = out["loss"]
+                if penalty is not None:
+                    out["loss_penalty"] = (model.features(penalty.get(step).to(device))["f_l"] ** 2).mean()
+                    loss = loss + out["loss_penalty"]
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                last = {k: float(v.detach()) for k, v in out.items()}
+                bar.set_postfix({k.replace("loss_", ""): f"{v:.4f}" for k, v in last.items()})
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                save_checkpoint(self.run_dir, step + 1, model, optimizer, scheduler, cfg.to_dict())
+        bar.close()
+        train_time = time.time() - t0
+        save_checkpoint(self.run_dir, cfg.steps, model, optimizer, scheduler, cfg.to_dict())
+        summary = {"run_dir": str(self.run_dir), "steps": cfg.steps, "train_seconds": round(train_time, 1),
+                   "seconds_per_step": round(train_time / max(1, cfg.steps - start), 4), "final_losses": last,
+                   "device": str(device)}
+        if cfg.evaluate:
+            from dhkd.eval.evaluator import evaluate_model
+
+            summary["results"] = evaluate_model(model, cfg.dataset, cfg.root, cfg.category, cfg.image_size,
+                                                cfg.seed, self.run_dir, **cfg.dataset_options)
+        save_model(model, self.run_dir / "model.safetensors",
+                   extra={"dataset": cfg.dataset, "category": cfg.category, "steps": cfg.steps})
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+
+class _ImageSource:
+    """Training images by index; optionally all decoded once and kept (with the teacher outputs)."""
+
+    def __init__(self, dataset, cache: bool):
+        self.dataset = dataset
+        self.cached = torch.stack([dataset[i]["image"] for i in range(len(dataset))]) if cache else None
+
+    def get(self, idx: list[int]) -> torch.Tensor:
+        if self.cached is not None:
+            return self.cached[idx]
+        return torch.stack([self.dataset[i]["image"] for i in idx])
+
+    def batches(self):
+        for i in range(len(self.dataset)):
+            yield self.get([i])
+
+    @torch.no_grad()
+    def teacher_cache(self, model: DHKD, device: torch.device) -> torch.Tensor:
+        return torch.cat([model.teacher_features(x.to(device)) for x in self.batches()])
+
+
+class _PenaltyImages:
+    """Images of an ImageNet-like folder for EfficientAD's penalty, in a seeded order."""
+
+    def __init__(self, directory: str, image_size: int, seed: int):
+        from dhkd.data.common import list_images, preprocess, read_rgb
+
+        self.paths = list_images(Path(directory))
+        if not self.paths:
+            raise ValueError(f"penalty_dir {directory} contains no images")
+        self._read = lambda p: preprocess(read_rgb(p), image_size)
+        self.seed = seed
+
+    def get(self, step: int) -> torch.Tensor:
+        i = sample_indices(len(self.paths), self.seed + 1, step, 1)[0]
+        return self._read(self.paths[i])[None]

@@ -1,0 +1,86 @@
+"""Trainer: exact resume, checkpoints, config overrides, teacher statistics."""
+import json
+
+import pytest
+import torch
+
+from dhkd.io import load_model
+from dhkd.train import TrainConfig, Trainer
+from dhkd.train.trainer import sample_indices
+
+SYNTH = {"dataset": "synthetic", "category": "synthetic", "preset": "tiny", "image_size": 64,
+         "lr": 1e-3, "lr_decay_step": 3,
+         "dataset_options": {"size": 64, "n_train": 6, "n_test_good": 2, "n_test_defect": 3}, "checkpoint_every": 2, "evaluate": False, "log_every": 1}
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    from dhkd.data import synthetic
+
+    root = tmp_path_factory.mktemp("data")
+    synthetic.ensure(root, "synthetic", size=64, n_train=6, n_test_good=2, n_test_defect=3)
+    return root
+
+
+def _weights(run_dir):
+    return load_model(run_dir / "model.safetensors").state_dict()
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_resume_is_exact(synth_root, tmp_path, cache):
+    base = dict(SYNTH, root=str(synth_root), cache_teacher=cache)
+    Trainer(TrainConfig(**base, steps=4, run_dir=str(tmp_path / "straight"))).run()
+    Trainer(TrainConfig(**base, steps=2, run_dir=str(tmp_path / "resumed"))).run()
+    Trainer(TrainConfig(**base, steps=4, run_dir=str(tmp_path / "resumed"))).run()  # continues from step 2
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    state = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
+    assert state["step"] == 4 and state["scheduler"]["last_epoch"] == 4
+    assert state["optimizer_param_groups"][0]["lr"] == pytest.approx(1e-4)  # decayed ×0.1 after step 3
+
+
+def test_teacher_statistics_and_run_layout(synth_root, tmp_path):
+    cfg = TrainConfig(**dict(SYNTH, root=str(synth_root), output=str(tmp_path), steps=1))
+    trainer = Trainer(cfg)
+    summary = trainer.run()
+    run_dir = trainer.run_dir
+    assert run_dir.parent == tmp_path / "synthetic" / "synthetic"
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "summary.json").is_file()
+    model = load_model(run_dir / "model.safetensors")
+    assert torch.all(model.teacher_std > 0) and model.teacher_mean.abs().sum() > 0
+    assert summary["steps"] == 1
+
+
+def test_corrupt_checkpoint_is_detected(synth_root, tmp_path):
+    cfg = TrainConfig(**dict(SYNTH, root=str(synth_root), steps=2, run_dir=str(tmp_path / "r")))
+    Trainer(cfg).run()
+    with open(tmp_path / "r" / "checkpoint.safetensors", "r+b") as f:
+        f.seek(200)
+        f.write(b"garbage!")
+    with pytest.raises(ValueError, match="inconsistent"):
+        Trainer(TrainConfig(**dict(SYNTH, root=str(synth_root), steps=3, run_dir=str(tmp_path / "r")))).run()
+
+
+def test_config_overrides_and_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset: mvtec_ad\nroot: /data\ncategory: bottle\nsteps: 70000\n")
+    cfg = TrainConfig.from_yaml(path).override(["lr=3e-4", "model_overrides={use_hstm: false}", "preset=small"])
+    assert cfg.steps == 70000 and cfg.lr == 3e-4 and cfg.model_overrides == {"use_hstm": False}
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown training config key"):
+        cfg.override(["learning_rate=1"])
+    with pytest.raises(ValueError, match="steps must be a int"):
+        cfg.override(["steps=many"])
+    with pytest.raises(ValueError, match="key=value"):
+        cfg.override(["steps"])
+    with pytest.raises(ValueError, match="--root"):
+        TrainConfig(category="x").validate()
+    assert TrainConfig().lr == 1e-4 and TrainConfig().weight_decay == 1e-5 and TrainConfig().batch_size == 1
+
+
+def test_sample_indices_cover_each_epoch():
+    seen = [i for s in range(10) for i in sample_indices(5, 3, s, 1)]
+    assert sorted(seen[:5]) == list(range(5)) and sorted(seen[5:]) == list(range(5))
+    assert sample_indices(5, 3, 7, 2) == seen[14:16]
