@@ -12,11 +12,12 @@ import torch
 
 from . import _ext, _registry
 from ._registry import use_backend
+from .fccm import fccm_forward
 from .scmm import scmm_modulate
 from .ss2d import selective_scan, ss2d_scan
 
 __version__ = "0.1.0"
-__all__ = ["backends", "scmm_modulate", "selective_scan", "ss2d_scan", "use_backend"]
+__all__ = ["backends", "fccm_forward", "scmm_modulate", "selective_scan", "ss2d_scan", "use_backend"]
 
 
 def backends() -> dict:

@@ -27,6 +27,9 @@ namespace {
 
 using Strides = std::array<int64_t, 4>;
 
+// Hot fp32 loops get an AVX2/FMA clone chosen at load time next to the baseline build.
+#define DHKD_SIMD __attribute__((target_clones("arch=x86-64-v3", "default")))
+
 template <int DT>
 inline float ld(const void* p, int64_t i) {
   if constexpr (DT == dhkd::kF32) return static_cast<const float*>(p)[i];
@@ -100,7 +103,7 @@ void store_plane(void* dst, const Strides& s, int64_t b, int64_t c, int64_t H, i
 }
 
 // out (H x W, dense) = bias + 3x3 correlation of the zero-bordered input (H+2 x W+2) with w.
-void dw3x3(const float* in, int64_t H, int64_t W, const float* w, float bias, float* out) {
+DHKD_SIMD void dw3x3(const float* in, int64_t H, int64_t W, const float* w, float bias, float* out) {
   const int64_t pw = W + 2;
   for (int64_t y = 0; y < H; ++y) {
     float* o = out + y * W;
@@ -115,7 +118,7 @@ void dw3x3(const float* in, int64_t H, int64_t W, const float* w, float bias, fl
 
 // Gradient of dw3x3 w.r.t. its input: out (H x W) = sum_k w[k] * g[y - ky + 1][x - kx + 1], with g given
 // zero-bordered (H+2 x W+2).
-void dw3x3_input_grad(const float* g, int64_t H, int64_t W, const float* w, float* out) {
+DHKD_SIMD void dw3x3_input_grad(const float* g, int64_t H, int64_t W, const float* w, float* out) {
   const int64_t pw = W + 2;
   for (int64_t y = 0; y < H; ++y) {
     float* o = out + y * W;
@@ -130,7 +133,7 @@ void dw3x3_input_grad(const float* g, int64_t H, int64_t W, const float* w, floa
 
 // Gradient of dw3x3 w.r.t. w and bias: dw[k] = sum g[y][x] * in[y + ky][x + kx] (in zero-bordered),
 // db = sum g; row y of g starts at g + y * g_stride.
-void dw3x3_weight_grad(const float* g, int64_t g_stride, const float* in, int64_t H, int64_t W, float* dw,
+DHKD_SIMD void dw3x3_weight_grad(const float* g, int64_t g_stride, const float* in, int64_t H, int64_t W, float* dw,
                        float* db) {
   const int64_t pw = W + 2;
   double acc[9] = {0}, accb = 0;

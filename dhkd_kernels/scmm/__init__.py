@@ -1,3 +1,3 @@
-from .ops import scmm_modulate
+from .ops import gate_residual, scmm_modulate, two_scale_depthwise
 
-__all__ = ["scmm_modulate"]
+__all__ = ["gate_residual", "scmm_modulate", "two_scale_depthwise"]

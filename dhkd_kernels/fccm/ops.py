@@ -1,0 +1,192 @@
+"""Public FCCM ops: validation, backend choice, torch custom ops with fake kernels and autograd.
+
+The fused FCCM forward keeps every convolution in the library and fuses what is memory-bound around them:
+    z = conv(x, down_weight, stride 2, pad 1)      library, no bias
+    p = relu(maxpool2x2(z + down_bias))            fused kernel  (dhkd::fccm_pool_relu)
+    h = conv3x3(p, mix1_weight)                    library, no bias
+    g = gelu(h + mix1_bias)                        fused kernel  (dhkd::fccm_bias_gelu)
+    f = conv1x1(g, mix2_weight, mix2_bias)         library
+Both fused kernels have fused backward ops (gradient routed to the recomputed argmax / GELU derivative,
+plus the bias gradient). Backends live in ``dhkd_kernels/fccm/{cpu,cuda,triton}.py``.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torch.nn.functional as F
+
+from .. import _ext, _registry
+from .._checks import IO_DTYPES, check_tensor
+from ..scmm.ops import dense_format, triton_available
+from . import reference
+
+OP = "fccm"
+_BACKEND_MODULES = {"cpu": "dhkd_kernels.fccm.cpu", "cuda": "dhkd_kernels.fccm.cuda",
+                    "triton": "dhkd_kernels.fccm.triton"}
+
+
+def _has(module: str, attr: str) -> bool:
+    mod = _ext.load(module)
+    return mod is not None and hasattr(mod, attr)
+
+
+# Preference per device: first available wins (benchmarks/kernels_fused.py measures the order).
+_registry.register_op(OP, preference={"cpu": ["cpu", "reference"], "cuda": ["cuda", "triton", "reference"]})
+_registry.register_backend(OP, "cpu", lambda dev: dev == "cpu" and _has("_cpu", "fccm_pool_relu_fwd"))
+_registry.register_backend(OP, "cuda", lambda dev: dev == "cuda" and torch.cuda.is_available()
+                           and _has("_cuda", "fccm_pool_relu_fwd"))
+_registry.register_backend(OP, "triton", triton_available)
+
+
+def _impl(backend: str):
+    return importlib.import_module(_BACKEND_MODULES[backend])
+
+
+def _f32(bias: torch.Tensor) -> torch.Tensor:
+    return bias.detach().to(torch.float32).contiguous()
+
+
+# ---- bias + maxpool 2×2 + ReLU ---------------------------------------------------------------------
+@torch.library.custom_op("dhkd::fccm_pool_relu", mutates_args=())
+def _pool_relu_op(z: torch.Tensor, bias: torch.Tensor, backend: str) -> torch.Tensor:
+    return _impl(backend).pool_relu_forward(z, _f32(bias))
+
+
+@_pool_relu_op.register_fake
+def _(z, bias, backend):
+    B, C, H, W = z.shape
+    return torch.empty((B, C, H // 2, W // 2), dtype=z.dtype, device=z.device, memory_format=dense_format(z))
+
+
+@torch.library.custom_op("dhkd::fccm_pool_relu_backward", mutates_args=())
+def _pool_relu_backward_op(dout: torch.Tensor, z: torch.Tensor, bias: torch.Tensor,
+                           backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    dz, db = _impl(backend).pool_relu_backward(dout, z, _f32(bias))
+    return dz, db.to(bias.dtype)
+
+
+@_pool_relu_backward_op.register_fake
+def _(dout, z, bias, backend):
+    return torch.empty_like(z), torch.empty_like(bias)
+
+
+def _pool_relu_setup(ctx, inputs, output):
+    z, bias, backend = inputs
+    ctx.save_for_backward(z, bias)
+    ctx.backend = backend
+
+
+def _pool_relu_backward(ctx, dout):
+    z, bias = ctx.saved_tensors
+    dz, db = _pool_relu_backward_op(dout, z, bias, ctx.backend)
+    return dz, db, None
+
+
+_pool_relu_op.register_autograd(_pool_relu_backward, setup_context=_pool_relu_setup)
+
+
+# ---- bias + GELU -----------------------------------------------------------------------------------
+@torch.library.custom_op("dhkd::fccm_bias_gelu", mutates_args=())
+def _bias_gelu_op(h: torch.Tensor, bias: torch.Tensor, backend: str) -> torch.Tensor:
+    return _impl(backend).bias_gelu_forward(h, _f32(bias))
+
+
+@_bias_gelu_op.register_fake
+def _(h, bias, backend):
+    return torch.empty_like(h)
+
+
+@torch.library.custom_op("dhkd::fccm_bias_gelu_backward", mutates_args=())
+def _bias_gelu_backward_op(dout: torch.Tensor, h: torch.Tensor, bias: torch.Tensor,
+                           backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    dh, db = _impl(backend).bias_gelu_backward(dout, h, _f32(bias))
+    return dh, db.to(bias.dtype)
+
+
+@_bias_gelu_backward_op.register_fake
+def _(dout, h, bias, backend):
+    return torch.empty_like(h), torch.empty_like(bias)
+
+
+def _bias_gelu_setup(ctx, inputs, output):
+    h, bias, backend = inputs
+    ctx.save_for_backward(h, bias)
+    ctx.backend = backend
+
+
+def _bias_gelu_backward(ctx, dout):
+    h, bias = ctx.saved_tensors
+    dh, db = _bias_gelu_backward_op(dout, h, bias, ctx.backend)
+    return dh, db, None
+
+
+_bias_gelu_op.register_autograd(_bias_gelu_backward, setup_context=_bias_gelu_setup)
+
+
+# ---- public functions ------------------------------------------------------------------------------
+def _check_map(name: str, t: torch.Tensor, min_hw: int) -> None:
+    check_tensor(name, t, (None, None, None, None), IO_DTYPES + (torch.float64,))
+    B, C, H, W = t.shape
+    if B == 0 or C == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(t.shape)}")
+    if H < min_hw or W < min_hw:
+        raise ValueError(f"{name} must be at least {min_hw}x{min_hw} spatially, got {H}x{W}")
+
+
+def _backend_for(t: torch.Tensor) -> str:
+    backend = _registry.choose(OP, t.device)
+    return "reference" if t.dtype == torch.float64 else backend
+
+
+def fccm_pool_relu(z, bias):
+    """Fused relu(maxpool2x2(z + bias[c])): z (B, C, H, W) is the bias-free compression conv output."""
+    _check_map("z", z, 2)
+    check_tensor("bias", bias, (z.shape[1],), (z.dtype,), z.device)
+    backend = _backend_for(z)
+    if backend == "reference":
+        return reference.pool_relu_reference(z, bias)
+    return _pool_relu_op(z, bias, backend)
+
+
+def fccm_bias_gelu(h, bias):
+    """Fused gelu(h + bias[c]) (exact erf): h (B, C, H, W) is the bias-free 3×3 mixer conv output."""
+    _check_map("h", h, 1)
+    check_tensor("bias", bias, (h.shape[1],), (h.dtype,), h.device)
+    backend = _backend_for(h)
+    if backend == "reference":
+        return reference.bias_gelu_reference(h, bias)
+    return _bias_gelu_op(h, bias, backend)
+
+
+def fccm_forward(x, down_weight, down_bias, mix1_weight=None, mix1_bias=None, mix2_weight=None,
+                 mix2_bias=None):
+    """FCCM (DHKD_SPEC §FCCM): conv k4 s2 p1 -> maxpool 2 -> ReLU -> conv 3×3 -> GELU -> conv 1×1.
+
+    x: (batch, C, H, W) with H, W >= 4, NCHW or channels_last, fp32/fp16/bf16 (fp64 runs the reference).
+    down_weight (C, C, 4, 4), down_bias (C,); mix1_weight (hidden, C, 3, 3), mix1_bias (hidden,);
+    mix2_weight (C_out, hidden, 1, 1), mix2_bias (C_out,). Pass the mix* arguments as None to stop after the
+    compression (the no-mixer ablation). Returns (batch, C_out, H/4, W/4) (floor at each halving).
+    """
+    _check_map("x", x, 4)
+    C = x.shape[1]
+    check_tensor("down_weight", down_weight, (None, C, 4, 4), (x.dtype,), x.device)
+    Cd = down_weight.shape[0]
+    check_tensor("down_bias", down_bias, (Cd,), (x.dtype,), x.device)
+    mix = (mix1_weight, mix1_bias, mix2_weight, mix2_bias)
+    if any(t is None for t in mix) and not all(t is None for t in mix):
+        raise ValueError("fccm_forward needs all four mix* tensors (channel mixer) or none of them")
+    if mix1_weight is not None:
+        check_tensor("mix1_weight", mix1_weight, (None, Cd, 3, 3), (x.dtype,), x.device)
+        hidden = mix1_weight.shape[0]
+        check_tensor("mix1_bias", mix1_bias, (hidden,), (x.dtype,), x.device)
+        check_tensor("mix2_weight", mix2_weight, (None, hidden, 1, 1), (x.dtype,), x.device)
+        check_tensor("mix2_bias", mix2_bias, (mix2_weight.shape[0],), (x.dtype,), x.device)
+    backend = _backend_for(x)
+    if backend == "reference":
+        return reference.fccm_reference(x, down_weight, down_bias, *mix)
+    p = _pool_relu_op(F.conv2d(x, down_weight, None, stride=2, padding=1), down_bias, backend)
+    if mix1_weight is None:
+        return p
+    g = _bias_gelu_op(F.conv2d(p, mix1_weight, None, padding=1), mix1_bias, backend)
+    return F.conv2d(g, mix2_weight, mix2_bias)
