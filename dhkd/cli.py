@@ -11,6 +11,7 @@ import sys
 COMMANDS = [
     "dhkd.commands.info",
     "dhkd.commands.distill_teacher",
+    "dhkd.commands.evaluate",
 ]
 
 

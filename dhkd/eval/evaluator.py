@@ -1,0 +1,191 @@
+"""The evaluator: fit the map quantiles on good validation images, compute anomaly maps at the original
+image resolution, score them, and write results.json / results.md (plus optional TIFF maps and overlays).
+
+The model interface used here (eval mode):
+  ``model.raw_maps(images) -> (map_l, map_g)``  each (b, 1, h, w) fp32, unnormalised;
+  ``model.set_quantiles(qa_l, qb_l, qa_g, qb_g)``;
+  ``model.normalized_map(map_l, map_g, size=(H, W)) -> (b, 1, H, W)`` combined and bilinearly resized;
+  ``model.image_size`` the square input side.
+
+:func:`evaluate_maps` scores a folder of TIFF maps from any method, without a model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+from ..data import AnomalyDataset, build_dataset
+from ..data.common import read_rgb
+from . import maps_io
+from .metrics import MAX_FPRS, LocoGroundTruth, au_pro, auroc, loco_metrics, pixel_auroc
+from .report import METRIC_DEFINITIONS, write_results
+from .visualize import colour_scale, save_overlay
+
+QUANTILES = (0.9, 0.995)
+MAX_QUANTILE_VALUES = 1 << 24
+PRO_LIMIT = 0.3
+
+
+def _loader(dataset, batch_size: int, num_workers: int):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                       collate_fn=list)
+
+
+def _device(model, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def _quantiles(values: list[torch.Tensor], max_values: int, rng: np.random.Generator) -> tuple[float, float]:
+    flat = torch.cat([v.reshape(-1) for v in values]).numpy().astype(np.float64)
+    if flat.size > max_values:
+        flat = flat[rng.choice(flat.size, size=max_values, replace=False)]
+    qa, qb = np.quantile(flat, QUANTILES)
+    return float(qa), float(qb)
+
+
+@torch.no_grad()
+def fit_quantiles(model, dataset: AnomalyDataset, *, batch_size: int = 8, device=None, seed: int = 0,
+                  max_values: int = MAX_QUANTILE_VALUES, num_workers: int = 0) -> dict:
+    """Fit q_a = 0.9 and q_b = 0.995 over all pixels of each raw map on the GOOD images of ``dataset`` (the
+    validation split, never test images), store them with ``model.set_quantiles`` and return them.
+    More than ``max_values`` pixels per map are subsampled uniformly (seeded) first."""
+    good = [i for i, s in enumerate(dataset.samples) if s.label == 0]
+    if not good:
+        raise ValueError(f"{dataset!r} has no good image to fit the map quantiles on")
+    device = _device(model, device)
+    maps_l, maps_g = [], []
+    for batch in _loader(torch.utils.data.Subset(dataset, good), batch_size, num_workers):
+        map_l, map_g = model.raw_maps(torch.stack([it["image"] for it in batch]).to(device))
+        maps_l.append(map_l.float().cpu())
+        maps_g.append(map_g.float().cpu())
+    rng = np.random.default_rng(seed)
+    qa_l, qb_l = _quantiles(maps_l, max_values, rng)
+    qa_g, qb_g = _quantiles(maps_g, max_values, rng)
+    for name, (qa, qb) in (("map_l", (qa_l, qb_l)), ("map_g", (qa_g, qb_g))):
+        if not qb > qa:
+            raise ValueError(f"{name} quantiles are degenerate (q0.9 = {qa}, q0.995 = {qb}): the map is "
+                             "constant on the validation images")
+    model.set_quantiles(qa_l, qb_l, qa_g, qb_g)
+    return {"qa_l": qa_l, "qb_l": qb_l, "qa_g": qa_g, "qb_g": qb_g, "num_images": len(good)}
+
+
+@torch.no_grad()
+def anomaly_maps(model, dataset: AnomalyDataset, *, batch_size: int = 8, device=None, smooth_sigma: float = 0.0,
+                 num_workers: int = 0) -> Iterator[tuple[dict, np.ndarray]]:
+    """Yield (item, map) per image in dataset order; the map is float32 (H0, W0), unclamped, optionally
+    Gaussian-smoothed with ``smooth_sigma`` at full resolution."""
+    device = _device(model, device)
+    for batch in _loader(dataset, batch_size, num_workers):
+        map_l, map_g = model.raw_maps(torch.stack([it["image"] for it in batch]).to(device))
+        for j, item in enumerate(batch):
+            m = model.normalized_map(map_l[j:j + 1], map_g[j:j + 1], size=tuple(item["size"]))
+            m = m.reshape(m.shape[-2:]).float().cpu().numpy()
+            if smooth_sigma > 0:
+                m = gaussian_filter(m, sigma=smooth_sigma)
+            yield item, m
+
+
+def score_maps(dataset: AnomalyDataset, maps: list[np.ndarray], masks: list[np.ndarray], *, seed: int = 0
+               ) -> tuple[dict, dict]:
+    """(metrics, details) of full-resolution ``maps`` (dataset order) given each image's (K, H0, W0) ground
+    truth. Details hold the LOCO curve and threshold bookkeeping (empty for the other datasets)."""
+    labels = dataset.labels
+    scores = np.array([float(m.max()) for m in maps])
+    if dataset.metric_family == "spro":
+        truths = [LocoGroundTruth(s.defect, g if s.label else None) for s, g in zip(dataset.samples, masks)]
+        loco = loco_metrics(maps, truths, dataset.defects_config, MAX_FPRS, seed=seed, image_scores=scores)
+        return {k: loco[k] for k in ("image_auroc", "image_auroc_loco_tie_rule", "au_spro")}, {
+            k: v for k, v in loco.items() if k not in ("image_auroc", "image_auroc_loco_tie_rule", "au_spro")}
+    metrics = {"image_auroc": auroc(scores, labels) if 0 < labels.sum() < labels.size else None,
+               "pixel_auroc": None, "au_pro": None}
+    binary = [g.any(axis=0) for g in masks]
+    if dataset.has_masks and any(b.any() for b in binary):
+        metrics["pixel_auroc"] = pixel_auroc(maps, binary)
+        metrics["au_pro"] = {str(PRO_LIMIT): au_pro(maps, binary, PRO_LIMIT)}
+    return metrics, {}
+
+
+def _finish(dataset: AnomalyDataset, maps, masks, output_dir: Path, *, source: str, smooth_sigma: float | None,
+            overlays: bool, seed: int, extra: dict) -> dict:
+    metrics, details = score_maps(dataset, maps, masks, seed=seed)
+    defs = {k: v for k, v in METRIC_DEFINITIONS.items() if k in metrics}
+    results = {
+        "dataset": dataset.name, "category": dataset.category, "split": dataset.split,
+        "num_images": len(dataset), "num_anomalous": int(dataset.labels.sum()),
+        "map": {"resolution": "original image size", "clamped": False, "smoothing_sigma": smooth_sigma,
+                "source": source},
+        "metrics": metrics, "metric_definitions": defs, "details": details, **extra,
+        "images": [{"path": str(s.path), "defect": s.defect, "label": s.label, "score": float(m.max())}
+                   for s, m in zip(dataset.samples, maps)],
+    }
+    if overlays:
+        vmin, vmax = colour_scale(maps, seed=seed)
+        results["overlay_colour_scale"] = {"vmin": vmin, "vmax": vmax}
+        for s, m, g in zip(dataset.samples, maps, masks):
+            path = Path(output_dir) / "overlays" / dataset.category / s.defect / f"{s.path.stem}.png"
+            save_overlay(path, np.asarray(read_rgb(s.path)), m, vmin, vmax, g.any(axis=0) if s.label else None)
+    write_results(results, output_dir)
+    return results
+
+
+def evaluate(model, dataset: AnomalyDataset, output_dir: str | Path, *, smooth_sigma: float = 0.0,
+             export_maps: bool = False, overlays: bool = False, batch_size: int = 8, device=None,
+             seed: int = 0, num_workers: int = 0, quantiles: dict | None = None) -> dict:
+    """Evaluate a model whose quantiles are already set on ``dataset`` (a test split); write results.json,
+    results.md and, if asked, ``anomaly_maps/<category>/test/<defect>/<id>.tiff`` and overlay PNGs."""
+    output_dir = Path(output_dir)
+    maps, masks = [], []
+    for item, m in anomaly_maps(model, dataset, batch_size=batch_size, device=device,
+                                smooth_sigma=smooth_sigma, num_workers=num_workers):
+        maps.append(m)
+        masks.append(item["mask"].numpy())
+        if export_maps:
+            maps_io.write_map(maps_io.map_path(output_dir / "anomaly_maps", dataset.category, item["defect"],
+                                               Path(item["path"])), m)
+    extra = {"quantiles": quantiles} if quantiles is not None else {}
+    return _finish(dataset, maps, masks, output_dir, source="model", smooth_sigma=smooth_sigma,
+                   overlays=overlays, seed=seed, extra=extra)
+
+
+def evaluate_model(model, dataset: str, root: str | Path, category: str, output_dir: str | Path, *,
+                   seed: int = 0, batch_size: int = 8, device=None, smooth_sigma: float = 0.0,
+                   export_maps: bool = False, overlays: bool = False, num_workers: int = 0,
+                   **dataset_options) -> dict:
+    """The whole model evaluation: fit the quantiles on the validation split (LOCO's validation folder, else
+    the seeded 10% hold-out of train/good), then evaluate the test split. Call it after loading a model."""
+    model.eval()
+    size = int(model.image_size)
+    val = build_dataset(dataset, root, category, "validation", size, seed, **dataset_options)
+    test = build_dataset(dataset, root, category, "test", size, seed, **dataset_options)
+    q = fit_quantiles(model, val, batch_size=batch_size, device=device, seed=seed, num_workers=num_workers)
+    return evaluate(model, test, output_dir, smooth_sigma=smooth_sigma, export_maps=export_maps,
+                    overlays=overlays, batch_size=batch_size, device=device, seed=seed,
+                    num_workers=num_workers, quantiles=q)
+
+
+def evaluate_maps(maps_dir: str | Path, dataset: str, root: str | Path, category: str, output_dir: str | Path,
+                  *, seed: int = 0, overlays: bool = False, smooth_sigma: float = 0.0,
+                  **dataset_options) -> dict:
+    """Score a folder of float TIFF maps from any method (one per test image, at the original image size,
+    ``<maps_dir>/<category>/test/<defect>/<id>.tiff``) and write results.json / results.md.
+    ``smooth_sigma`` > 0 applies a Gaussian to each map first (0: the maps are scored as stored)."""
+    test = build_dataset(dataset, root, category, "test", 1, seed, **dataset_options)
+    base = maps_io.resolve_maps_base(Path(maps_dir), dataset, category)
+    maps, masks = [], []
+    for i, s in enumerate(test.samples):
+        gt = test.mask(i)
+        m = maps_io.read_map(base, s.defect, s.path, gt.shape[1:])
+        maps.append(gaussian_filter(m, sigma=smooth_sigma) if smooth_sigma > 0 else m)
+        masks.append(gt)
+    return _finish(test, maps, masks, Path(output_dir), source=str(base),
+                   smooth_sigma=smooth_sigma if smooth_sigma > 0 else None,
+                   overlays=overlays, seed=seed, extra={})
