@@ -73,7 +73,7 @@ def _softplus(z):
 
 
 @triton.jit
-def _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, t, p, offs_d, offs_n, row_ok, d_ok, n_ok,
+def _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n, row_ok, d_ok, n_ok,
                 D, N, k: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Gather one chunk of direction k: u, z = delta + bias, dt (zero on padding), B, C as fp32."""
     m_td = row_ok[:, None] & d_ok[None, :]
@@ -135,9 +135,9 @@ def _ss2d_fwd_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bias_ptr,
             t = c * BLOCK_T + rows
             row_ok = t < L
             p = _pixel_index(t, L, H, W, k)
-            u, z, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, t, p, offs_d, offs_n,
+            u, _, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n,
                                            row_ok, d_ok, n_ok, D, N, k, HAS_BIAS, SOFTPLUS)
-            a, bx, hs = _chunk_states(h, dt, u, bm, a2)
+            _, _, hs = _chunk_states(h, dt, u, bm, a2)
             h = _row(hs, rows, BLOCK_T - 1)  # padded rows only repeat the last real state
             y = tl.sum(hs * cm[:, None, :], axis=2)
             if HAS_D:
@@ -195,9 +195,9 @@ def _ss2d_bwd_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, b
             tl.store(ckpt_ptr + c * D * N + ckpt_offs, h, mask=m_dn)
             t = c * BLOCK_T + rows
             p = _pixel_index(t, L, H, W, k)
-            u, z, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, t, p, offs_d, offs_n,
-                                           t < L, d_ok, n_ok, D, N, k, HAS_BIAS, SOFTPLUS)
-            a, bx, hs = _chunk_states(h, dt, u, bm, a2)
+            u, _, dt, bm, _ = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n,
+                                          t < L, d_ok, n_ok, D, N, k, HAS_BIAS, SOFTPLUS)
+            _, _, hs = _chunk_states(h, dt, u, bm, a2)
             h = _row(hs, rows, BLOCK_T - 1)
         tl.debug_barrier()  # checkpoints visible to all threads
         # 2) reverse walk over the chunks
@@ -212,7 +212,7 @@ def _ss2d_bwd_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, b
             m_td = row_ok[:, None] & d_ok[None, :]
             m_tn = row_ok[:, None] & n_ok[None, :]
             p = _pixel_index(t, L, H, W, k)
-            u, z, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, t, p, offs_d, offs_n,
+            u, z, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n,
                                            row_ok, d_ok, n_ok, D, N, k, HAS_BIAS, SOFTPLUS)
             h0 = tl.load(ckpt_ptr + c * D * N + ckpt_offs, mask=m_dn, other=0.0)
             a, bx, hs = _chunk_states(h0, dt, u, bm, a2)

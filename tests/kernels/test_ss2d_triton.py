@@ -6,6 +6,10 @@ carry of the forward and the checkpoints and adjoint carry of the backward.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -118,3 +122,35 @@ def test_opcheck():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_dhkd_shape_on_gpu(dtype):
     check_against_reference((1, 64, 64, 128, 16), dtype, device="cuda", out_float=dtype != torch.float32)
+
+
+_COMPILE_FOR_H200 = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from dhkd_kernels.ss2d import triton as tri
+
+blocks = tri._blocks(64 * 64, 128, 16)
+const = dict(HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_T=blocks[0], BLOCK_D=blocks[1], BLOCK_N=blocks[2])
+io = "*bf16"
+fwd = dict(u_ptr=io, delta_ptr=io, a_ptr="*fp32", b_ptr=io, c_ptr=io, dskip_ptr="*fp32", bias_ptr="*fp32",
+           yacc_ptr="*fp32", y_ptr=io)
+bwd = dict(dy_ptr=io, u_ptr=io, delta_ptr=io, a_ptr="*fp32", b_ptr=io, c_ptr=io, dskip_ptr="*fp32",
+           bias_ptr="*fp32", ckpt_ptr="*fp32", duacc_ptr="*fp32", du_ptr=io, ddelta_ptr=io, da_ptr="*fp32",
+           db_ptr="*fp32", dc_ptr="*fp32", dd_ptr="*fp32", dbias_ptr="*fp32")
+for fn, sig in ((tri._ss2d_fwd_kernel, fwd), (tri._ss2d_bwd_kernel, bwd)):
+    sig.update({n: "i32" for n in ("L", "H", "W", "D", "N")}, **{n: "constexpr" for n in const})
+    kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
+                            options=dict(num_warps=4))
+    assert "ex2.approx" in kernel.asm["ptx"] and kernel.asm["cubin"], fn.__name__
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_h200(tmp_path):
+    """The kernels build for sm_90 (ptxas included), which the interpreter alone would never check."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_H200], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
