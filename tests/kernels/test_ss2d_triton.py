@@ -58,13 +58,13 @@ def assert_near(name, actual, expected, tol):
 
 
 def check_against_reference(shape, dtype, has_d=True, has_bias=True, delta_softplus=True, out_float=False,
-                            device="cpu"):
+                            device="cpu", tol=None):
     inputs = make_inputs(*shape, dtype, has_d, has_bias, device)
     dy = torch.randn(shape[:3] + (shape[3],), generator=torch.Generator().manual_seed(1)).to(device)
     y, grads = run_triton(inputs, dy, delta_softplus, out_float)
     y_ref, grads_ref = run_reference(inputs, dy, delta_softplus)
     assert y.dtype == (torch.float32 if out_float else dtype) and y.shape == y_ref.shape
-    tol = TOL[dtype]
+    tol = TOL[dtype] if tol is None else tol
     assert_near("y", y, y_ref, tol)
     present = [n for n, t in zip(GRAD_NAMES, inputs) if t is not None]
     for name, got, want, inp in zip(present, grads, grads_ref, [t for t in inputs if t is not None]):
@@ -121,7 +121,9 @@ def test_opcheck():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_dhkd_shape_on_gpu(dtype):
-    check_against_reference((1, 64, 64, 128, 16), dtype, device="cuda", out_float=dtype != torch.float32)
+    """DHKD's largest Gnet scan; L = 4096 accumulates more rounding than the tiny CPU cases, hence 5× TOL."""
+    check_against_reference((1, 64, 64, 128, 16), dtype, device="cuda", out_float=dtype != torch.float32,
+                            tol=5 * TOL[dtype])
 
 
 _COMPILE_FOR_H200 = r"""
