@@ -1,4 +1,466 @@
-// ss2d CPU kernels — to be implemented.
+// Fused SS2D scan on the CPU (forward and backward), on raw channels-last buffers; no torch.
+//
+// Layouts: u (b, H, W, D); delta (b, H, W, 4, D); A (4, D, N) fp32; B, C (b, H, W, 4, N); Dw, delta_bias
+// (4, D) fp32 or null; y like u. Direction k walks the map row-major (0), column-major (1) and their
+// reverses (2, 3): the cross-scan is an index map on loads, the merge an in-place fp32 accumulation.
+//
+// Work item = (batch, block of <= 64 channels), split statically over OpenMP threads. Inside an item the
+// loop is time-outer / channel-inner on 16-lane vectors, with the block's N states in a small L1 buffer.
+// The backward never holds anything of size L·D·N: a forward pass stores the state every T steps, then the
+// chunks are walked in reverse, each recomputing its states and decays into a T·N·block buffer and running
+// the reverse recurrence. dB/dC/dA/dD/ddelta_bias are summed in per-thread fp32 partials, then reduced.
 #include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cstring>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "common/dtype.h"
+#include "ss2d/ss2d_cpu_simd.h"
+
+// Hot loops are compiled for AVX-512, AVX2+FMA and baseline x86-64, picked at load time (ifunc).
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define SS2D_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SS2D_CLONES
+#endif
+
 namespace py = pybind11;
-void bind_ss2d_cpu(py::module_& m) { (void)m; }
+
+namespace dhkd {
+namespace {
+
+using namespace ss2d_simd;
+
+constexpr int kDirs = 4;
+constexpr int kMaxBlock = 64;  // channels per work item
+
+struct Dims {
+  int64_t bsz, H, W, L, Dc, N;
+};
+
+// Pixel visited at step t of direction k, for all k: (4, L).
+std::vector<int64_t> scan_orders(int64_t H, int64_t W) {
+  const int64_t L = H * W;
+  std::vector<int64_t> ord(kDirs * L);
+  for (int k = 0; k < kDirs; ++k) {
+    for (int64_t t = 0; t < L; ++t) {
+      const int64_t s = k >= 2 ? L - 1 - t : t;
+      ord[k * L + t] = (k & 1) ? (s % H) * W + s / H : s;
+    }
+  }
+  return ord;
+}
+
+// Channel block: the largest multiple of VL (<= kMaxBlock) that still yields one item per thread.
+int64_t block_size(int64_t bsz, int64_t Dc, int nthreads) {
+  int64_t cb = kMaxBlock;
+  while (cb > VL && bsz * ((Dc + cb - 1) / cb) < nthreads) cb /= 2;
+  return cb;
+}
+
+// Per-direction constants of a channel block, as vectors: A·log2(e) and A (layout [v][n]), D, bias.
+struct BlockParams {
+  vbuf A2, A, Dv, bias;
+  void load(const float* Ag, const float* Dg, const float* biasg, int k, int64_t Dc, int64_t N, int64_t c0,
+            int cb) {
+    const int nv = (cb + VL - 1) / VL;
+    A2.assign(nv * N, splat(0.0f));
+    A.assign(nv * N, splat(0.0f));
+    Dv.assign(nv, splat(0.0f));
+    bias.assign(nv, splat(0.0f));
+    for (int c = 0; c < cb; ++c) {
+      const int v = c / VL, l = c % VL;
+      const int64_t d = k * Dc + c0 + c;
+      for (int64_t n = 0; n < N; ++n) {
+        A[v * N + n][l] = Ag[d * N + n];
+        A2[v * N + n][l] = Ag[d * N + n] * kLog2e;
+      }
+      if (Dg) Dv[v][l] = Dg[d];
+      if (biasg) bias[v][l] = biasg[d];
+    }
+  }
+};
+
+struct Inputs {
+  const void *u, *delta, *B, *C;
+  const float *A, *Dw, *bias;
+  int dt;
+  bool softplus;
+};
+
+SS2D_INLINE void load_bc(const void* base, int64_t off, int64_t N, int dt, float* out) {
+  if (dt == kF32) {
+    std::memcpy(out, static_cast<const float*>(base) + off, N * sizeof(float));
+    return;
+  }
+  for (int64_t n = 0; n < N; ++n) out[n] = load_as_f32(base, off + n, dt);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------------------
+
+struct FwdWork {
+  BlockParams prm;
+  vbuf h, yacc;
+  std::vector<float> bt, ct;
+};
+
+// y (dtype ydt) for channels [c0, c0 + cb) of batch b. If y is fp32 it accumulates in place, else in
+// w.yacc (L × nv vectors) and is converted at the end.
+SS2D_CLONES void fwd_block(const Inputs& in, const Dims& s, const int64_t* ord, void* y, int ydt, int64_t b,
+                           int64_t c0, int cb, FwdWork& w) {
+  const int64_t L = s.L, Dc = s.Dc, N = s.N;
+  const int nv = (cb + VL - 1) / VL;
+  const bool direct = ydt == kF32;
+  if (!direct) w.yacc.resize(L * nv);
+  w.h.resize(nv * N);
+  w.bt.resize(N);
+  w.ct.resize(N);
+  float *bt = w.bt.data(), *ct = w.ct.data();
+  for (int k = 0; k < kDirs; ++k) {
+    w.prm.load(in.A, in.Dw, in.bias, k, Dc, N, c0, cb);
+    const vf *A2 = w.prm.A2.data(), *Dv = w.prm.Dv.data(), *bias = w.prm.bias.data();
+    vf* h = w.h.data();
+    std::fill(w.h.begin(), w.h.end(), splat(0.0f));
+    const int64_t* ordk = ord + k * L;
+    for (int64_t t = 0; t < L; ++t) {
+      const int64_t p = ordk[t], row = b * L + p, rk = row * kDirs + k;
+      load_bc(in.B, rk * N, N, in.dt, bt);
+      load_bc(in.C, rk * N, N, in.dt, ct);
+      for (int v = 0; v < nv; ++v) {
+        const int cnt = std::min(VL, cb - v * VL);
+        const vf uv = loadv(in.u, row * Dc + c0 + v * VL, cnt, in.dt);
+        vf dtv = loadv(in.delta, rk * Dc + c0 + v * VL, cnt, in.dt) + bias[v], wexp;
+        if (in.softplus) dtv = softplus_v(dtv, wexp);
+        const vf duv = dtv * uv;
+        vf yv = Dv[v] * uv;
+        vf* hv = h + v * N;
+        const vf* av = A2 + v * N;
+        for (int64_t n = 0; n < N; ++n) {
+          const vf hn = exp2v(dtv * av[n]) * hv[n] + duv * bt[n];
+          hv[n] = hn;
+          yv += hn * ct[n];
+        }
+        if (direct) {
+          accumulate(static_cast<float*>(y) + row * Dc + c0 + v * VL, cnt, yv, k == 0);
+        } else {
+          vf& acc = w.yacc[p * nv + v];
+          acc = k == 0 ? yv : acc + yv;
+        }
+      }
+    }
+  }
+  if (!direct) {
+    for (int64_t p = 0; p < L; ++p)
+      for (int v = 0; v < nv; ++v)
+        storev(y, (b * L + p) * Dc + c0 + v * VL, std::min(VL, cb - v * VL), ydt, w.yacc[p * nv + v]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------------------------------
+
+struct Grads {
+  const void* dy;
+  int dydt;
+  void *du, *ddelta;      // input dtype
+  float *dB, *dC;         // per-thread fp32 partials, (b, L, 4, N) each
+  float *dA, *dD, *dbias; // per-thread fp32 partials, (4, D, N) / (4, D)
+};
+
+struct BwdWork {
+  BlockParams prm;
+  vbuf ckpt, abuf, hbuf, dtbuf, gbuf, carry, dA, duacc, dBv, dCv;
+  std::vector<float> bt, ct;
+};
+
+// Steps per recomputed chunk: keeps the chunk's decays + states (2·T·N·nv vectors) around 128 kB.
+int64_t chunk_steps(int64_t L, int64_t N, int nv) {
+  const int64_t per_step = 2 * N * nv * static_cast<int64_t>(sizeof(vf));
+  return std::max<int64_t>(4, std::min<int64_t>(L, (128 * 1024) / per_step));
+}
+
+SS2D_CLONES void bwd_block(const Inputs& in, const Dims& s, const int64_t* ord, const Grads& g, int64_t b,
+                           int64_t c0, int cb, BwdWork& w) {
+  const int64_t L = s.L, Dc = s.Dc, N = s.N;
+  const int nv = (cb + VL - 1) / VL;
+  const int64_t SN = nv * N;  // state vectors of the block
+  const int64_t T = chunk_steps(L, N, nv), nc = (L + T - 1) / T;
+  const bool direct = in.dt == kF32;
+  if (!direct) w.duacc.resize(L * nv);
+  w.ckpt.resize(nc * SN);
+  w.abuf.resize(T * SN);
+  w.hbuf.resize(T * SN);
+  w.dtbuf.resize(T * nv);
+  w.gbuf.resize(T * nv);
+  w.carry.resize(SN);
+  w.dA.resize(SN);
+  w.dBv.resize(N);
+  w.dCv.resize(N);
+  w.bt.resize(N);
+  w.ct.resize(N);
+  float *bt = w.bt.data(), *ct = w.ct.data();
+  vf *dBv = w.dBv.data(), *dCv = w.dCv.data();
+  for (int k = 0; k < kDirs; ++k) {
+    w.prm.load(in.A, in.Dw, in.bias, k, Dc, N, c0, cb);
+    const vf *A2 = w.prm.A2.data(), *Ar = w.prm.A.data(), *Dv = w.prm.Dv.data(), *bias = w.prm.bias.data();
+    const int64_t* ordk = ord + k * L;
+    auto dt_at = [&](int64_t rk, int v, int cnt, vf& grad) {
+      vf z = loadv(in.delta, rk * Dc + c0 + v * VL, cnt, in.dt) + bias[v];
+      if (!in.softplus) {
+        grad = splat(1.0f);
+        return z;
+      }
+      vf wexp;
+      const vf sp = softplus_v(z, wexp);
+      grad = softplus_grad_v(z, wexp);
+      return sp;
+    };
+    // Pass 1: states at the start of every chunk.
+    vf* ck = w.ckpt.data();
+    std::fill(ck, ck + SN, splat(0.0f));
+    for (int64_t c = 0; c + 1 < nc; ++c) {
+      vf* hc = ck + c * SN;
+      vf* hn_out = hc + SN;
+      std::copy(hc, hc + SN, hn_out);
+      for (int64_t t = c * T; t < (c + 1) * T; ++t) {
+        const int64_t row = b * L + ordk[t], rk = row * kDirs + k;
+        load_bc(in.B, rk * N, N, in.dt, bt);
+        for (int v = 0; v < nv; ++v) {
+          const int cnt = std::min(VL, cb - v * VL);
+          vf gr;
+          const vf dtv = dt_at(rk, v, cnt, gr);
+          const vf duv = dtv * loadv(in.u, row * Dc + c0 + v * VL, cnt, in.dt);
+          vf* hv = hn_out + v * N;
+          const vf* av = A2 + v * N;
+          for (int64_t n = 0; n < N; ++n) hv[n] = exp2v(dtv * av[n]) * hv[n] + duv * bt[n];
+        }
+      }
+    }
+    std::fill(w.carry.begin(), w.carry.end(), splat(0.0f));
+    std::fill(w.dA.begin(), w.dA.end(), splat(0.0f));
+    vf dDv[kMaxBlock / VL], dbv[kMaxBlock / VL];
+    std::fill(dDv, dDv + nv, splat(0.0f));
+    std::fill(dbv, dbv + nv, splat(0.0f));
+    vf *carry = w.carry.data(), *dAv = w.dA.data();
+    for (int64_t c = nc - 1; c >= 0; --c) {
+      const int64_t t0 = c * T, steps = std::min(T, L - t0);
+      const vf* h0 = ck + c * SN;
+      // Pass 2: recompute the chunk's decays, states, dt and dsoftplus.
+      for (int64_t i = 0; i < steps; ++i) {
+        const int64_t row = b * L + ordk[t0 + i], rk = row * kDirs + k;
+        load_bc(in.B, rk * N, N, in.dt, bt);
+        const vf* hp = i ? w.hbuf.data() + (i - 1) * SN : h0;
+        vf* hc = w.hbuf.data() + i * SN;
+        vf* ac = w.abuf.data() + i * SN;
+        for (int v = 0; v < nv; ++v) {
+          const int cnt = std::min(VL, cb - v * VL);
+          vf gr;
+          const vf dtv = dt_at(rk, v, cnt, gr);
+          w.dtbuf[i * nv + v] = dtv;
+          w.gbuf[i * nv + v] = gr;
+          const vf duv = dtv * loadv(in.u, row * Dc + c0 + v * VL, cnt, in.dt);
+          const vf* av = A2 + v * N;
+          for (int64_t n = 0; n < N; ++n) {
+            const int64_t j = v * N + n;
+            const vf a = exp2v(dtv * av[n]);
+            ac[j] = a;
+            hc[j] = a * hp[j] + duv * bt[n];
+          }
+        }
+      }
+      // Pass 3: reverse recurrence dh_t = C_t·dy_t + a_{t+1}·dh_{t+1} and the gradients.
+      for (int64_t i = steps - 1; i >= 0; --i) {
+        const int64_t p = ordk[t0 + i], row = b * L + p, rk = row * kDirs + k;
+        load_bc(in.B, rk * N, N, in.dt, bt);
+        load_bc(in.C, rk * N, N, in.dt, ct);
+        const vf* hp = i ? w.hbuf.data() + (i - 1) * SN : h0;
+        const vf* hc = w.hbuf.data() + i * SN;
+        const vf* ac = w.abuf.data() + i * SN;
+        std::fill(dBv, dBv + N, splat(0.0f));
+        std::fill(dCv, dCv + N, splat(0.0f));
+        for (int v = 0; v < nv; ++v) {
+          const int cnt = std::min(VL, cb - v * VL);
+          const int64_t off = row * Dc + c0 + v * VL;
+          const vf dyv = loadv(g.dy, off, cnt, g.dydt);
+          const vf uv = loadv(in.u, off, cnt, in.dt);
+          const vf dtv = w.dtbuf[i * nv + v];
+          const vf dtu = dtv * uv;
+          vf ddt = splat(0.0f), q = splat(0.0f);
+          for (int64_t n = 0; n < N; ++n) {
+            const int64_t j = v * N + n;
+            const vf dh = carry[j] + dyv * ct[n];
+            dCv[n] += dyv * hc[j];
+            const vf sdec = dh * (ac[j] * hp[j]);
+            dAv[j] += sdec * dtv;
+            ddt += sdec * Ar[j];
+            q += dh * bt[n];
+            dBv[n] += dh * dtu;
+            carry[j] = ac[j] * dh;
+          }
+          ddt += q * uv;
+          const vf duv = q * dtv + dyv * Dv[v];
+          dDv[v] += dyv * uv;
+          const vf dz = ddt * w.gbuf[i * nv + v];
+          dbv[v] += dz;
+          storev(g.ddelta, rk * Dc + c0 + v * VL, cnt, in.dt, dz);
+          if (direct) {
+            accumulate(static_cast<float*>(g.du) + off, cnt, duv, k == 0);
+          } else {
+            vf& acc = w.duacc[p * nv + v];
+            acc = k == 0 ? duv : acc + duv;
+          }
+        }
+        add_row_sums(dBv, N, g.dB + rk * N);
+        add_row_sums(dCv, N, g.dC + rk * N);
+      }
+    }
+    for (int c = 0; c < cb; ++c) {
+      const int v = c / VL, l = c % VL;
+      const int64_t d = k * Dc + c0 + c;
+      for (int64_t n = 0; n < N; ++n) g.dA[d * N + n] += dAv[v * N + n][l];
+      g.dD[d] += dDv[v][l];
+      g.dbias[d] += dbv[v][l];
+    }
+  }
+  if (!direct) {
+    for (int64_t p = 0; p < L; ++p)
+      for (int v = 0; v < nv; ++v)
+        storev(g.du, (b * L + p) * Dc + c0 + v * VL, std::min(VL, cb - v * VL), in.dt, w.duacc[p * nv + v]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Entry points
+// ---------------------------------------------------------------------------------------------------
+
+template <class T>
+T* as_ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+Dims check_dims(int64_t bsz, int64_t H, int64_t W, int64_t Dc, int64_t N, int dt) {
+  if (bsz <= 0 || H <= 0 || W <= 0 || Dc <= 0 || N <= 0)
+    throw std::invalid_argument("ss2d: batch, H, W, D and N must be positive, got " + std::to_string(bsz) +
+                                ", " + std::to_string(H) + ", " + std::to_string(W) + ", " +
+                                std::to_string(Dc) + ", " + std::to_string(N));
+  if (dt != kF32 && dt != kF16 && dt != kBF16)
+    throw std::invalid_argument("ss2d: unknown dtype code " + std::to_string(dt));
+  return Dims{bsz, H, W, H * W, Dc, N};
+}
+
+void require(std::uintptr_t p, const char* name) {
+  if (p == 0) throw std::invalid_argument(std::string("ss2d: null pointer for ") + name);
+}
+
+int team_size(int nthreads, int64_t items) {
+#ifdef _OPENMP
+  if (nthreads <= 0) nthreads = omp_get_max_threads();
+#endif
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, items)));
+}
+
+void ss2d_fwd(std::uintptr_t u, std::uintptr_t delta, std::uintptr_t A, std::uintptr_t B, std::uintptr_t C,
+              std::uintptr_t Dw, std::uintptr_t bias, std::uintptr_t y, int64_t bsz, int64_t H, int64_t W,
+              int64_t Dc, int64_t N, int dt, int ydt, bool softplus, int nthreads) {
+  const Dims s = check_dims(bsz, H, W, Dc, N, dt);
+  if (ydt != kF32 && ydt != dt) throw std::invalid_argument("ss2d_fwd: y must be fp32 or the input dtype");
+  for (auto [p, name] : {std::pair{u, "u"}, {delta, "delta"}, {A, "A"}, {B, "B"}, {C, "C"}, {y, "y"}})
+    require(p, name);
+  const Inputs in{as_ptr<const void>(u), as_ptr<const void>(delta), as_ptr<const void>(B),
+                  as_ptr<const void>(C), as_ptr<const float>(A), as_ptr<const float>(Dw),
+                  as_ptr<const float>(bias), dt, softplus};
+  const std::vector<int64_t> ord = scan_orders(H, W);
+  const int64_t cb = block_size(bsz, Dc, team_size(nthreads, bsz * Dc));
+  const int64_t nblk = (Dc + cb - 1) / cb, items = bsz * nblk;
+  const int team = team_size(nthreads, items);
+  void* yp = as_ptr<void>(y);
+#pragma omp parallel num_threads(team)
+  {
+    FwdWork w;
+#pragma omp for schedule(static)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t b = it / nblk, c0 = (it % nblk) * cb;
+      fwd_block(in, s, ord.data(), yp, ydt, b, c0, static_cast<int>(std::min(cb, Dc - c0)), w);
+    }
+  }
+}
+
+void ss2d_bwd(std::uintptr_t dy, int dydt, std::uintptr_t u, std::uintptr_t delta, std::uintptr_t A,
+              std::uintptr_t B, std::uintptr_t C, std::uintptr_t Dw, std::uintptr_t bias, std::uintptr_t du,
+              std::uintptr_t ddelta, std::uintptr_t dA, std::uintptr_t dB, std::uintptr_t dC,
+              std::uintptr_t dD, std::uintptr_t dbias, int64_t bsz, int64_t H, int64_t W, int64_t Dc,
+              int64_t N, int dt, bool softplus, int nthreads) {
+  const Dims s = check_dims(bsz, H, W, Dc, N, dt);
+  if (dydt != kF32 && dydt != kF16 && dydt != kBF16)
+    throw std::invalid_argument("ss2d_bwd: unknown dtype code for dy " + std::to_string(dydt));
+  for (auto [p, name] : {std::pair{dy, "dy"}, {u, "u"}, {delta, "delta"}, {A, "A"}, {B, "B"}, {C, "C"},
+                         {du, "du"}, {ddelta, "ddelta"}, {dA, "dA"}, {dB, "dB"}, {dC, "dC"}, {dD, "dD"},
+                         {dbias, "ddelta_bias"}})
+    require(p, name);
+  const Inputs in{as_ptr<const void>(u), as_ptr<const void>(delta), as_ptr<const void>(B),
+                  as_ptr<const void>(C), as_ptr<const float>(A), as_ptr<const float>(Dw),
+                  as_ptr<const float>(bias), dt, softplus};
+  const std::vector<int64_t> ord = scan_orders(H, W);
+  const int64_t cb = block_size(bsz, Dc, team_size(nthreads, bsz * Dc));
+  const int64_t nblk = (Dc + cb - 1) / cb, items = bsz * nblk;
+  const int team = team_size(nthreads, items);
+  const int64_t nbc = bsz * s.L * kDirs * N, na = kDirs * Dc * N, nd = kDirs * Dc;
+  const int64_t per_thread = 2 * nbc + na + 2 * nd;
+  std::vector<float> partial(team * per_thread, 0.0f);
+#pragma omp parallel num_threads(team)
+  {
+    int tid = 0;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+#endif
+    float* base = partial.data() + tid * per_thread;
+    const Grads g{as_ptr<const void>(dy), dydt, as_ptr<void>(du), as_ptr<void>(ddelta), base, base + nbc,
+                  base + 2 * nbc, base + 2 * nbc + na, base + 2 * nbc + na + nd};
+    BwdWork w;
+#pragma omp for schedule(static)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t b = it / nblk, c0 = (it % nblk) * cb;
+      bwd_block(in, s, ord.data(), g, b, c0, static_cast<int>(std::min(cb, Dc - c0)), w);
+    }
+    // Reduce the per-thread partials (fixed order over threads: deterministic for a given team size).
+    auto reduce = [&](int64_t off, int64_t count, void* out, int odt) {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < count; ++i) {
+        float acc = 0.0f;
+        for (int t = 0; t < team; ++t) acc += partial[t * per_thread + off + i];
+        store_from_f32(out, i, odt, acc);
+      }
+    };
+    reduce(0, nbc, as_ptr<void>(dB), dt);
+    reduce(nbc, nbc, as_ptr<void>(dC), dt);
+    reduce(2 * nbc, na, as_ptr<void>(dA), kF32);
+    reduce(2 * nbc + na, nd, as_ptr<void>(dD), kF32);
+    reduce(2 * nbc + na + nd, nd, as_ptr<void>(dbias), kF32);
+  }
+}
+
+}  // namespace
+}  // namespace dhkd
+
+void bind_ss2d_cpu(py::module_& m) {
+  using namespace pybind11::literals;
+  m.def("ss2d_fwd", &dhkd::ss2d_fwd, py::call_guard<py::gil_scoped_release>(),
+        "Fused SS2D forward. Pointers are data_ptr() ints (Dw, delta_bias may be 0 for None).", "u"_a,
+        "delta"_a, "A"_a, "B"_a, "C"_a, "Dw"_a, "delta_bias"_a, "y"_a, "batch"_a, "H"_a, "W"_a, "D"_a, "N"_a,
+        "dtype"_a, "y_dtype"_a, "delta_softplus"_a, "num_threads"_a = 0);
+  m.def("ss2d_bwd", &dhkd::ss2d_bwd, py::call_guard<py::gil_scoped_release>(),
+        "Fused SS2D backward with chunked recomputation; writes du, ddelta, dA, dB, dC, dD, ddelta_bias.",
+        "dy"_a, "dy_dtype"_a, "u"_a, "delta"_a, "A"_a, "B"_a, "C"_a, "Dw"_a, "delta_bias"_a, "du"_a,
+        "ddelta"_a, "dA"_a, "dB"_a, "dC"_a, "dD"_a, "ddelta_bias"_a, "batch"_a, "H"_a, "W"_a, "D"_a, "N"_a,
+        "dtype"_a, "delta_softplus"_a, "num_threads"_a = 0);
+}
