@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields, replace
 class DHKDConfig:
     """Every width and switch of the DHKD model. Defaults are the ``paper`` preset (DHKD_SPEC shapes)."""
 
+    image_size: int = 256                    # square input side used in training and inference
     channels: int = 384                      # feature channels of teacher and student outputs
     teacher_size: str = "medium"             # PDN-M ("medium") or PDN-S ("small")
     teacher_padding: bool = True             # DHKD's teacher is padded (64×64 maps at 256²)
@@ -49,7 +50,7 @@ PRESETS: dict[str, DHKDConfig] = {
                         lnet_width=128, lnet_hidden=256, gnet_bottleneck=32, gnet_width=64,
                         gnet_head=(128, 256), d_state=8),
     # Test-sized: thin networks, still every module; works from 64×64 inputs.
-    "tiny": DHKDConfig(channels=32, teacher_size="small", teacher_width_div=8, encoder_widths=(16, 32, 32),
+    "tiny": DHKDConfig(image_size=64, channels=32, teacher_size="small", teacher_width_div=8, encoder_widths=(16, 32, 32),
                        fccm_hidden=32, lnet_width=32, lnet_hidden=32, gnet_bottleneck=16, gnet_kernel=4,
                        gnet_width=16, gnet_head=(32, 32), d_state=4),
 }

@@ -66,6 +66,11 @@ class DHKD(nn.Module):
         self.quantiles.copy_(torch.tensor([qa_l, qb_l, qa_g, qb_g], dtype=self.quantiles.dtype))
 
     @property
+    def image_size(self) -> int:
+        """The square input side the model is trained and deployed at."""
+        return self.config.image_size
+
+    @property
     def has_quantiles(self) -> bool:
         return bool(self.quantiles.abs().sum() > 0)
 

@@ -63,7 +63,7 @@ class Trainer:
     def build_model(self) -> DHKD:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        model = DHKD.from_preset(cfg.preset, **cfg.model_overrides)
+        model = DHKD.from_preset(cfg.preset, **{"image_size": cfg.image_size, **cfg.model_overrides})
         if cfg.teacher:
             from dhkd.models import load_teacher
 
@@ -134,8 +134,8 @@ class Trainer:
         if cfg.evaluate:
             from dhkd.eval.evaluator import evaluate_model
 
-            summary["results"] = evaluate_model(model, cfg.dataset, cfg.root, cfg.category, cfg.image_size,
-                                                cfg.seed, self.run_dir, **cfg.dataset_options)
+            summary["results"] = evaluate_model(model, cfg.dataset, cfg.root, cfg.category, self.run_dir,
+                                                seed=cfg.seed, **cfg.dataset_options)
         save_model(model, self.run_dir / "model.safetensors",
                    extra={"dataset": cfg.dataset, "category": cfg.category, "steps": cfg.steps})
         atomic_write_json(self.run_dir / "summary.json", summary)
