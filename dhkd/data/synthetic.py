@@ -130,16 +130,18 @@ def generate(directory: Path, *, seed: int = 0, size: int = 128, n_train: int = 
 
 
 def ensure(root: Path, category: str = "synthetic", **params) -> Path:
-    """Generate <root>/<category> unless it already holds data made with the same parameters."""
-    params = {"seed": 0, "size": 128, "n_train": 40, "n_test_good": 10, "n_test_defect": 20, **params}
+    """Generate <root>/<category> unless it already exists. Existing data is reused when every parameter
+    given here matches the recorded ones (parameters left out are not checked)."""
     target = Path(root) / category
     marker = target / MARKER
     if marker.is_file():
         existing = json.loads(marker.read_text())
-        if existing != params:
-            raise DatasetError(f"{target} holds synthetic data made with {existing}, not {params}; "
+        differ = {k: v for k, v in params.items() if existing.get(k) != v}
+        if differ:
+            raise DatasetError(f"{target} holds synthetic data made with {existing}, not {differ}; "
                                "choose another root or category")
         return target
+    params = {"seed": 0, "size": 128, "n_train": 40, "n_test_good": 10, "n_test_defect": 20, **params}
     if target.exists() and any(target.iterdir()):
         raise DatasetError(f"{target} exists and is not a synthetic dataset (no {MARKER}); "
                            "choose another root or category")

@@ -29,5 +29,5 @@ def area_up_to(x: np.ndarray, y: np.ndarray, x_max: float, normalize: bool = Tru
         correction = 0.5 * (y_lim + y[i - 1]) * (x_max - x[i - 1])
     inside = x <= x_max
     x, y = x[inside], y[inside]
-    area = float(np.sum(0.5 * (y[1:] + y[:-1]) * (x[1:] - x[:-1]))) + correction
+    area = float(np.sum(0.5 * (y[1:] + y[:-1]) * (x[1:] - x[:-1])) + correction)
     return area / x_max if normalize else area
