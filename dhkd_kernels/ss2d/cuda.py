@@ -1,0 +1,81 @@
+"""CUDA backend of the fused SS2D scan: allocation and launch of ``dhkd_kernels._cuda.ss2d_fwd/ss2d_bwd``.
+
+Calling convention as in :mod:`dhkd_kernels.ss2d.ops` (contiguous channels-last tensors on one CUDA device).
+Kernels run on the device's current stream. dB and dC are accumulated with atomics in fp32 buffers and
+converted to the I/O dtype here; dA, dD and ddelta_bias come back in fp32.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _ext
+
+
+def _module():
+    mod = _ext.load("_cuda")
+    if mod is None or not hasattr(mod, "ss2d_fwd"):
+        raise RuntimeError(f"the SS2D CUDA kernels are not available: {_ext.error('_cuda') or 'not built'}")
+    return mod
+
+
+def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
+def _sizes(mod, u: torch.Tensor, A: torch.Tensor) -> tuple[int, int, int, int, int]:
+    if u.device.type != "cuda":
+        raise ValueError(f"the SS2D CUDA backend needs CUDA tensors, got {u.device}")
+    bsz, H, W, Dch = u.shape
+    N = A.shape[2]
+    if N > mod.SS2D_MAX_STATE:
+        raise ValueError(f"the SS2D CUDA backend supports d_state up to {mod.SS2D_MAX_STATE}, got {N}; "
+                         "use the 'triton' or 'reference' backend")
+    return bsz, H, W, Dch, N
+
+
+def _workspace(mod, backward: bool, sizes, device: torch.device) -> tuple[Optional[torch.Tensor], int]:
+    n = mod.ss2d_workspace_floats(backward, *sizes)
+    return (torch.empty(n, dtype=torch.float32, device=device) if n else None), n
+
+
+def forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+            D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool,
+            out_float: bool) -> torch.Tensor:
+    mod = _module()
+    sizes = _sizes(mod, u, A)
+    A, D, delta_bias = _f32(A), _f32(D), _f32(delta_bias)
+    y = torch.empty(u.shape, dtype=torch.float32 if out_float else u.dtype, device=u.device)
+    with torch.cuda.device(u.device):
+        ws, ws_n = _workspace(mod, False, sizes, u.device)
+        mod.ss2d_fwd(_ext.ptr(u), _ext.ptr(delta), _ext.ptr(A), _ext.ptr(B), _ext.ptr(C), _ext.ptr(D),
+                     _ext.ptr(delta_bias), _ext.ptr(y), _ext.ptr(ws), ws_n, *sizes, _ext.dtype_code(u),
+                     bool(out_float), bool(delta_softplus), _ext.stream(u.device))
+    return y
+
+
+def backward(dy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+             C: torch.Tensor, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+             delta_softplus: bool):
+    mod = _module()
+    sizes = _sizes(mod, u, A)
+    bsz, H, W, Dch, N = sizes
+    if dy.shape != u.shape:
+        raise ValueError(f"dy must have the shape of u {tuple(u.shape)}, got {tuple(dy.shape)}")
+    if dy.dtype not in (torch.float32, u.dtype):
+        dy = dy.to(torch.float32)
+    dy = dy.contiguous()
+    A, D, delta_bias = _f32(A), _f32(D), _f32(delta_bias)
+    f32 = dict(dtype=torch.float32, device=u.device)
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dA = torch.zeros(A.shape, **f32)
+    dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
+    dD, dbias = torch.zeros((4, Dch), **f32), torch.zeros((4, Dch), **f32)
+    with torch.cuda.device(u.device):
+        ws, ws_n = _workspace(mod, True, sizes, u.device)
+        mod.ss2d_bwd(_ext.ptr(dy), dy.dtype == torch.float32, _ext.ptr(u), _ext.ptr(delta), _ext.ptr(A),
+                     _ext.ptr(B), _ext.ptr(C), _ext.ptr(D), _ext.ptr(delta_bias), _ext.ptr(du), _ext.ptr(ddelta),
+                     _ext.ptr(dA), _ext.ptr(dB), _ext.ptr(dC), _ext.ptr(dD), _ext.ptr(dbias), _ext.ptr(ws), ws_n,
+                     *sizes, _ext.dtype_code(u), bool(delta_softplus), _ext.stream(u.device))
+    return du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dbias

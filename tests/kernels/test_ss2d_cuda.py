@@ -1,0 +1,360 @@
+"""SS2D CUDA backend.
+
+Two parts:
+* CPU (always): a float64 PyTorch emulation of exactly the decomposition in csrc/ss2d/ss2d_cuda.cu
+  (chunks of 4 steps, chunk-local scans, the lane-segmented prefix combine over chunks, the backward's
+  reverse chunk-local g scans, reverse combine and per-chunk recomputation) checked against the reference
+  and its autograd gradients. This catches algebra mistakes in the chunk combine and gradient formulas
+  without a GPU.
+* GPU (skipped without one): the compiled kernels against the reference.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dhkd_kernels import _ext, use_backend
+from dhkd_kernels.ss2d import ops, reference
+
+CHUNK = 4  # kChunk in ss2d_cuda.cu
+LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Emulation of the kernels' decomposition (float64, vectorised over batch, channels and states)
+# ----------------------------------------------------------------------------------------------------------
+
+def _directions(u, delta, B, C, delta_bias, softplus):
+    """Per direction k: scan-order pixel indices, z = delta + bias, dt, u, B, C as (b, L, ·) sequences."""
+    bsz, H, W, Dch = u.shape
+    L = H * W
+    for k in range(4):
+        px = reference.to_sequence(torch.arange(L).reshape(1, H, W), k)[0]
+        z = delta[:, :, :, k].reshape(bsz, L, Dch)[:, px]
+        if delta_bias is not None:
+            z = z + delta_bias[k]
+        dt = torch.where(z <= 20, torch.log1p(torch.exp(z)), z) if softplus else z
+        yield (k, px, z, dt, u.reshape(bsz, L, Dch)[:, px], B[:, :, :, k].reshape(bsz, L, -1)[:, px],
+               C[:, :, :, k].reshape(bsz, L, -1)[:, px])
+
+
+def _chunks(L):
+    return [(c * CHUNK, min(c * CHUNK + CHUNK, L)) for c in range(math.ceil(L / CHUNK))]
+
+
+def _combine(val, S, a2, G, reverse):
+    """combine_chunks: val (b, NC, D, N) -> state entering each chunk, with G lanes per (channel, state)."""
+    NC = val.shape[1]
+    seg = math.ceil(NC / G)
+    spans = [(min(lane * seg, NC), min(min(lane * seg, NC) + seg, NC)) for lane in range(G)]
+    order = lambda e: NC - 1 - e if reverse else e  # noqa: E731
+    ga, gb = [], []
+    for e0, e1 in spans:  # each lane folds its segment
+        a, b = torch.ones_like(val[:, 0]), torch.zeros_like(val[:, 0])
+        for e in range(e0, e1):
+            da = torch.exp2(a2 * S[:, order(e), :, None])
+            a, b = a * da, da * b + val[:, order(e)]
+        ga.append(a)
+        gb.append(b)
+    off = 1
+    while off < G:  # shuffle-up inclusive scan over lanes
+        ga, gb = ([ga[i] if i < off else ga[i] * ga[i - off] for i in range(G)],
+                  [gb[i] if i < off else ga[i] * gb[i - off] + gb[i] for i in range(G)])
+        off *= 2
+    out = torch.empty_like(val)
+    for lane, (e0, e1) in enumerate(spans):
+        h = torch.zeros_like(val[:, 0]) if lane == 0 else gb[lane - 1]
+        for e in range(e0, e1):
+            out[:, order(e)] = h
+            h = torch.exp2(a2 * S[:, order(e), :, None]) * h + val[:, order(e)]
+    return out
+
+
+def _local_scans(dt, us, Bs, a2):
+    L = dt.shape[1]
+    cs, cS = [], []
+    for t0, t1 in _chunks(L):
+        h = torch.zeros(dt.shape[0], dt.shape[2], a2.shape[1], dtype=dt.dtype)
+        for t in range(t0, t1):
+            h = torch.exp2(a2 * dt[:, t, :, None]) * h + (dt[:, t] * us[:, t])[..., None] * Bs[:, t, None, :]
+        cs.append(h)
+        cS.append(dt[:, t0:t1].sum(1))
+    return torch.stack(cs, 1), torch.stack(cS, 1)
+
+
+def emulate_forward(u, delta, A, B, C, D, delta_bias, softplus, G):
+    bsz, H, W, Dch = u.shape
+    acc = torch.zeros(bsz, H * W, Dch, dtype=u.dtype)
+    for k, px, _, dt, us, Bs, Cs in _directions(u, delta, B, C, delta_bias, softplus):
+        a2 = A[k] * LOG2E
+        Dk = D[k] if D is not None else torch.zeros(Dch, dtype=u.dtype)
+        cs, cS = _local_scans(dt, us, Bs, a2)
+        cs = _combine(cs, cS, a2, G, reverse=False)
+        for c, (t0, t1) in enumerate(_chunks(H * W)):
+            h = cs[:, c]
+            for t in range(t0, t1):
+                h = torch.exp2(a2 * dt[:, t, :, None]) * h + (dt[:, t] * us[:, t])[..., None] * Bs[:, t, None, :]
+                acc[:, px[t]] += (Cs[:, t, None, :] * h).sum(-1) + Dk * us[:, t]
+    return acc.reshape(u.shape)
+
+
+def emulate_backward(dy, u, delta, A, B, C, D, delta_bias, softplus, G):
+    bsz, H, W, Dch = u.shape
+    L, N = H * W, A.shape[2]
+    du = torch.zeros(bsz, L, Dch, dtype=u.dtype)
+    ddelta = torch.zeros(bsz, L, 4, Dch, dtype=u.dtype)
+    dB = torch.zeros(bsz, L, 4, N, dtype=u.dtype)
+    dC = torch.zeros_like(dB)
+    dA = torch.zeros_like(A)
+    dD = torch.zeros(4, Dch, dtype=u.dtype)
+    dbias = torch.zeros(4, Dch, dtype=u.dtype)
+    dyf = dy.reshape(bsz, L, Dch)
+    for k, px, z, dt, us, Bs, Cs in _directions(u, delta, B, C, delta_bias, softplus):
+        a2 = A[k] * LOG2E
+        Dk = D[k] if D is not None else torch.zeros(Dch, dtype=u.dtype)
+        dys = dyf[:, px]
+        cs, cS = _local_scans(dt, us, Bs, a2)
+        cg = []
+        for t0, t1 in _chunks(L):  # reverse chunk-local g scans from a zero carry
+            gc = torch.zeros(bsz, Dch, N, dtype=u.dtype)
+            for t in range(t1 - 1, t0 - 1, -1):
+                gc = torch.exp2(a2 * dt[:, t, :, None]) * (Cs[:, t, None, :] * dys[:, t, :, None] + gc)
+            cg.append(gc)
+        cs = _combine(cs, cS, a2, G, reverse=False)
+        cg = _combine(torch.stack(cg, 1), cS, a2, G, reverse=True)
+        for c, (t0, t1) in enumerate(_chunks(L)):
+            hs = [cs[:, c]]
+            for t in range(t0, t1):
+                hs.append(torch.exp2(a2 * dt[:, t, :, None]) * hs[-1]
+                          + (dt[:, t] * us[:, t])[..., None] * Bs[:, t, None, :])
+            gc = cg[:, c]
+            for i in range(t1 - t0 - 1, -1, -1):
+                t = t0 + i
+                dtt, uu, dyv = dt[:, t, :, None], us[:, t, :, None], dys[:, t, :, None]
+                a = torch.exp2(a2 * dtt)
+                g = Cs[:, t, None, :] * dyv + gc
+                ah = a * hs[i]
+                dB[:, px[t], k] += (g * dtt * uu).sum(1)
+                dC[:, px[t], k] += (dyv * hs[i + 1]).sum(1)
+                ddt = (g * (a2 / LOG2E * ah + uu * Bs[:, t, None, :])).sum(-1)
+                dA[k] += (g * dtt * ah).sum(0)
+                gc = a * g
+                zt = z[:, t]
+                dz = ddt * torch.sigmoid(zt) if softplus else ddt
+                if softplus:
+                    dz = torch.where(zt <= 20, dz, ddt)
+                ddelta[:, px[t], k] = dz
+                du[:, px[t]] += dt[:, t] * (g * Bs[:, t, None, :]).sum(-1) + Dk * dys[:, t]
+                dD[k] += (dys[:, t] * us[:, t]).sum(0)
+                dbias[k] += dz.sum(0)
+    return (du.reshape(u.shape), ddelta.reshape(delta.shape), dA, dB.reshape(B.shape), dC.reshape(C.shape), dD,
+            dbias)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Inputs and the reference
+# ----------------------------------------------------------------------------------------------------------
+
+def make_inputs(bsz, H, W, Dch, N, dtype=torch.float64, device="cpu", with_d=True, with_bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    u = r(bsz, H, W, Dch)
+    delta = r(bsz, H, W, 4, Dch) * 0.5 - 1.0
+    A = -torch.arange(1, N + 1, dtype=torch.float64).repeat(4, Dch, 1) * (0.5 + torch.rand(4, Dch, N, generator=g,
+                                                                                         dtype=torch.float64))
+    B, C = r(bsz, H, W, 4, N), r(bsz, H, W, 4, N)
+    D = r(4, Dch) if with_d else None
+    bias = r(4, Dch) * 0.5 if with_bias else None
+    io = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+    f32 = torch.float64 if dtype == torch.float64 else torch.float32
+    param = lambda t: None if t is None else t.to(device=device, dtype=f32)  # noqa: E731
+    return io(u), io(delta), param(A), io(B), io(C), param(D), param(bias)
+
+
+def reference_grads(dy, args, softplus):
+    leaves = [None if t is None else t.detach().double().requires_grad_() for t in args]
+    y = reference.ss2d_scan_reference(*leaves, delta_softplus=softplus, out_float=True)
+    present = [t for t in leaves if t is not None]
+    grads = torch.autograd.grad(y, present, dy.double())
+    it = iter(grads)
+    return [None if t is None else next(it) for t in leaves]
+
+
+def rel_err(x, ref):
+    x, ref = x.double().cpu(), ref.double().cpu()
+    return ((x - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+
+
+EMU_CASES = [  # (bsz, H, W, D, N, G, with_d, with_bias, softplus)
+    (1, 1, 1, 2, 3, 1, True, True, True),
+    (2, 3, 5, 3, 4, 4, True, False, True),
+    (1, 6, 4, 2, 2, 32, False, True, False),
+    (1, 5, 7, 2, 3, 2, True, True, True),  # L = 35: 9 chunks, a 3-step tail, 2 lanes of 5 and 4 chunks
+    (1, 4, 9, 1, 1, 16, True, True, True),  # more lanes than chunks: empty lane segments
+]
+
+
+@pytest.mark.parametrize("bsz,H,W,Dch,N,G,with_d,with_bias,softplus", EMU_CASES)
+def test_emulated_forward_matches_reference(bsz, H, W, Dch, N, G, with_d, with_bias, softplus):
+    args = make_inputs(bsz, H, W, Dch, N, with_d=with_d, with_bias=with_bias)
+    want = reference.ss2d_scan_reference(*args, delta_softplus=softplus, out_float=True)
+    got = emulate_forward(*args, softplus=softplus, G=G)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("bsz,H,W,Dch,N,G,with_d,with_bias,softplus", EMU_CASES)
+def test_emulated_backward_matches_autograd(bsz, H, W, Dch, N, G, with_d, with_bias, softplus):
+    args = make_inputs(bsz, H, W, Dch, N, with_d=with_d, with_bias=with_bias)
+    dy = torch.randn(bsz, H, W, Dch, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    want = reference_grads(dy, args, softplus)
+    got = emulate_backward(dy, *args, softplus=softplus, G=G)
+    names = ["du", "ddelta", "dA", "dB", "dC", "dD", "ddelta_bias"]
+    for name, g, w in zip(names, got, want):
+        if w is not None:
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_emulated_softplus_threshold_gradient():
+    """Above 20 the time step is delta + bias itself, so its gradient passes through unchanged."""
+    args = list(make_inputs(1, 2, 3, 2, 2))
+    args[1] = args[1] + 25.0 * (torch.arange(2, dtype=torch.float64) == 0)  # channel 0 above the threshold
+    args[2] = args[2] * 0.01
+    dy = torch.randn(1, 2, 3, 2, dtype=torch.float64)
+    want = reference_grads(dy, args, True)
+    got = emulate_backward(dy, *args, softplus=True, G=2)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-9, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# GPU: the compiled kernels
+# ----------------------------------------------------------------------------------------------------------
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available() or _ext.load("_cuda") is None
+                         or not hasattr(_ext.load("_cuda"), "ss2d_fwd"),
+                         reason="needs a CUDA GPU and the built dhkd_kernels._cuda")
+
+GPU_SHAPES = [  # (bsz, H, W, D, N)
+    (1, 1, 1, 8, 16),
+    (2, 8, 8, 64, 16),
+    (1, 5, 12, 24, 1),  # H != W, d_state 1
+    (1, 32, 32, 48, 16),
+    (1, 64, 64, 16, 16),  # long L: many chunks per lane in the combine
+    (8, 8, 8, 640, 16),  # 32-channel tiles: full-warp reductions
+    (160, 3, 5, 5, 4),  # partial channel tiles: dead lanes
+]
+
+
+def _cuda_inputs(shape, dtype, **kw):
+    return make_inputs(*shape, dtype=dtype, device="cuda", **kw)
+
+
+@gpu
+@pytest.mark.parametrize("shape", GPU_SHAPES)
+def test_cuda_forward_backward_fp32(shape):
+    args = _cuda_inputs(shape, torch.float32)
+    leaves = [None if t is None else t.clone().requires_grad_() for t in args]
+    with use_backend("cuda"):
+        y = ops.ss2d_scan(*leaves)
+    want = reference.ss2d_scan_reference(*[None if t is None else t.double() for t in args])
+    assert y.dtype == torch.float32
+    assert rel_err(y, want) < 2e-4
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    ref = reference_grads(dy, args, True)
+    for name, leaf, r in zip(["u", "delta", "A", "B", "C", "D", "delta_bias"], leaves, ref):
+        assert rel_err(leaf.grad, r) < 1e-3, name
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("out_float", [False, True])
+def test_cuda_half_precision(dtype, out_float):
+    args = _cuda_inputs((2, 6, 10, 32, 16), dtype)
+    with use_backend("cuda"):
+        y = ops.ss2d_scan(*args, out_float=out_float)
+    assert y.dtype == (torch.float32 if out_float else dtype)
+    # The reference on the same (rounded) inputs, in float64.
+    want = reference.ss2d_scan_reference(*[None if t is None else t.double() for t in args], out_float=True)
+    assert rel_err(y, want) < (1e-2 if dtype == torch.float16 else 3e-2)
+    leaves = [None if t is None else t.clone().requires_grad_() for t in args]
+    with use_backend("cuda"):
+        y = ops.ss2d_scan(*leaves, out_float=out_float)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    ref = reference_grads(dy.float(), args, True)
+    for name, leaf, r in zip(["u", "delta", "A", "B", "C", "D", "delta_bias"], leaves, ref):
+        assert leaf.grad.dtype == leaf.dtype, name
+        assert rel_err(leaf.grad, r) < 5e-2, name
+
+
+@gpu
+def test_cuda_without_d_bias_softplus():
+    args = _cuda_inputs((1, 7, 3, 16, 8), torch.float32, with_d=False, with_bias=False)
+    leaves = [None if t is None else t.clone().requires_grad_() for t in args]
+    with use_backend("cuda"):
+        y = ops.ss2d_scan(*leaves, delta_softplus=False)
+    want = reference.ss2d_scan_reference(*[None if t is None else t.double() for t in args], delta_softplus=False)
+    assert rel_err(y, want) < 2e-4
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    ref = reference_grads(dy, args, False)
+    for name, leaf, r in zip(["u", "delta", "A", "B", "C"], leaves, ref):
+        assert rel_err(leaf.grad, r) < 1e-3, name
+
+
+@gpu
+def test_cuda_global_workspace_path():
+    """A map too long for shared memory runs with the scratch in a global workspace."""
+    mod = _ext.load("_cuda")
+    shape = (1, 110, 110, 2, 16)
+    if mod.ss2d_workspace_floats(False, *shape) == 0 or mod.ss2d_workspace_floats(True, *shape) == 0:
+        pytest.skip("this GPU's shared memory holds the whole scratch for this shape")
+    args = _cuda_inputs(shape, torch.float32)
+    leaves = [None if t is None else t.clone().requires_grad_() for t in args]
+    with use_backend("cuda"):
+        y = ops.ss2d_scan(*leaves)
+    want = reference.ss2d_scan_reference(*[None if t is None else t.double() for t in args])
+    assert rel_err(y, want) < 2e-4
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    ref = reference_grads(dy, args, True)
+    for name, leaf, r in zip(["u", "delta", "A", "B", "C", "D", "delta_bias"], leaves, ref):
+        assert rel_err(leaf.grad, r) < 1e-3, name
+
+
+@gpu
+def test_cuda_opcheck():
+    args = _cuda_inputs((1, 4, 6, 8, 4), torch.float32)
+    args = [None if t is None else t.requires_grad_() for t in args]
+    torch.library.opcheck(ops._ss2d_scan_op, (*args, True, False, "cuda"))
+
+
+@gpu
+def test_cuda_graph_capture_forward():
+    args = _cuda_inputs((1, 16, 16, 32, 16), torch.float32)
+    with use_backend("cuda"):
+        eager = ops.ss2d_scan(*args)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            ops.ss2d_scan(*args)  # warm-up outside the capture
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = ops.ss2d_scan(*args)
+        args[0].mul_(2.0)
+        graph.replay()
+        torch.cuda.synchronize()
+        again = ops.ss2d_scan(*args)
+    assert not torch.equal(captured, eager)
+    torch.testing.assert_close(captured, again)
+
+
+@gpu
+def test_cuda_rejects_large_state():
+    mod = _ext.load("_cuda")
+    args = _cuda_inputs((1, 2, 2, 4, mod.SS2D_MAX_STATE + 1), torch.float32)
+    with use_backend("cuda"), pytest.raises(ValueError, match="d_state"):
+        ops.ss2d_scan(*args)
