@@ -9,6 +9,9 @@ import importlib
 import sys
 
 COMMANDS = [
+    "dhkd.commands.demo",
+    "dhkd.commands.train",
+    "dhkd.commands.predict",
     "dhkd.commands.info",
     "dhkd.commands.distill_teacher",
     "dhkd.commands.evaluate",

@@ -41,6 +41,8 @@ class TrainConfig:
     device: str = "auto"               # auto: cuda if available else cpu
     amp: bool = True                   # bf16/fp16 autocast on GPU (ignored on CPU)
     evaluate: bool = True              # fit quantiles on validation good images and evaluate the test split
+    overlays: bool = False             # with evaluate: heat-map overlay PNGs of the test images
+    export_maps: bool = False          # with evaluate: float TIFF maps in the official evaluation layout
 
     def validate(self) -> "TrainConfig":
         if self.steps < 1 or self.batch_size < 1:

@@ -53,11 +53,12 @@ def teacher_statistics(model: DHKD, batches, device: torch.device) -> tuple[torc
 class Trainer:
     """Train one model on one category. ``run()`` returns a summary dict (and writes it to the run dir)."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, timestamp: str | None = None):
         self.cfg = config.validate()
         self.device = pick_device(config.device)
+        stamp = timestamp or datetime.now().strftime("%Y%m%d-%H%M%S")
         self.run_dir = Path(config.run_dir) if config.run_dir else (
-            Path(config.output) / config.dataset / config.category / datetime.now().strftime("%Y%m%d-%H%M%S"))
+            Path(config.output) / config.dataset / config.category / stamp)
 
     # ------------------------------------------------------------------ set-up
     def build_model(self) -> DHKD:
@@ -135,7 +136,8 @@ class Trainer:
             from dhkd.eval.evaluator import evaluate_model
 
             summary["results"] = evaluate_model(model, cfg.dataset, cfg.root, cfg.category, self.run_dir,
-                                                seed=cfg.seed, **cfg.dataset_options)
+                                                seed=cfg.seed, overlays=cfg.overlays,
+                                                export_maps=cfg.export_maps, **cfg.dataset_options)
         save_model(model, self.run_dir / "model.safetensors",
                    extra={"dataset": cfg.dataset, "category": cfg.category, "steps": cfg.steps})
         atomic_write_json(self.run_dir / "summary.json", summary)

@@ -1,0 +1,56 @@
+"""``dhkd train``: train one model per category (several categories: one after another, or spread over
+the ranks of a ``torchrun`` launch)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "train"
+HELP = "train DHKD on one or more categories of a dataset (paper recipe by default)"
+
+
+def add_arguments(parser) -> None:
+    from dhkd.data import DATASETS
+    from dhkd.models import PRESETS
+
+    parser.add_argument("--config", type=Path, help="YAML file with TrainConfig fields (flags override it)")
+    parser.add_argument("--dataset", choices=DATASETS, help="dataset layout (default mvtec_ad)")
+    parser.add_argument("--root", help="dataset root folder")
+    parser.add_argument("--category", help="category; several as a comma-separated list (or 'all' present "
+                        "under the root)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="model preset (default paper)")
+    parser.add_argument("--teacher", help="teacher weights: EfficientAD teacher_*.pth, anomalib or distilled "
+                        ".safetensors (see docs/teacher.md)")
+    parser.add_argument("--steps", type=int, help="training steps (paper: 100000)")
+    parser.add_argument("--image-size", type=int, help="square input side (default 256)")
+    parser.add_argument("--seed", type=int, help="seed of init, data order, dropout and the hold-out")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--output", help="runs are written to OUTPUT/<dataset>/<category>/<timestamp>/")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="continue a run exactly from its last checkpoint (uses its config.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any TrainConfig field, e.g. --set lr=3e-4 --set "
+                             "'model_overrides={use_hstm: false}'")
+
+
+def build_config(args):
+    from dhkd.train import TrainConfig
+
+    if args.resume is not None:
+        cfg = TrainConfig.from_yaml(args.resume / "config.yaml").override([f"run_dir={args.resume}"])
+    elif args.config is not None:
+        cfg = TrainConfig.from_yaml(args.config)
+    else:
+        cfg = TrainConfig()
+    flags = {"dataset": args.dataset, "root": args.root, "category": args.category, "preset": args.preset,
+             "teacher": args.teacher, "steps": args.steps, "image_size": args.image_size, "seed": args.seed,
+             "device": args.device, "output": args.output}
+    assignments = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.set)
+    return cfg.override(assignments)
+
+
+def run(args) -> int:
+    from dhkd.train.multi import train_categories
+
+    cfg = build_config(args)
+    train_categories(cfg)
+    return 0
