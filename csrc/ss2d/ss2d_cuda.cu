@@ -25,8 +25,11 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace {
 
@@ -402,6 +405,7 @@ struct Plan {
   int dt_tile, nchunks, grid_x;
   size_t floats;      // per block
   bool use_workspace;  // scratch in global memory instead of shared memory
+  int smem_max;        // the device's opt-in shared memory per block, bytes
 };
 
 Plan make_plan(bool bwd, int batch, int H, int W, int D, int N) {
@@ -426,16 +430,28 @@ Plan make_plan(bool bwd, int batch, int H, int W, int D, int N) {
   pl.grid_x = (D + DT - 1) / DT;
   pl.floats = block_floats(bwd, L, DT, N, pl.nchunks);
   pl.use_workspace = pl.floats * sizeof(float) > (size_t)smem_max;
+  pl.smem_max = smem_max;
   return pl;
+}
+
+// Raises a kernel's dynamic shared memory cap to the device's opt-in maximum, once per (kernel, device), so
+// later launches (possibly inside a CUDA graph capture) make no attribute calls.
+void allow_max_smem(const void* kernel, int smem_max) {
+  static std::mutex mu;
+  static std::set<std::pair<const void*, int>> done;
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  std::lock_guard<std::mutex> lock(mu);
+  if (done.count({kernel, dev})) return;
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max),
+             "cudaFuncSetAttribute");
+  done.insert({kernel, dev});
 }
 
 template <typename K>
 void launch(K kernel, const Plan& pl, int batch, const Params& prm, cudaStream_t stream) {
   const size_t smem = pl.use_workspace ? 0 : pl.floats * sizeof(float);
-  if (smem > 48 * 1024) {
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-               "cudaFuncSetAttribute");
-  }
+  if (smem > 48 * 1024) allow_max_smem(reinterpret_cast<const void*>(kernel), pl.smem_max);
   kernel<<<dim3(pl.grid_x, batch), kThreads, smem, stream>>>(prm);
   check_cuda(cudaGetLastError(), "kernel launch");
 }
