@@ -24,9 +24,12 @@ def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.to(torch.float32).contiguous()
 
 
-def _sizes(mod, u: torch.Tensor, A: torch.Tensor) -> tuple[int, int, int, int, int]:
+def _sizes(mod, u: torch.Tensor, A: torch.Tensor, *io: torch.Tensor) -> tuple[int, int, int, int, int]:
     if u.device.type != "cuda":
         raise ValueError(f"the SS2D CUDA backend needs CUDA tensors, got {u.device}")
+    for name, t in zip(("u", "delta", "B", "C"), (u, *io)):
+        if not t.is_contiguous():
+            raise ValueError(f"the SS2D CUDA backend needs a contiguous {name}")
     bsz, H, W, Dch = u.shape
     N = A.shape[2]
     if N > mod.SS2D_MAX_STATE:
@@ -44,7 +47,7 @@ def forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tens
             D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool,
             out_float: bool) -> torch.Tensor:
     mod = _module()
-    sizes = _sizes(mod, u, A)
+    sizes = _sizes(mod, u, A, delta, B, C)
     A, D, delta_bias = _f32(A), _f32(D), _f32(delta_bias)
     y = torch.empty(u.shape, dtype=torch.float32 if out_float else u.dtype, device=u.device)
     with torch.cuda.device(u.device):
@@ -59,7 +62,7 @@ def backward(dy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Te
              C: torch.Tensor, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
              delta_softplus: bool):
     mod = _module()
-    sizes = _sizes(mod, u, A)
+    sizes = _sizes(mod, u, A, delta, B, C)
     bsz, H, W, Dch, N = sizes
     if dy.shape != u.shape:
         raise ValueError(f"dy must have the shape of u {tuple(u.shape)}, got {tuple(dy.shape)}")
