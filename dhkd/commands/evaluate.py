@@ -3,8 +3,9 @@
 Model-free form (maps from any method, float TIFFs at the original image size in the official layout):
     dhkd evaluate --maps DIR --dataset mvtec_loco --root ROOT --category CAT --output OUT
 
-For a trained model, load it and call :func:`evaluate_loaded_model` with the parsed arguments (it fits the
-quantiles on the validation split and evaluates the test split; see dhkd.eval.evaluator.evaluate_model).
+Model form (fits the map quantiles on the validation split — good images only — then evaluates the test
+split at full resolution):
+    dhkd evaluate --model RUN_DIR_OR_MODEL_FILE --dataset mvtec_ad --root ROOT --category CAT --output OUT
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("--maps", type=Path, help="folder of float TIFF maps: <maps>/<category>/test/<defect>/"
                         "<id>.tiff (the folder itself, its parent, or an output folder with anomaly_maps/)")
+    parser.add_argument("--model", type=Path, help="trained model: a run folder or its model.safetensors")
+    parser.add_argument("--device", default="auto", help="model form: auto, cpu, cuda, ...")
     parser.add_argument("--dataset", choices=DATASETS, required=True, help="dataset layout")
     parser.add_argument("--root", type=Path, required=True, help="dataset root folder")
     parser.add_argument("--category", required=True, help="category (object) name")
@@ -37,7 +40,9 @@ def add_arguments(parser) -> None:
 def evaluate_loaded_model(model, args) -> dict:
     """Evaluate an already loaded model with the options parsed by :func:`add_arguments`."""
     from dhkd.eval.evaluator import evaluate_model
+    from dhkd.train.trainer import pick_device
 
+    model.to(pick_device(args.device))
     return evaluate_model(model, args.dataset, args.root, args.category, args.output, seed=args.seed,
                           batch_size=args.batch_size, smooth_sigma=args.smooth_sigma,
                           export_maps=args.export_maps, overlays=args.overlays)
@@ -51,9 +56,15 @@ def print_summary(results: dict, output: Path) -> None:
 def run(args) -> int:
     from dhkd.eval.evaluator import evaluate_maps
 
-    if args.maps is None:
-        raise SystemExit("dhkd evaluate: give --maps DIR (model-based evaluation needs a loaded model; "
-                         "see dhkd.commands.evaluate.evaluate_loaded_model)")
+    if (args.maps is None) == (args.model is None):
+        raise SystemExit("dhkd evaluate: give exactly one of --maps DIR (maps of any method) or --model RUN")
+    if args.model is not None:
+        from dhkd.io import load_model
+
+        model_path = args.model / "model.safetensors" if args.model.is_dir() else args.model
+        results = evaluate_loaded_model(load_model(model_path), args)
+        print_summary(results, args.output)
+        return 0
     if args.export_maps:
         raise SystemExit("dhkd evaluate: --export-maps needs a model; with --maps the maps already exist")
     results = evaluate_maps(args.maps, args.dataset, args.root, args.category, args.output, seed=args.seed,
