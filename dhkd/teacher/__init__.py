@@ -1,7 +1,5 @@
-"""Offline distillation of PDN teachers (EfficientAD's teacher pretraining with pluggable backbones)."""
-from .backbones import BACKBONES, BackboneUnavailable, build_backbone, project_patches
-from .distill import DistillConfig, DistillResult, distill
-from .images import PairedViews, find_images
+"""Offline distillation of PDN teachers (EfficientAD's teacher pretraining with pluggable backbones).
 
-__all__ = ["BACKBONES", "BackboneUnavailable", "DistillConfig", "DistillResult", "PairedViews", "build_backbone",
-           "distill", "find_images", "project_patches"]
+Modules: :mod:`.backbones` (distillation targets), :mod:`.images` (image folders and paired views),
+:mod:`.distill` (training loop, checkpoints), :mod:`.sample_images` (an offline sample-image folder).
+"""

@@ -9,6 +9,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+CACHE_MAX_IMAGES = 256  # folders up to this many images are decoded once and kept in memory
 
 
 def find_images(root: str | Path) -> list[Path]:
@@ -48,13 +49,20 @@ class PairedViews:
             raise ValueError(f"grayscale_p must be in [0, 1], got {grayscale_p}")
         self.paths, self.pdn_size, self.backbone_size = list(paths), pdn_size, backbone_size
         self.crop_scale, self.hflip, self.grayscale_p = (lo, hi), hflip, grayscale_p
+        self._cache: dict[int, Image.Image] | None = {} if len(self.paths) <= CACHE_MAX_IMAGES else None
 
-    def _open(self, path: Path) -> Image.Image:
+    def _open(self, index: int) -> Image.Image:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        path = self.paths[index]
         try:
             with Image.open(path) as im:
-                return im.convert("RGB")
+                im = im.convert("RGB")
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"image {path}: cannot be decoded ({e})") from e
+        if self._cache is not None:
+            self._cache[index] = im
+        return im
 
     def _crop_box(self, w: int, h: int, gen: torch.Generator) -> tuple[int, int, int, int]:
         area = w * h * _uniform(gen, *self.crop_scale)
@@ -67,7 +75,7 @@ class PairedViews:
 
     def sample(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One pair: (3×backbone_size², 3×pdn_size²), float32 in [0, 1]."""
-        im = self._open(self.paths[int(torch.randint(len(self.paths), (), generator=gen))])
+        im = self._open(int(torch.randint(len(self.paths), (), generator=gen)))
         if self.crop_scale != (1.0, 1.0):
             im = im.crop(self._crop_box(*im.size, gen))
         if self.hflip and torch.rand((), generator=gen).item() < 0.5:
