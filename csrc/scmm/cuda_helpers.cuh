@@ -1,0 +1,56 @@
+// Small CUDA helpers of the SCMM and FCCM kernels: fp16/bf16 <-> fp32, 4-D strides, a block sum, checks.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace dhkd_cuda {
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Element strides of a (batch, channel, row, column) tensor.
+struct Strides4 {
+  long long b, c, h, w;
+  __host__ __device__ long long at(long long bb, long long cc, long long y, long long x) const {
+    return bb * b + cc * c + y * h + x * w;
+  }
+};
+
+constexpr int kThreads = 256;
+
+// Sum of v over the block (blockDim.x == kThreads); the result is valid in thread 0. Every thread calls it.
+__device__ __forceinline__ float block_sum(float v, float* smem /* kThreads / 32 floats */) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  float s = 0.f;
+  if (threadIdx.x == 0)
+    for (int k = 0; k < kThreads / 32; ++k) s += smem[k];
+  return s;
+}
+
+inline void check_launch(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+inline void check_grid(long long planes, const char* what) {
+  if (planes < 1 || planes > 65535)
+    throw std::invalid_argument(std::string(what) + ": batch*channels must be in 1..65535, got " +
+                                std::to_string(planes));
+}
+
+}  // namespace dhkd_cuda
