@@ -86,6 +86,7 @@ class BuildExt(build_ext):
                 objects.append(obj)
             ext.sources = [s for s in ext.sources if not s.endswith(".cu")]
             ext.extra_objects = list(ext.extra_objects or []) + objects
+            ext.depends = list(ext.depends or []) + objects  # relink when only a .cu changed
         super().build_extension(ext)
 
 
