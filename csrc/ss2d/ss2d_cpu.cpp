@@ -183,10 +183,10 @@ struct BwdWork {
   std::vector<float> bt, ct;
 };
 
-// Steps per recomputed chunk: keeps the chunk's decays + states (2·T·N·nv vectors) around 128 kB.
+// Steps per recomputed chunk: keeps the chunk's decays + states (2·T·N·nv vectors) within ~256 kB of L2.
 int64_t chunk_steps(int64_t L, int64_t N, int nv) {
   const int64_t per_step = 2 * N * nv * static_cast<int64_t>(sizeof(vf));
-  return std::max<int64_t>(4, std::min<int64_t>(L, (128 * 1024) / per_step));
+  return std::max<int64_t>(4, std::min<int64_t>(L, (256 * 1024) / per_step));
 }
 
 SS2D_CLONES void bwd_block(const Inputs& in, const Dims& s, const int64_t* ord, const Grads& g, int64_t b,
@@ -369,6 +369,44 @@ int team_size(int nthreads, int64_t items) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, items)));
 }
 
+// Channel block, number of work items and thread team of a call.
+struct Launch {
+  int64_t cb, nblk, items;
+  int team;
+};
+
+// Threads get at least kMinWorkPerThread state updates (~50 µs) each: smaller calls run on fewer threads,
+// which also spares them barrier waits on descheduled threads when the machine is oversubscribed.
+constexpr int64_t kMinWorkPerThread = int64_t(1) << 17;
+
+Launch launch(const Dims& s, int nthreads) {
+  const int64_t work = kDirs * s.bsz * s.L * s.Dc * s.N;
+  const int want = team_size(nthreads, std::max<int64_t>(1, work / kMinWorkPerThread));
+  const int64_t cb = block_size(s.bsz, s.Dc, want);
+  const int64_t nblk = (s.Dc + cb - 1) / cb;
+  return Launch{cb, nblk, s.bsz * nblk, team_size(want, s.bsz * nblk)};
+}
+
+// fp32 gradient partials of one thread: dB, dC (b, L, 4, N), dA (4, D, N), dD and ddelta_bias (4, D).
+int64_t bwd_partial_floats(const Dims& s) {
+  return 2 * s.bsz * s.L * kDirs * s.N + kDirs * s.Dc * s.N + 2 * kDirs * s.Dc;
+}
+
+// Bytes the backward allocates besides its outputs: scan orders, per-thread partials and BwdWork buffers.
+int64_t ss2d_bwd_workspace_bytes(int64_t bsz, int64_t H, int64_t W, int64_t Dc, int64_t N, int dt,
+                                 int nthreads) {
+  const Dims s = check_dims(bsz, H, W, Dc, N, dt);
+  const Launch lc = launch(s, nthreads);
+  const int nv = static_cast<int>((lc.cb + VL - 1) / VL);
+  const int64_t SN = nv * N, T = chunk_steps(s.L, N, nv), nc = (s.L + T - 1) / T;
+  const int64_t vectors = (2 * SN + 2 * nv)                    // BlockParams
+                          + nc * SN + 2 * T * SN + 2 * T * nv      // checkpoints, chunk buffers
+                          + 2 * SN + 2 * N                         // adjoint carry, dA, dB/dC lanes
+                          + (dt == kF32 ? 0 : s.L * nv);           // du accumulator
+  const int64_t per_thread = vectors * static_cast<int64_t>(sizeof(vf)) + 2 * N * 4 + bwd_partial_floats(s) * 4;
+  return kDirs * s.L * 8 + lc.team * per_thread;
+}
+
 void ss2d_fwd(std::uintptr_t u, std::uintptr_t delta, std::uintptr_t A, std::uintptr_t B, std::uintptr_t C,
               std::uintptr_t Dw, std::uintptr_t bias, std::uintptr_t y, int64_t bsz, int64_t H, int64_t W,
               int64_t Dc, int64_t N, int dt, int ydt, bool softplus, int nthreads) {
@@ -380,11 +418,10 @@ void ss2d_fwd(std::uintptr_t u, std::uintptr_t delta, std::uintptr_t A, std::uin
                   as_ptr<const void>(C), as_ptr<const float>(A), as_ptr<const float>(Dw),
                   as_ptr<const float>(bias), dt, softplus};
   const std::vector<int64_t> ord = scan_orders(H, W);
-  const int64_t cb = block_size(bsz, Dc, team_size(nthreads, bsz * Dc));
-  const int64_t nblk = (Dc + cb - 1) / cb, items = bsz * nblk;
-  const int team = team_size(nthreads, items);
+  const Launch lc = launch(s, nthreads);
+  const int64_t cb = lc.cb, nblk = lc.nblk, items = lc.items;
   void* yp = as_ptr<void>(y);
-#pragma omp parallel num_threads(team)
+#pragma omp parallel num_threads(lc.team)
   {
     FwdWork w;
 #pragma omp for schedule(static)
@@ -411,11 +448,11 @@ void ss2d_bwd(std::uintptr_t dy, int dydt, std::uintptr_t u, std::uintptr_t delt
                   as_ptr<const void>(C), as_ptr<const float>(A), as_ptr<const float>(Dw),
                   as_ptr<const float>(bias), dt, softplus};
   const std::vector<int64_t> ord = scan_orders(H, W);
-  const int64_t cb = block_size(bsz, Dc, team_size(nthreads, bsz * Dc));
-  const int64_t nblk = (Dc + cb - 1) / cb, items = bsz * nblk;
-  const int team = team_size(nthreads, items);
+  const Launch lc = launch(s, nthreads);
+  const int64_t cb = lc.cb, nblk = lc.nblk, items = lc.items;
+  const int team = lc.team;
   const int64_t nbc = bsz * s.L * kDirs * N, na = kDirs * Dc * N, nd = kDirs * Dc;
-  const int64_t per_thread = 2 * nbc + na + 2 * nd;
+  const int64_t per_thread = bwd_partial_floats(s);
   std::vector<float> partial(team * per_thread, 0.0f);
 #pragma omp parallel num_threads(team)
   {
@@ -463,4 +500,7 @@ void bind_ss2d_cpu(py::module_& m) {
         "dy"_a, "dy_dtype"_a, "u"_a, "delta"_a, "A"_a, "B"_a, "C"_a, "Dw"_a, "delta_bias"_a, "du"_a,
         "ddelta"_a, "dA"_a, "dB"_a, "dC"_a, "dD"_a, "ddelta_bias"_a, "batch"_a, "H"_a, "W"_a, "D"_a, "N"_a,
         "dtype"_a, "delta_softplus"_a, "num_threads"_a = 0);
+  m.def("ss2d_bwd_workspace_bytes", &dhkd::ss2d_bwd_workspace_bytes,
+        "Bytes ss2d_bwd allocates for itself (besides its outputs) for these sizes and threads.", "batch"_a,
+        "H"_a, "W"_a, "D"_a, "N"_a, "dtype"_a, "num_threads"_a = 0);
 }

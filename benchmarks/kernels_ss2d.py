@@ -1,0 +1,249 @@
+"""Benchmark of the fused SS2D scan (``dhkd_kernels.ss2d_scan``): every available backend vs the reference.
+
+For the DHKD Gnet shapes (4×4, 8×8, 32×32, 64×64 maps, D = 128, N = 16, batch 1) and a sweep over
+D ∈ {128, 384, 768} × N ∈ {1, 16} on a 32×32 map, and for each backend that runs here, it measures:
+
+* forward time and forward+backward time (median over repeats interleaved across backends, so every
+  backend sees the same machine load; process CPU time is recorded next to wall time because the build
+  machine is shared),
+* the ratio to the plain-PyTorch reference measured in the same run,
+* on CPU, the ratio of the forward to the modelled CPU floor of KERNEL_ANCHORS §5.1 — the doc's
+  *nominal* model of a 2-core machine: (F + 12·T) / 100 GFLOP/s with F = 6E + 7P, T = E + 2P,
+  E = 4·L·D·N, P = 4·L·D — not a measured peak,
+* backward / forward,
+* the backward's memory: on CUDA the peak of ``torch.cuda.max_memory_allocated`` during the backward;
+  on CPU the bytes of the gradients torch allocates plus, for the C++ backend, the workspace the kernel
+  itself allocates (reported exactly by ``_cpu.ss2d_bwd_workspace_bytes``). The CPU reference's autograd
+  peak is not measured (torch has no CPU allocator statistics).
+
+The reference's backward is only timed up to E = 4·L·D·N = 8.4 M state updates (1 M in quick mode): its
+autograd keeps every chunk's (T, 4D, N) intermediates (about 2 GB and tens of seconds at 64×64, D = 128,
+N = 16 on the shared 2-core machine); those rows leave the backward fields empty.
+
+Run ``python benchmarks/kernels_ss2d.py [--quick]``: prints a table and writes
+``benchmarks/results/kernels_ss2d_<date>_<host>.json``. ``run(quick)`` returns the rows.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import dhkd_kernels
+from dhkd_kernels import _ext, _registry
+
+OP = "ss2d_scan"
+DHKD_MAPS = [(4, 4), (8, 8), (32, 32), (64, 64)]
+SWEEP_MAP = (32, 32)
+REF_BWD_MAX_E = {False: 4 * 1024 * 128 * 16, True: 4 * 64 * 128 * 16}  # by quick
+FLOOR_NOTE = ("cpu floor = KERNEL_ANCHORS §5.1 nominal model: (F + 12·T) / 100 GFLOP/s, F = 6E + 7P, "
+              "T = E + 2P, E = 4·L·D·N, P = 4·L·D (a model of the 2-core build machine, not a measurement)")
+
+
+def cpu_floor_ms(L: int, D: int, N: int) -> float:
+    E, P = 4 * L * D * N, 4 * L * D
+    return (6 * E + 7 * P + 12 * (E + 2 * P)) / 100e9 * 1e3
+
+
+def shapes(quick: bool) -> list[dict]:
+    out = [dict(group="dhkd", H=H, W=W, D=128, N=16) for H, W in DHKD_MAPS]
+    for D in ((384,) if quick else (128, 384, 768)):
+        for N in (1, 16):
+            if (D, N) != (128, 16):  # 32×32, D = 128, N = 16 is already a DHKD shape
+                out.append(dict(group="sweep", H=SWEEP_MAP[0], W=SWEEP_MAP[1], D=D, N=N))
+    return out
+
+
+def backends(device: str) -> list[str]:
+    names = [b for b in _registry.available_backends(OP, device)]
+    if device == "cpu":  # the Triton interpreter is a debugging tool, far too slow to time
+        names = [b for b in names if b != "triton"]
+    return names
+
+
+def make_inputs(H, W, D, N, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(1, H, W, D, generator=g)
+    delta = 0.5 * torch.randn(1, H, W, 4, D, generator=g) - 0.5
+    A = -(0.1 + 2.0 * torch.rand(4, D, N, generator=g))
+    B, C = torch.randn(1, H, W, 4, N, generator=g), torch.randn(1, H, W, 4, N, generator=g)
+    Dw, bias = torch.randn(4, D, generator=g), 0.3 * torch.randn(4, D, generator=g)
+    return [t.to(device) for t in (u, delta, A, B, C, Dw, bias)]
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device, inner):
+    """(wall ms, process CPU ms) per call, averaged over ``inner`` back-to-back calls."""
+    _sync(device)
+    w, c = time.perf_counter(), time.process_time()
+    for _ in range(inner):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - w) * 1e3 / inner, (time.process_time() - c) * 1e3 / inner
+
+
+class Case:
+    """One (backend, shape): callables for forward, backward alone and forward+backward."""
+
+    def __init__(self, backend, inputs, device):
+        self.backend, self.device = backend, device
+        self.leaves = [t.clone().requires_grad_() for t in inputs]
+        self.dy = torch.randn_like(inputs[0])
+
+    def forward(self):
+        with torch.no_grad(), dhkd_kernels.use_backend(self.backend):
+            return dhkd_kernels.ss2d_scan(*self.leaves)
+
+    def graph(self):
+        with dhkd_kernels.use_backend(self.backend):
+            return dhkd_kernels.ss2d_scan(*self.leaves)
+
+    def backward(self, y):
+        return torch.autograd.grad(y, self.leaves, self.dy, retain_graph=True)
+
+    def forward_backward(self):
+        return self.backward(self.graph())
+
+
+def _inner_count(fn, device, budget_ms=20.0):
+    ms, _ = _timed(fn, device, 1)  # also the warm-up
+    return max(1, min(200, int(budget_ms / max(ms, 1e-3))))
+
+
+def _memory(case: Case, shape: dict, y) -> dict:
+    grads_bytes = sum(t.numel() * t.element_size() for t in case.leaves)
+    if case.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        case.backward(y)
+        torch.cuda.synchronize()
+        return dict(bwd_peak_extra_bytes=torch.cuda.max_memory_allocated() - base,
+                    bwd_memory_how="torch.cuda.max_memory_allocated during backward, above what was allocated")
+    out = dict(bwd_grad_bytes=grads_bytes)
+    if case.backend == "cpu":
+        ws = _ext.load("_cpu").ss2d_bwd_workspace_bytes(1, shape["H"], shape["W"], shape["D"], shape["N"], 0,
+                                                        torch.get_num_threads())
+        out.update(bwd_workspace_bytes=ws, bwd_memory_how="gradients allocated by torch + the kernel's own "
+                                                          "workspace (exact, from ss2d_bwd_workspace_bytes)")
+    else:
+        out.update(bwd_memory_how="gradients only; autograd intermediates of the reference not measured on CPU")
+    return out
+
+
+def bench_shape(shape: dict, device: str, repeats: int, quick: bool) -> list[dict]:
+    H, W, D, N = shape["H"], shape["W"], shape["D"], shape["N"]
+    inputs = make_inputs(H, W, D, N, device)
+    cases = [Case(b, inputs, device) for b in backends(device)]
+    with_bwd = {c.backend: c.backend != "reference" or 4 * H * W * D * N <= REF_BWD_MAX_E[quick] for c in cases}
+    graphs = {c.backend: c.graph() if with_bwd[c.backend] else None for c in cases}
+    plan = {}
+    for c in cases:
+        plan[c.backend] = dict(fwd=(c.forward, _inner_count(c.forward, device)))
+        if with_bwd[c.backend]:
+            bwd = lambda c=c, y=graphs[c.backend]: c.backward(y)  # noqa: E731
+            plan[c.backend].update(bwd=(bwd, _inner_count(bwd, device)),
+                                   fwd_bwd=(c.forward_backward, _inner_count(c.forward_backward, device)))
+    samples = {c.backend: {k: [] for k in plan[c.backend]} for c in cases}
+    for _ in range(repeats):  # interleaved: each repeat times every backend once
+        for c in cases:
+            for what, (fn, inner) in plan[c.backend].items():
+                samples[c.backend][what].append(_timed(fn, device, inner))
+    rows = []
+    L = H * W
+    for c in cases:
+        med = {what: (statistics.median(s[0] for s in v), statistics.median(s[1] for s in v))
+               for what, v in samples[c.backend].items()}
+        none = (None, None)
+        row = dict(shape, L=L, device=device, backend=c.backend, dtype="float32", batch=1,
+                   threads=torch.get_num_threads(), repeats=repeats,
+                   fwd_ms=med["fwd"][0], bwd_ms=med.get("bwd", none)[0], fwd_bwd_ms=med.get("fwd_bwd", none)[0],
+                   fwd_cpu_ms=med["fwd"][1], bwd_cpu_ms=med.get("bwd", none)[1],
+                   fwd_bwd_cpu_ms=med.get("fwd_bwd", none)[1],
+                   bwd_over_fwd=med["bwd"][0] / med["fwd"][0] if "bwd" in med else None,
+                   bwd_over_fwd_cpu_time=med["bwd"][1] / med["fwd"][1] if "bwd" in med else None)
+        if device == "cpu":
+            row["cpu_floor_ms"] = cpu_floor_ms(L, D, N)
+            row["fwd_over_floor"] = row["fwd_ms"] / row["cpu_floor_ms"]
+        if with_bwd[c.backend]:
+            row.update(_memory(c, shape, graphs[c.backend]))
+        rows.append(row)
+    ref = next((r for r in rows if r["backend"] == "reference"), None)
+    for r in rows:
+        if ref is not None:
+            r["fwd_speedup_vs_reference"] = ref["fwd_ms"] / r["fwd_ms"]
+            both = ref["fwd_bwd_ms"] is not None and r["fwd_bwd_ms"] is not None
+            r["fwd_bwd_speedup_vs_reference"] = ref["fwd_bwd_ms"] / r["fwd_bwd_ms"] if both else None
+    return rows
+
+
+def run(quick: bool) -> list[dict]:
+    """Benchmark rows for every shape × available backend (CPU, and CUDA when a GPU is present)."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    repeats = 3 if quick else 7
+    rows = []
+    for device in devices:
+        for shape in shapes(quick):
+            rows.extend(bench_shape(shape, device, repeats, quick))
+    for r in rows:
+        r["floor_note"] = FLOOR_NOTE if r["device"] == "cpu" else None
+    return rows
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (f"{'dev':4} {'map':>6} {'D':>4} {'N':>3} {'backend':>9} {'fwd ms':>9} {'fwd cpu':>9} {'f+b ms':>9} "
+            f"{'bwd/fwd':>7} {'(cpu t)':>7} {'x ref fwd':>9} {'x ref f+b':>9} {'fwd/floor':>9} {'bwd MB':>7}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        mem = r.get("bwd_peak_extra_bytes", (r.get("bwd_grad_bytes") or 0) + (r.get("bwd_workspace_bytes") or 0))
+        mem = mem / 1e6 if mem else None
+        print(f"{r['device']:4} {str(r['H']) + 'x' + str(r['W']):>6} {r['D']:>4} {r['N']:>3} {r['backend']:>9} "
+              f"{r['fwd_ms']:9.3f} {r['fwd_cpu_ms']:9.3f} {_fmt(r['fwd_bwd_ms'], '9.3f')} "
+              f"{_fmt(r['bwd_over_fwd'], '7.2f')} {_fmt(r['bwd_over_fwd_cpu_time'], '7.2f')} "
+              f"{_fmt(r.get('fwd_speedup_vs_reference'), '9.1f')} {_fmt(r.get('fwd_bwd_speedup_vs_reference'), '9.1f')} "
+              f"{_fmt(r.get('fwd_over_floor'), '9.2f')} {_fmt(mem, '7.2f')}")
+    print(f"\nfwd cpu, (cpu t) = process CPU time per call (all threads), which machine load inflates less "
+          f"than wall time; {FLOOR_NOTE}.")
+    print("bwd MB: CUDA = peak allocation during backward; CPU = gradients + (C++ backend) the kernel's "
+          "workspace; the CPU reference's autograd intermediates are not included.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
+    args = parser.parse_args()
+    load = os.getloadavg()
+    rows = run(args.quick)
+    print_table(rows)
+    now = datetime.datetime.now()
+    host = socket.gethostname().split(".")[0]
+    out = args.out or Path(__file__).parent / "results" / f"kernels_ss2d_{now:%Y%m%d}_{host}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(date=now.isoformat(timespec="seconds"), host=host, machine=platform.machine(),
+                processor=platform.processor(), torch=torch.__version__, threads=torch.get_num_threads(),
+                load_average_before=load, load_average_after=os.getloadavg(), quick=args.quick,
+                backends=dhkd_kernels.backends())
+    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1, default=str))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
