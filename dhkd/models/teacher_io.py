@@ -49,12 +49,14 @@ def _read_tensors(path: Path) -> tuple[dict, dict]:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
         except Exception as e:  # safetensors raises its own error types for bad headers and short files
-            raise TeacherFileError(f"teacher weights {path}: not a readable safetensors file ({e})") from e
+            raise TeacherFileError(f"teacher weights {path}: not a readable safetensors file, truncated or "
+                                   f"corrupt ({e})") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, garbage bytes, or pickled objects refused by weights_only
-        raise TeacherFileError(f"teacher weights {path}: cannot be read as a PyTorch weights file with "
-                               f"weights_only=True ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        raise TeacherFileError(f"teacher weights {path}: cannot be read with torch.load(weights_only=True): "
+                               f"truncated or corrupt, not a PyTorch file, or pickled objects other than "
+                               f"tensors ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # Lightning checkpoint
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj:

@@ -119,7 +119,7 @@ def test_stats_standardise_the_target(image_dir):
 
 
 def _config(steps, **overrides):
-    kw = dict(size="small", steps=steps, batch_size=2, lr=1e-3, image_size=32, crop_scale=(0.3, 1.0), hflip=True,
+    kw = dict(size="small", steps=steps, batch_size=2, lr=1e-3, image_size=16, crop_scale=(0.3, 1.0), hflip=True,
               stat_images=4, seed=7)
     return DistillConfig(**{**kw, **overrides})
 
