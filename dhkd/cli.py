@@ -15,6 +15,8 @@ COMMANDS = [
     "dhkd.commands.info",
     "dhkd.commands.distill_teacher",
     "dhkd.commands.evaluate",
+    "dhkd.commands.benchmark",
+    "dhkd.commands.export",
 ]
 
 

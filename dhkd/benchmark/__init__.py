@@ -1,0 +1,1 @@
+"""Benchmarks: latency against EfficientAD-M and the reference path, FLOP and parameter counts."""

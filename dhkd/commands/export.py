@@ -1,0 +1,31 @@
+"""``dhkd export``: a trained model as one ONNX file or ``torch.export`` program (map and score)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "export"
+HELP = "export a trained model (detector: image in, anomaly map and score out) to ONNX or torch.export"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="a run folder or its model.safetensors")
+    parser.add_argument("--format", choices=["onnx", "torch-export"], default="onnx")
+    parser.add_argument("--output", type=Path, required=True, help="file to write (.onnx or .pt2)")
+    parser.add_argument("--image-size", type=int, default=None, help="input side (default: the model's)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    parser.add_argument("--static-batch", action="store_true", help="ONNX: fix the batch size to 1")
+
+
+def run(args) -> int:
+    from dhkd.export import export_onnx, export_program
+    from dhkd.io import load_model
+
+    path = args.model / "model.safetensors" if args.model.is_dir() else args.model
+    model = load_model(path)
+    size = args.image_size or model.image_size
+    if args.format == "onnx":
+        export_onnx(model, args.output, size, opset=args.opset, dynamic_batch=not args.static_batch)
+    else:
+        export_program(model, size, args.output)
+    print(f"wrote {args.output} ({args.format}, {size}×{size} input; outputs anomaly_map, score)")
+    return 0
