@@ -245,6 +245,21 @@ def test_extreme_delta_matches_reference():
 
 
 @needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_loads_keep_tiny_values(dtype):
+    """fp16 subnormals (and bf16 values of the same size) are converted exactly by the vector loads:
+    with u ~ 1e-6 the output is ~1e-6 and must match the reference relatively, not just absolutely."""
+    inputs = make_inputs(1, 3, 2, 37, 4, dtype, seed=14)  # 37 channels: full vectors and a tail
+    inputs[0] = (inputs[0].float() * 1e-6).to(dtype)
+    if dtype == torch.float16:
+        assert (inputs[0].abs() < 6.1e-5).all()  # below fp16's smallest normal
+    with dhkd_kernels.use_backend("cpu"):
+        y = dhkd_kernels.ss2d_scan(*inputs, out_float=True)
+    y_ref = reference.ss2d_scan_reference(*[None if t is None else t.double() for t in inputs], out_float=True)
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-12)
+
+
+@needs_cpu
 def test_dhkd_shape_64x64_forward():
     """The largest Gnet scan of the paper model (L = 4096, D = 128, N = 16) against float64 (forward only:
     float64 autograd of the reference is too slow at this size; the random shapes cover long backwards)."""
