@@ -1,4 +1,4 @@
-"""``dhkd info``: version, built kernel backends, devices."""
+"""``dhkd info``: version, built kernel backends, devices; ``--flops``: parameters and FLOPs of a model."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,10 @@ HELP = "show the version, the built kernel backends and the devices"
 
 def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--flops", action="store_true",
+                        help="report parameters and conv/linear/scan FLOPs per module instead")
+    parser.add_argument("--preset", default="paper", help="--flops: model preset (paper, small, tiny)")
+    parser.add_argument("--image-size", type=int, default=None, help="--flops: input side (default: the preset's)")
 
 
 def collect() -> dict:
@@ -28,7 +32,23 @@ def collect() -> dict:
     }
 
 
+def run_flops(args) -> int:
+    from dhkd.benchmark.flops import flop_report, format_flop_report
+    from dhkd.models import DHKD
+
+    try:
+        model = DHKD.from_preset(args.preset)
+        rep = flop_report(model, args.image_size or model.image_size)
+    except ValueError as e:
+        raise SystemExit(f"dhkd info --flops: {e}") from e
+    rep["preset"] = args.preset
+    print(json.dumps(rep, indent=2) if args.json else f"preset {args.preset}\n" + format_flop_report(rep))
+    return 0
+
+
 def run(args) -> int:
+    if args.flops:
+        return run_flops(args)
     info = collect()
     if args.json:
         print(json.dumps(info, indent=2))
