@@ -34,11 +34,12 @@ def pool_relu_forward(z, bias):
 
 
 def pool_relu_backward(dout, z, bias):
+    B, C, H, W = z.shape
     dz = torch.empty_like(z)
-    db = torch.empty(z.shape[:2], dtype=torch.float32, device=z.device)
+    db = torch.zeros((B, max(H // 2, 1), C), dtype=torch.float32, device=z.device)  # partial sums
     _lib().fccm_pool_relu_bwd(ptr(dout), ptr(z), ptr(bias), ptr(dz), ptr(db), dtype_code(z), *z.shape,
                               dout.stride(), z.stride(), dz.stride())
-    return dz, db.sum(0)
+    return dz, db.sum((0, 1))
 
 
 def bias_gelu_forward(h, bias):
@@ -48,8 +49,9 @@ def bias_gelu_forward(h, bias):
 
 
 def bias_gelu_backward(dout, h, bias):
+    B, C, H, W = h.shape
     dh = torch.empty_like(h)
-    db = torch.empty(h.shape[:2], dtype=torch.float32, device=h.device)
+    db = torch.zeros((B, H, C), dtype=torch.float32, device=h.device)  # partial sums
     _lib().fccm_bias_gelu_bwd(ptr(dout), ptr(h), ptr(bias), ptr(dh), ptr(db), dtype_code(h), *h.shape,
                               dout.stride(), h.stride(), dh.stride())
-    return dh, db.sum(0)
+    return dh, db.sum((0, 1))
