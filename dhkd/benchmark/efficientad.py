@@ -30,8 +30,8 @@ class Autoencoder(nn.Module):
 
     def __init__(self, image_size: int = 256, out_channels: int = OUT_CHANNELS):
         super().__init__()
-        if image_size < 128:
-            raise ValueError(f"EfficientAD's autoencoder needs images of at least 128×128, got {image_size}")
+        if image_size < 256:  # five stride-2 convs then a k8 conv: at least 8×8 left after /32
+            raise ValueError(f"EfficientAD's autoencoder needs images of at least 256×256, got {image_size}")
         self.sizes = ae_decoder_sizes(image_size)
         widths = [3, 32, 32, 64, 64, 64]
         self.enc = nn.ModuleList(nn.Conv2d(a, b, 4, stride=2, padding=1) for a, b in zip(widths, widths[1:]))

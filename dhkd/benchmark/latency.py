@@ -285,15 +285,20 @@ def targets(preset: str, out: dict, device: torch.device) -> dict:
 
 
 def run_benchmark(cfg: BenchmarkConfig, log=print) -> dict:
+    """Run the benchmark described by ``cfg``; ``cfg.threads`` applies for the run only."""
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    settings = _settings(cfg, device)
-    result = {"schema": SCHEMA, "environment": environment(device, cfg), "settings": settings,
-              "config": asdict(cfg), "presets": {}}
-    for preset in cfg.presets:
-        log(f"preset {preset}: modes {', '.join(settings['modes'])}")
-        result["presets"][preset] = benchmark_preset(preset, cfg, settings, device, log)
+    try:
+        device = pick_device(cfg.device)
+        settings = _settings(cfg, device)
+        result = {"schema": SCHEMA, "environment": environment(device, cfg), "settings": settings,
+                  "config": asdict(cfg), "presets": {}}
+        for preset in cfg.presets:
+            log(f"preset {preset}: modes {', '.join(settings['modes'])}")
+            result["presets"][preset] = benchmark_preset(preset, cfg, settings, device, log)
+    finally:
+        torch.set_num_threads(threads)
     result["environment"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return result
 
