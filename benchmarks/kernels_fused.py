@@ -193,10 +193,17 @@ def verdicts(rows: list[dict]) -> list[str]:
         if r["speedup"] < 1.0:
             lines.append(f"SLOWER: {r['op']} {r['piece']} on {r['device']}/{r['backend']} batch {r['batch']} "
                          f"{r['layout']} {r['dtype']}: fused {r['fused_ms']:.3f} ms vs unfused {r['unfused_ms']:.3f} ms")
-    for op in (scmm_ops.OP, fccm_ops.OP):
+    for op, short in ((scmm_ops.OP, "scmm"), (fccm_ops.OP, "fccm")):
         for device in sorted({r["device"] for r in rows}):
-            lines.append(f"registry default for {op} on {device}: {_registry.choose(op, torch.device(device))} "
+            chosen = _registry.choose(op, torch.device(device))
+            lines.append(f"registry default for {op} on {device}: {chosen} "
                          f"(preference {_registry.ops()[op].preference.get(device)})")
+            for r in rows:  # the decision rests on the whole-block forward in the model's layout (NCHW)
+                if (r["op"], r["piece"], r["device"], r["backend"], r["layout"]) == (short, "forward", device, chosen,
+                                                                                    "nchw"):
+                    verdict = "keep it" if r["speedup"] >= 1.0 else "prefer the reference here"
+                    lines.append(f"  {short} forward NCHW batch {r['batch']} {r['dtype']}: fused {chosen} is "
+                                 f"{r['speedup']:.2f}x the reference -> {verdict}")
     return lines
 
 

@@ -4,14 +4,15 @@
 // Two-scale branch on x (B, C, H, W) with half = C/2, oh = H/2, ow = W/2:
 //   s[:, c<half]  = dw3x3(x[:, c], wa[c]) + ba[c]
 //   s[:, c>=half] = nearest_up(dw3x3(adaptive_maxpool(x[:, c], oh, ow), wb[c-half]) + bb[c-half], H, W)
-// One (batch, channel) plane per OpenMP work item; the pooled and half-resolution planes live only in
-// per-thread scratch. Tensors are addressed through (batch, channel, row, column) element strides, so
+// One (batch, channel) plane per OpenMP work item (dense NHWC forward: one half-resolution row of all
+// channels); the pooled and half-resolution maps live only in per-thread scratch. Tensors are addressed through (batch, channel, row, column) element strides, so
 // NCHW, channels_last and strided views need no copy. Depth-wise weights are fp32 (C/2, 9); I/O dtype
 // is fp32/fp16/bf16 with fp32 math. Weight/bias gradients come back per plane (B, C, 9) and (B, C) in
 // fp32 for the caller to sum over the batch (deterministic, no atomics).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -23,12 +24,16 @@
 
 namespace py = pybind11;
 
+// For every function below (one setting for all, so they still inline into each other): without FP traps
+// the max-with-NaN selects if-convert into vector blends. No FP exceptions are used.
+#pragma GCC optimize("no-trapping-math")
+
 namespace {
 
 using Strides = std::array<int64_t, 4>;
 
-// Hot fp32 loops get an AVX2/FMA clone chosen at load time next to the baseline build.
-#define DHKD_SIMD __attribute__((target_clones("arch=x86-64-v3", "default")))
+// Hot fp32 loops get AVX-512 and AVX2/FMA clones chosen at load time next to the baseline build.
+#define DHKD_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 template <int DT>
 inline float ld(const void* p, int64_t i) {
@@ -185,9 +190,105 @@ void adaptive_maxpool(const float* plane, const Geometry& g, float* pooled, int3
   }
 }
 
+// Dense channels-last (NHWC) storage: channels are the contiguous innermost axis.
+bool nhwc(const Strides& s, int64_t C, int64_t H, int64_t W) {
+  return s[1] == 1 && s[3] == C && s[2] == W * C && s[0] == H * W * C;
+}
+
+// acc[c] += w[c] * v[c] over n channels (w: one tap of the transposed (9, n) weights).
+DHKD_SIMD void axpy_channels(float* acc, const float* w, const float* v, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) acc[c] += w[c] * v[c];
+}
+
+// m[c] = max(m[c], v[c]) with PyTorch's NaN rule (a NaN wins).
+DHKD_SIMD void max_channels(float* m, const float* v, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) m[c] = (v[c] > m[c] || v[c] != v[c]) ? v[c] : m[c];
+}
+
+// NHWC forward: one work item per (batch, half-resolution row i), covering the full-resolution rows whose
+// nearest source row is i. Channels are the vectorised inner loop; the three pooled rows the half-scale
+// conv needs live in per-thread scratch.
+template <int DT>
+void two_scale_fwd_nhwc(const void* x, void* s, const float* wa, const float* ba, const float* wb, const float* bb,
+                        const Geometry& g) {
+  const int64_t half = g.half, C = g.C;
+  std::vector<float> wat(9 * half), wbt(9 * half);  // (tap, channel)
+  for (int64_t c = 0; c < half; ++c)
+    for (int k = 0; k < 9; ++k) {
+      wat[k * half + c] = wa[c * 9 + k];
+      wbt[k * half + c] = wb[c * 9 + k];
+    }
+  std::vector<int64_t> row_first(g.oh + 1, g.H);  // full-res rows of half-res row i: [row_first[i], row_first[i+1])
+  for (int64_t y = g.H - 1; y >= 0; --y) row_first[g.row_src[y]] = y;
+  const bool f32 = DT == dhkd::kF32;
+#pragma omp parallel
+  {
+    std::vector<float> pooled(3 * g.ow * half), small(g.ow * half), acc(half), v(half);
+#pragma omp for schedule(static)
+    for (int64_t it = 0; it < g.B * g.oh; ++it) {
+      const int64_t b = it / g.oh, i = it % g.oh;
+      const int64_t xb = b * g.H * g.W * C;
+      // pooled rows i-1, i, i+1 (zero outside: the half-scale conv's padding)
+      for (int r = 0; r < 3; ++r) {
+        const int64_t pi = i + r - 1;
+        float* prow = pooled.data() + r * g.ow * half;
+        if (pi < 0 || pi >= g.oh) {
+          std::fill(prow, prow + g.ow * half, 0.f);
+          continue;
+        }
+        for (int64_t j = 0; j < g.ow; ++j) {
+          float* m = prow + j * half;
+          std::fill(m, m + half, -std::numeric_limits<float>::infinity());
+          for (int yy = g.row_lo[pi]; yy < g.row_hi[pi]; ++yy)
+            for (int xx = g.col_lo[j]; xx < g.col_hi[j]; ++xx) {
+              const int64_t o = xb + (yy * g.W + xx) * C + half;
+              if (f32) {
+                max_channels(m, static_cast<const float*>(x) + o, half);
+              } else {
+                for (int64_t c = 0; c < half; ++c) v[c] = ld<DT>(x, o + c);
+                max_channels(m, v.data(), half);
+              }
+            }
+        }
+      }
+      for (int64_t j = 0; j < g.ow; ++j) {
+        float* out = small.data() + j * half;
+        std::copy(bb, bb + half, out);
+        for (int k = 0; k < 9; ++k) {
+          const int64_t pj = j + k % 3 - 1;
+          if (pj < 0 || pj >= g.ow) continue;
+          axpy_channels(out, wbt.data() + k * half, pooled.data() + ((k / 3) * g.ow + pj) * half, half);
+        }
+      }
+      for (int64_t y = row_first[i]; y < row_first[i + 1]; ++y)
+        for (int64_t xx = 0; xx < g.W; ++xx) {
+          std::copy(ba, ba + half, acc.data());
+          for (int k = 0; k < 9; ++k) {
+            const int64_t sy = y + k / 3 - 1, sx = xx + k % 3 - 1;
+            if (sy < 0 || sy >= g.H || sx < 0 || sx >= g.W) continue;
+            const int64_t o = xb + (sy * g.W + sx) * C;
+            if (f32) {
+              axpy_channels(acc.data(), wat.data() + k * half, static_cast<const float*>(x) + o, half);
+            } else {
+              for (int64_t c = 0; c < half; ++c) v[c] = ld<DT>(x, o + c);
+              axpy_channels(acc.data(), wat.data() + k * half, v.data(), half);
+            }
+          }
+          const int64_t o = xb + (y * g.W + xx) * C;
+          const float* sb = small.data() + g.col_src[xx] * half;
+          for (int64_t c = 0; c < half; ++c) {
+            st<DT>(s, o + c, acc[c]);
+            st<DT>(s, o + half + c, sb[c]);
+          }
+        }
+    }
+  }
+}
+
 template <int DT>
 void two_scale_fwd(const void* x, void* s, const float* wa, const float* ba, const float* wb, const float* bb,
                    const Geometry& g, const Strides& xs, const Strides& ss) {
+  if (nhwc(xs, g.C, g.H, g.W) && nhwc(ss, g.C, g.H, g.W)) return two_scale_fwd_nhwc<DT>(x, s, wa, ba, wb, bb, g);
   const int64_t planes = g.B * g.C;
 #pragma omp parallel
   {
