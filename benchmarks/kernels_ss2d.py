@@ -3,9 +3,9 @@
 For the DHKD Gnet shapes (4×4, 8×8, 32×32, 64×64 maps, D = 128, N = 16, batch 1) and a sweep over
 D ∈ {128, 384, 768} × N ∈ {1, 16} on a 32×32 map, and for each backend that runs here, it measures:
 
-* forward time and forward+backward time (median over repeats interleaved across backends, so every
-  backend sees the same machine load; process CPU time is recorded next to wall time because the build
-  machine is shared),
+* forward time, backward time and forward+backward time (median over repeats interleaved across
+  backends, so every backend sees the same machine load; the fastest repeat and the process CPU time are
+  recorded next to them because the build machine is shared and often oversubscribed),
 * the ratio to the plain-PyTorch reference measured in the same run,
 * on CPU, the ratio of the forward to the modelled CPU floor of KERNEL_ANCHORS §5.1 — the doc's
   *nominal* model of a 2-core machine: (F + 12·T) / 100 GFLOP/s with F = 6E + 7P, T = E + 2P,
@@ -20,7 +20,7 @@ The reference's backward is only timed up to E = 4·L·D·N = 8.4 M state update
 autograd keeps every chunk's (T, 4D, N) intermediates (about 2 GB and tens of seconds at 64×64, D = 128,
 N = 16 on the shared 2-core machine); those rows leave the backward fields empty.
 
-Run ``python benchmarks/kernels_ss2d.py [--quick]``: prints a table and writes
+Run ``python benchmarks/kernels_ss2d.py [--quick] [--threads 2 1]``: prints a table and writes
 ``benchmarks/results/kernels_ss2d_<date>_<host>.json``. ``run(quick)`` returns the rows.
 """
 from __future__ import annotations
@@ -173,10 +173,12 @@ def bench_shape(shape: dict, device: str, repeats: int, quick: bool) -> list[dic
                    fwd_cpu_ms=med["fwd"][1], bwd_cpu_ms=med.get("bwd", none)[1],
                    fwd_bwd_cpu_ms=med.get("fwd_bwd", none)[1],
                    bwd_over_fwd=med["bwd"][0] / med["fwd"][0] if "bwd" in med else None,
-                   bwd_over_fwd_cpu_time=med["bwd"][1] / med["fwd"][1] if "bwd" in med else None)
+                   bwd_over_fwd_cpu_time=med["bwd"][1] / med["fwd"][1] if "bwd" in med else None,
+                   **{f"{what}_min_ms": min(x[0] for x in v) for what, v in samples[c.backend].items()})
         if device == "cpu":
             row["cpu_floor_ms"] = cpu_floor_ms(L, D, N)
             row["fwd_over_floor"] = row["fwd_ms"] / row["cpu_floor_ms"]
+            row["fwd_min_over_floor"] = row["fwd_min_ms"] / row["cpu_floor_ms"]
         if with_bwd[c.backend]:
             row.update(_memory(c, shape, graphs[c.backend]))
         rows.append(row)
@@ -189,14 +191,23 @@ def bench_shape(shape: dict, device: str, repeats: int, quick: bool) -> list[dic
     return rows
 
 
-def run(quick: bool) -> list[dict]:
-    """Benchmark rows for every shape × available backend (CPU, and CUDA when a GPU is present)."""
+def run(quick: bool, threads: int | None = None) -> list[dict]:
+    """Benchmark rows for every shape × available backend (CPU, and CUDA when a GPU is present).
+
+    ``threads``: torch's intra-op thread count for the run (also the C++ kernels' OpenMP team); default as set.
+    """
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    repeats = 3 if quick else 7
+    repeats = 3 if quick else 5
     rows = []
-    for device in devices:
-        for shape in shapes(quick):
-            rows.extend(bench_shape(shape, device, repeats, quick))
+    before = torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        for device in devices:
+            for shape in shapes(quick):
+                rows.extend(bench_shape(shape, device, repeats, quick))
+    finally:
+        torch.set_num_threads(before)
     for r in rows:
         r["floor_note"] = FLOOR_NOTE if r["device"] == "cpu" else None
     return rows
@@ -207,20 +218,21 @@ def _fmt(v, spec):
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'dev':4} {'map':>6} {'D':>4} {'N':>3} {'backend':>9} {'fwd ms':>9} {'fwd cpu':>9} {'f+b ms':>9} "
-            f"{'bwd/fwd':>7} {'(cpu t)':>7} {'x ref fwd':>9} {'x ref f+b':>9} {'fwd/floor':>9} {'bwd MB':>7}")
+    head = (f"{'dev':4} {'thr':>3} {'map':>6} {'D':>4} {'N':>3} {'backend':>9} {'fwd ms':>9} {'fwd min':>9} {'fwd cpu':>9} {'f+b ms':>9} "
+            f"{'bwd/fwd':>7} {'(cpu t)':>7} {'x ref fwd':>9} {'x ref f+b':>9} {'fwd/floor':>9} {'min/floor':>9} {'bwd MB':>7}")
     print(head)
     print("-" * len(head))
     for r in rows:
         mem = r.get("bwd_peak_extra_bytes", (r.get("bwd_grad_bytes") or 0) + (r.get("bwd_workspace_bytes") or 0))
         mem = mem / 1e6 if mem else None
-        print(f"{r['device']:4} {str(r['H']) + 'x' + str(r['W']):>6} {r['D']:>4} {r['N']:>3} {r['backend']:>9} "
-              f"{r['fwd_ms']:9.3f} {r['fwd_cpu_ms']:9.3f} {_fmt(r['fwd_bwd_ms'], '9.3f')} "
+        print(f"{r['device']:4} {r['threads']:>3} {str(r['H']) + 'x' + str(r['W']):>6} {r['D']:>4} {r['N']:>3} {r['backend']:>9} "
+              f"{r['fwd_ms']:9.3f} {r['fwd_min_ms']:9.3f} {r['fwd_cpu_ms']:9.3f} {_fmt(r['fwd_bwd_ms'], '9.3f')} "
               f"{_fmt(r['bwd_over_fwd'], '7.2f')} {_fmt(r['bwd_over_fwd_cpu_time'], '7.2f')} "
               f"{_fmt(r.get('fwd_speedup_vs_reference'), '9.1f')} {_fmt(r.get('fwd_bwd_speedup_vs_reference'), '9.1f')} "
-              f"{_fmt(r.get('fwd_over_floor'), '9.2f')} {_fmt(mem, '7.2f')}")
-    print(f"\nfwd cpu, (cpu t) = process CPU time per call (all threads), which machine load inflates less "
-          f"than wall time; {FLOOR_NOTE}.")
+              f"{_fmt(r.get('fwd_over_floor'), '9.2f')} {_fmt(r.get('fwd_min_over_floor'), '9.2f')} "
+              f"{_fmt(mem, '7.2f')}")
+    print(f"\nTimes are medians over interleaved repeats (fwd min: the fastest repeat); fwd cpu, (cpu t) = process "
+          f"CPU time per call (all threads; OpenMP barrier spinning counts in it); {FLOOR_NOTE}.")
     print("bwd MB: CUDA = peak allocation during backward; CPU = gradients + (C++ backend) the kernel's "
           "workspace; the CPU reference's autograd intermediates are not included.")
 
@@ -228,10 +240,12 @@ def print_table(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
+    parser.add_argument("--threads", type=int, nargs="*", default=[None],
+                        help="run once per thread count (e.g. --threads 2 1); default: torch's setting")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
     args = parser.parse_args()
     load = os.getloadavg()
-    rows = run(args.quick)
+    rows = [row for n in args.threads for row in run(args.quick, n)]
     print_table(rows)
     now = datetime.datetime.now()
     host = socket.gethostname().split(".")[0]

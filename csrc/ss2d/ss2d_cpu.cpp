@@ -469,20 +469,19 @@ void ss2d_bwd(std::uintptr_t dy, int dydt, std::uintptr_t u, std::uintptr_t delt
       const int64_t b = it / nblk, c0 = (it % nblk) * cb;
       bwd_block(in, s, ord.data(), g, b, c0, static_cast<int>(std::min(cb, Dc - c0)), w);
     }
-    // Reduce the per-thread partials (fixed order over threads: deterministic for a given team size).
-    auto reduce = [&](int64_t off, int64_t count, void* out, int odt) {
+    // Reduce the per-thread partials in one pass over [dB | dC | dA | dD | ddelta_bias] (one barrier; fixed
+    // order over threads, so deterministic for a given team size).
+    const int64_t ends[5] = {nbc, 2 * nbc, 2 * nbc + na, 2 * nbc + na + nd, per_thread};
+    void* outs[5] = {as_ptr<void>(dB), as_ptr<void>(dC), as_ptr<void>(dA), as_ptr<void>(dD), as_ptr<void>(dbias)};
+    const int odts[5] = {dt, dt, kF32, kF32, kF32};
 #pragma omp for schedule(static)
-      for (int64_t i = 0; i < count; ++i) {
-        float acc = 0.0f;
-        for (int t = 0; t < team; ++t) acc += partial[t * per_thread + off + i];
-        store_from_f32(out, i, odt, acc);
-      }
-    };
-    reduce(0, nbc, as_ptr<void>(dB), dt);
-    reduce(nbc, nbc, as_ptr<void>(dC), dt);
-    reduce(2 * nbc, na, as_ptr<void>(dA), kF32);
-    reduce(2 * nbc + na, nd, as_ptr<void>(dD), kF32);
-    reduce(2 * nbc + na + nd, nd, as_ptr<void>(dbias), kF32);
+    for (int64_t i = 0; i < per_thread; ++i) {
+      float acc = 0.0f;
+      for (int t = 0; t < team; ++t) acc += partial[t * per_thread + i];
+      int which = 0;
+      while (i >= ends[which]) ++which;
+      store_from_f32(outs[which], i - (which ? ends[which - 1] : 0), odts[which], acc);
+    }
   }
 }
 
