@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output", type=Path, default=Path("runs/demo"), help="where data and results go")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model preset")
     parser.add_argument("--image-size", type=int, default=128, help="model input side")
-    parser.add_argument("--steps", type=int, default=600, help="training steps")
+    parser.add_argument("--steps", type=int, default=400, help="training steps")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (the paper's 1e-4 needs far "
                         "more steps than a demo)")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
