@@ -21,9 +21,6 @@
 
 namespace py = pybind11;
 
-// For every function below (one setting for all, so they still inline into each other): without FP traps
-// the clamps and selects of the GELU loops if-convert into vector blends. No FP exceptions are used.
-#pragma GCC optimize("no-trapping-math")
 
 namespace {
 
@@ -64,7 +61,7 @@ inline float window_max(const void* z, const Strides& zs, int64_t b, int64_t c, 
   *k = 0;
   for (int t = 0; t < 4; ++t) {
     const float v = ld<DT>(z, off(zs, b, c, 2 * i + t / 2, 2 * j + t % 2)) + bias;
-    if (v > m || std::isnan(v)) {
+    if (v > m || v != v) {
       m = v;
       *k = t;
     }
@@ -103,7 +100,7 @@ void pool_relu_fwd(const void* z, const float* bias, void* out, int64_t B, int64
       for (int64_t j = 0; j < ow; ++j) {
         int k;
         const float m = window_max<DT>(z, zs, b, c, i, j, bias[c], &k);
-        st<DT>(out, off(os, b, c, i, j), (m > 0.f || std::isnan(m)) ? m : 0.f);
+        st<DT>(out, off(os, b, c, i, j), (m > 0.f || m != m) ? m : 0.f);
       }
   }
 }
@@ -177,9 +174,10 @@ void pool_relu_bwd(const void* dout, const void* z, const float* bias, void* dz,
 //   erf(x) ~= x * P(x^2) / Q(x^2) on |x| <= 4 (a rational least-squares fit made for this file; max abs
 //   error 3.5e-7 in fp32), +-1 beyond; exp(y) for y <= 0 by 2^k * e^r with a degree-6 Taylor polynomial
 //   on |r| <= ln2/2 (relative error < 3e-7).
-#define DHKD_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define DHKD_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
+                                   optimize("no-trapping-math")))
 
-inline float erf_approx(float x) {
+__attribute__((optimize("no-trapping-math"))) inline float erf_approx(float x) {
   x = x < -4.f ? -4.f : (x > 4.f ? 4.f : x);
   const float t = x * x;
   const float p = ((((2.0000668e-06f * t + 2.8602284e-04f) * t + 3.8950662e-03f) * t + 5.3133678e-02f) * t +
@@ -190,7 +188,7 @@ inline float erf_approx(float x) {
   return e < -1.f ? -1.f : (e > 1.f ? 1.f : e);
 }
 
-inline float exp_nonpositive(float y) {
+__attribute__((optimize("no-trapping-math"))) inline float exp_nonpositive(float y) {
   y = y < -87.f ? -87.f : y;
   const float k = (y * 1.44269504f + 12582912.f) - 12582912.f;  // round to nearest via 1.5 * 2^23
   const float r = (y - k * 0.693145752f) - k * 1.42860677e-06f;

@@ -24,16 +24,14 @@
 
 namespace py = pybind11;
 
-// For every function below (one setting for all, so they still inline into each other): without FP traps
-// the max-with-NaN selects if-convert into vector blends. No FP exceptions are used.
-#pragma GCC optimize("no-trapping-math")
 
 namespace {
 
 using Strides = std::array<int64_t, 4>;
 
 // Hot fp32 loops get AVX-512 and AVX2/FMA clones chosen at load time next to the baseline build.
-#define DHKD_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define DHKD_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
+                                   optimize("no-trapping-math")))
 
 template <int DT>
 inline float ld(const void* p, int64_t i) {
@@ -178,7 +176,7 @@ void adaptive_maxpool(const float* plane, const Geometry& g, float* pooled, int3
       for (int y = g.row_lo[i]; y < g.row_hi[i]; ++y) {
         for (int x = g.col_lo[j]; x < g.col_hi[j]; ++x) {
           const float v = plane[y * g.W + x];
-          if (v > m || std::isnan(v)) {
+          if (v > m || v != v) {
             m = v;
             am = static_cast<int32_t>(y * g.W + x);
           }

@@ -65,10 +65,11 @@ def test_triton_interpreter_matches_reference(kind):
     assert_close_all(run("triton", inputs), run("reference", inputs), atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend,kind", [(b, "nchw") for b in CPU_BACKENDS]
+                         + [("cpu", "channels_last")] * ("cpu" in CPU_BACKENDS))
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-2), (torch.bfloat16, 6e-2)])
-def test_half_precision_close_to_fp32_reference(backend, dtype, tol):
-    inputs = make_inputs(2, 5, 6, 9, 7, dtype=dtype)
+def test_half_precision_close_to_fp32_reference(backend, kind, dtype, tol):
+    inputs = make_inputs(2, 5, 6, 9, 7, dtype=dtype, kind=kind)
     got = run(backend, inputs)
     assert got[0].dtype == dtype and all(g.dtype == dtype for g in got[1])
     assert_close_all(got, run("reference", [t.float() for t in inputs]), atol=tol, rtol=tol)
