@@ -357,25 +357,78 @@ void two_scale_bwd(const void* ds, const void* x, void* dx, const float* wa, con
   }
 }
 
-// y = relu(G) * x + x over n elements of identically laid out tensors.
-template <int DT>
-void gate_fwd(const void* G, const void* x, void* y, int64_t n) {
-#pragma omp parallel for schedule(static)
+// Gating epilogue over n elements of identically laid out tensors, in chunks of kChunk: fp32 chunks run
+// in place through the SIMD loops, fp16/bf16 chunks through fp32 scratch.
+constexpr int64_t kChunk = 4096;
+
+// y = relu(G) * x + x
+DHKD_SIMD void gate_fwd_f32(const float* G, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = (G[i] > 0.f ? G[i] : 0.f) * x[i] + x[i];
+}
+
+// dG = dy * x * [G > 0]; dx = dy * (relu(G) + 1)
+DHKD_SIMD void gate_bwd_f32(const float* dy, const float* G, const float* x, float* dG, float* dx, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    const float gv = ld<DT>(G, i), xv = ld<DT>(x, i);
-    st<DT>(y, i, (gv > 0.f ? gv : 0.f) * xv + xv);
+    const bool on = G[i] > 0.f;
+    dG[i] = on ? dy[i] * x[i] : 0.f;
+    dx[i] = dy[i] * ((on ? G[i] : 0.f) + 1.f);
   }
 }
 
-// dG = dy * x * [G > 0]; dx = dy * (relu(G) + 1).
+template <int DT>
+void to_f32(const void* src, int64_t o, int64_t n, float* buf) {
+  for (int64_t i = 0; i < n; ++i) buf[i] = ld<DT>(src, o + i);
+}
+
+template <int DT>
+void from_f32(void* dst, int64_t o, int64_t n, const float* buf) {
+  for (int64_t i = 0; i < n; ++i) st<DT>(dst, o + i, buf[i]);
+}
+
+template <int DT>
+void gate_fwd(const void* G, const void* x, void* y, int64_t n) {
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel
+  {
+    std::vector<float> g(DT == dhkd::kF32 ? 0 : kChunk), xv(g.size()), yv(g.size());
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < chunks; ++k) {
+      const int64_t o = k * kChunk, len = std::min(kChunk, n - o);
+      if constexpr (DT == dhkd::kF32) {
+        gate_fwd_f32(static_cast<const float*>(G) + o, static_cast<const float*>(x) + o, static_cast<float*>(y) + o,
+                     len);
+      } else {
+        to_f32<DT>(G, o, len, g.data());
+        to_f32<DT>(x, o, len, xv.data());
+        gate_fwd_f32(g.data(), xv.data(), yv.data(), len);
+        from_f32<DT>(y, o, len, yv.data());
+      }
+    }
+  }
+}
+
 template <int DT>
 void gate_bwd(const void* dy, const void* G, const void* x, void* dG, void* dx, int64_t n) {
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    const float d = ld<DT>(dy, i), gv = ld<DT>(G, i), xv = ld<DT>(x, i);
-    const bool on = gv > 0.f;
-    st<DT>(dG, i, on ? d * xv : 0.f);
-    st<DT>(dx, i, d * ((on ? gv : 0.f) + 1.f));
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel
+  {
+    const size_t m = DT == dhkd::kF32 ? 0 : kChunk;
+    std::vector<float> d(m), g(m), xv(m), dg(m), dxv(m);
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < chunks; ++k) {
+      const int64_t o = k * kChunk, len = std::min(kChunk, n - o);
+      if constexpr (DT == dhkd::kF32) {
+        gate_bwd_f32(static_cast<const float*>(dy) + o, static_cast<const float*>(G) + o,
+                     static_cast<const float*>(x) + o, static_cast<float*>(dG) + o, static_cast<float*>(dx) + o, len);
+      } else {
+        to_f32<DT>(dy, o, len, d.data());
+        to_f32<DT>(G, o, len, g.data());
+        to_f32<DT>(x, o, len, xv.data());
+        gate_bwd_f32(d.data(), g.data(), xv.data(), dg.data(), dxv.data(), len);
+        from_f32<DT>(dG, o, len, dg.data());
+        from_f32<DT>(dx, o, len, dxv.data());
+      }
+    }
   }
 }
 
