@@ -24,8 +24,10 @@
 #include "common/dtype.h"
 #include "ss2d/ss2d_cpu_simd.h"
 
-// Hot loops are compiled for AVX-512, AVX2+FMA and baseline x86-64, picked at load time (ifunc).
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+// Hot loops are compiled for AVX-512, AVX2+FMA and baseline x86-64, picked at load time (ifunc). Defining
+// SS2D_CLONES empty (-DSS2D_CLONES=) builds one version for the -march given, e.g. to test the AVX2 path.
+#if defined(SS2D_CLONES)
+#elif defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
 #define SS2D_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define SS2D_CLONES
