@@ -135,31 +135,34 @@ DHKD_SIMD void dw3x3_input_grad(const float* g, int64_t H, int64_t W, const floa
 }
 
 // Gradient of dw3x3 w.r.t. w and bias: dw[k] = sum g[y][x] * in[y + ky][x + kx] (in zero-bordered),
-// db = sum g; row y of g starts at g + y * g_stride.
-DHKD_SIMD void dw3x3_weight_grad(const float* g, int64_t g_stride, const float* in, int64_t H, int64_t W, float* dw,
-                       float* db) {
+// db = sum g; row y of g starts at g + y * g_stride. Per-column partial sums in `cols` (10 x W floats)
+// keep the inner loops element-wise (vectorisable); they are reduced once per plane.
+DHKD_SIMD void dw3x3_weight_grad(const float* g, int64_t g_stride, const float* in, int64_t H, int64_t W, float* cols,
+                                 float* dw, float* db) {
   const int64_t pw = W + 2;
-  double acc[9] = {0}, accb = 0;
+  for (int64_t i = 0; i < 10 * W; ++i) cols[i] = 0.f;
   for (int64_t y = 0; y < H; ++y) {
     const float* gr = g + y * g_stride;
-    float rb = 0.f;
-    for (int64_t x = 0; x < W; ++x) rb += gr[x];
-    accb += rb;
     for (int ky = 0; ky < 3; ++ky) {
       const float* r = in + (y + ky) * pw;
-      float r0 = 0.f, r1 = 0.f, r2 = 0.f;
+      float* c0 = cols + (ky * 3) * W;
+      float* c1 = c0 + W;
+      float* c2 = c1 + W;
       for (int64_t x = 0; x < W; ++x) {
-        r0 += gr[x] * r[x];
-        r1 += gr[x] * r[x + 1];
-        r2 += gr[x] * r[x + 2];
+        c0[x] += gr[x] * r[x];
+        c1[x] += gr[x] * r[x + 1];
+        c2[x] += gr[x] * r[x + 2];
       }
-      acc[ky * 3] += r0;
-      acc[ky * 3 + 1] += r1;
-      acc[ky * 3 + 2] += r2;
     }
+    float* cb = cols + 9 * W;
+    for (int64_t x = 0; x < W; ++x) cb[x] += gr[x];
   }
-  for (int k = 0; k < 9; ++k) dw[k] = static_cast<float>(acc[k]);
-  *db = static_cast<float>(accb);
+  for (int k = 0; k < 10; ++k) {
+    double acc = 0.0;
+    for (int64_t x = 0; x < W; ++x) acc += cols[k * W + x];
+    if (k < 9) dw[k] = static_cast<float>(acc);
+    else *db = static_cast<float>(acc);
+  }
 }
 
 // Adaptive max pool of a dense H x W plane into the interior of a zero-bordered (oh+2) x (ow+2) buffer;
@@ -167,9 +170,27 @@ DHKD_SIMD void dw3x3_weight_grad(const float* g, int64_t g_stride, const float* 
 void adaptive_maxpool(const float* plane, const Geometry& g, float* pooled, int32_t* idx) {
   const int64_t pw = g.ow + 2;
   for (int64_t x = 0; x < pw; ++x) pooled[x] = pooled[(g.oh + 1) * pw + x] = 0.f;
+  const bool even = g.H == 2 * g.oh && g.W == 2 * g.ow;  // plain 2x2 windows
   for (int64_t i = 0; i < g.oh; ++i) {
     float* prow = pooled + (i + 1) * pw + 1;
     prow[-1] = prow[g.ow] = 0.f;
+    if (even) {
+      const float* r0 = plane + 2 * i * g.W;
+      const float* r1 = r0 + g.W;
+      for (int64_t j = 0; j < g.ow; ++j) {
+        const float v[4] = {r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]};
+        float m = -std::numeric_limits<float>::infinity();
+        int t = 0;
+        for (int q = 0; q < 4; ++q)
+          if (v[q] > m || v[q] != v[q]) {  // same rule as the general windows below
+            m = v[q];
+            t = q;
+          }
+        prow[j] = m;
+        if (idx) idx[i * g.ow + j] = static_cast<int32_t>((2 * i + t / 2) * g.W + 2 * j + t % 2);
+      }
+      continue;
+    }
     for (int64_t j = 0; j < g.ow; ++j) {
       float m = -std::numeric_limits<float>::infinity();
       int32_t am = static_cast<int32_t>(g.row_lo[i] * g.W + g.col_lo[j]);
@@ -324,6 +345,7 @@ void two_scale_bwd(const void* ds, const void* x, void* dx, const float* wa, con
     std::vector<float> pooled((g.oh + 2) * (g.ow + 2)), gsmall((g.oh + 2) * (g.ow + 2)), dpool(g.oh * g.ow);
     std::vector<float> gdense(g.oh * g.ow);
     std::vector<int32_t> argmax(g.oh * g.ow);
+    std::vector<float> cols(10 * g.W);
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < planes; ++p) {
       const int64_t b = p / g.C, c = p % g.C;
@@ -331,7 +353,8 @@ void two_scale_bwd(const void* ds, const void* x, void* dx, const float* wa, con
         load_plane<DT>(ds, dss, b, c, g.H, g.W, 1, gpad.data());
         load_plane<DT>(x, xs, b, c, g.H, g.W, 1, xin.data());
         dw3x3_input_grad(gpad.data(), g.H, g.W, wa + c * 9, out.data());
-        dw3x3_weight_grad(gpad.data() + g.W + 3, g.W + 2, xin.data(), g.H, g.W, dw_part + p * 9, db_part + p);
+        dw3x3_weight_grad(gpad.data() + g.W + 3, g.W + 2, xin.data(), g.H, g.W, cols.data(), dw_part + p * 9,
+                          db_part + p);
       } else {
         const int64_t cb = c - g.half;
         load_plane<DT>(x, xs, b, c, g.H, g.W, 0, xin.data());
@@ -343,7 +366,7 @@ void two_scale_bwd(const void* ds, const void* x, void* dx, const float* wa, con
           float* dst = gdense.data() + g.row_src[y] * g.ow;
           for (int64_t xx = 0; xx < g.W; ++xx) dst[g.col_src[xx]] += ld<DT>(ds, base + y * dss[2] + xx * dss[3]);
         }
-        dw3x3_weight_grad(gdense.data(), g.ow, pooled.data(), g.oh, g.ow, dw_part + p * 9, db_part + p);
+        dw3x3_weight_grad(gdense.data(), g.ow, pooled.data(), g.oh, g.ow, cols.data(), dw_part + p * 9, db_part + p);
         const int64_t pw = g.ow + 2;
         std::fill(gsmall.begin(), gsmall.end(), 0.f);
         for (int64_t i = 0; i < g.oh; ++i)
