@@ -37,6 +37,7 @@ class TrainConfig:
     output: str = "runs"               # runs/<dataset>/<category>/<timestamp>/
     run_dir: str = ""                  # explicit run directory (overrides output/...)
     checkpoint_every: int = 1000
+    time_limit_minutes: float = 0.0    # > 0: stop training after this wall time (checkpoint kept; --resume goes on)
     log_every: int = 10
     device: str = "auto"               # auto: cuda if available else cpu
     amp: bool = True                   # bf16/fp16 autocast on GPU (ignored on CPU)

@@ -105,8 +105,12 @@ class Trainer:
         model.train()
         penalty = _PenaltyImages(cfg.penalty_dir, cfg.image_size, cfg.seed) if cfg.penalty_dir else None
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", dynamic_ncols=True)
-        t0, last = time.time(), {}
+        t0, last, done = time.time(), {}, cfg.steps
         for step in bar:
+            if cfg.time_limit_minutes > 0 and time.time() - t0 > 60 * cfg.time_limit_minutes:
+                done = step
+                print(f"time limit of {cfg.time_limit_minutes} min reached after {step} steps")
+                break
             idx = sample_indices(len(train_set), cfg.seed, step, cfg.batch_size)
             x = images.get(idx).to(device)
             t_hat = t_cache[idx] if t_cache is not None else None
@@ -128,9 +132,10 @@ class Trainer:
                 save_checkpoint(self.run_dir, step + 1, model, optimizer, scheduler, cfg.to_dict())
         bar.close()
         train_time = time.time() - t0
-        save_checkpoint(self.run_dir, cfg.steps, model, optimizer, scheduler, cfg.to_dict())
-        summary = {"run_dir": str(self.run_dir), "steps": cfg.steps, "train_seconds": round(train_time, 1),
-                   "seconds_per_step": round(train_time / max(1, cfg.steps - start), 4), "final_losses": last,
+        save_checkpoint(self.run_dir, done, model, optimizer, scheduler, cfg.to_dict())
+        summary = {"run_dir": str(self.run_dir), "steps": done, "planned_steps": cfg.steps,
+                   "train_seconds": round(train_time, 1),
+                   "seconds_per_step": round(train_time / max(1, done - start), 4), "final_losses": last,
                    "device": str(device)}
         if cfg.evaluate:
             from dhkd.eval.evaluator import evaluate_model
@@ -139,7 +144,7 @@ class Trainer:
                                                 seed=cfg.seed, overlays=cfg.overlays,
                                                 export_maps=cfg.export_maps, **cfg.dataset_options)
         save_model(model, self.run_dir / "model.safetensors",
-                   extra={"dataset": cfg.dataset, "category": cfg.category, "steps": cfg.steps})
+                   extra={"dataset": cfg.dataset, "category": cfg.category, "steps": done})
         atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
 

@@ -53,6 +53,13 @@ def test_teacher_statistics_and_run_layout(synth_root, tmp_path):
     assert summary["steps"] == 1
 
 
+def test_time_limit_stops_early_and_resume_continues(synth_root, tmp_path):
+    base = dict(SYNTH, root=str(synth_root), run_dir=str(tmp_path / "r"))
+    summary = Trainer(TrainConfig(**base, steps=50, time_limit_minutes=1e-9)).run()
+    assert summary["steps"] == 0 and summary["planned_steps"] == 50
+    assert Trainer(TrainConfig(**base, steps=2)).run()["steps"] == 2
+
+
 def test_corrupt_checkpoint_is_detected(synth_root, tmp_path):
     cfg = TrainConfig(**dict(SYNTH, root=str(synth_root), steps=2, run_dir=str(tmp_path / "r")))
     Trainer(cfg).run()
