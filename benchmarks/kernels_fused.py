@@ -41,6 +41,7 @@ from dhkd_kernels.scmm import ops as scmm_ops
 from dhkd_kernels.scmm import reference as scmm_reference
 
 C, HIDDEN, HW = 384, 768, 64  # DHKD: SCMM on 384×64×64; FCCM input 384×64×64
+NOISE = 0.05  # whole-block ratios within ±5 % count as parity (run-to-run spread on a shared machine)
 
 
 def fused_backends(op: str, device: str) -> list[str]:
@@ -201,7 +202,8 @@ def verdicts(rows: list[dict]) -> list[str]:
             for r in rows:  # the decision rests on the whole-block forward in the model's layout (NCHW)
                 if (r["op"], r["piece"], r["device"], r["backend"], r["layout"]) == (short, "forward", device, chosen,
                                                                                     "nchw"):
-                    verdict = "keep it" if r["speedup"] >= 1.0 else "prefer the reference here"
+                    verdict = ("prefer the reference here" if r["speedup"] < 1 - NOISE else
+                               "keep it" if r["speedup"] > 1 + NOISE else "parity within noise: keep it")
                     lines.append(f"  {short} forward NCHW batch {r['batch']} {r['dtype']}: fused {chosen} is "
                                  f"{r['speedup']:.2f}x the reference -> {verdict}")
     return lines
