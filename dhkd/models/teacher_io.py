@@ -191,12 +191,24 @@ def save_teacher(module: PDN, path: str | os.PathLike, metadata: dict | None = N
         meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
     tensors = {k: t.detach().to("cpu", torch.float32).contiguous() for k, t in module.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return path
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_name)`` for a temporary file beside ``path``, then rename it over ``path``.
+
+    The file gets the usual permissions (0666 less the umask); on any failure the temporary file is
+    removed and ``path`` is left as it was.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path

@@ -17,8 +17,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..models.teacher import PDN
-from ..models.teacher_io import save_teacher
+from ..models.teacher_io import atomic_write, save_teacher
 from .images import PairedViews, find_images
 
 _IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -118,17 +116,6 @@ def target_loss(pdn: nn.Module, backbone: nn.Module, big: torch.Tensor, small: t
     return F.mse_loss(pred, target)
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(folder: Path, step: int, pdn: PDN, opt: torch.optim.Optimizer, mean: torch.Tensor,
                     std: torch.Tensor, gen: torch.Generator, state: dict) -> Path:
     """Write a checkpoint for ``step`` (see the module docstring); returns the JSON file's path."""
@@ -144,12 +131,12 @@ def save_checkpoint(folder: Path, step: int, pdn: PDN, opt: torch.optim.Optimize
                 opt_scalars.setdefault(str(idx), {})[k] = v
     tensors["target_mean"], tensors["target_std"] = mean.contiguous(), std.contiguous()
     tensor_name = f"state-{step:08d}.safetensors"
-    _atomic_write(folder / tensor_name, lambda tmp: save_file(tensors, tmp))
+    atomic_write(folder / tensor_name, lambda tmp: save_file(tensors, tmp))
     doc = dict(state, format="dhkd-distill-checkpoint", step=step, tensors=tensor_name,
                optimizer={"param_groups": opt_sd["param_groups"], "scalars": opt_scalars},
                rng=base64.b64encode(gen.get_state().numpy().tobytes()).decode("ascii"))
     path = folder / _CHECKPOINT_JSON
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
     for old in folder.glob("state-*.safetensors"):
         if old.name != tensor_name:
             old.unlink(missing_ok=True)

@@ -1,6 +1,7 @@
 """load_teacher / save_teacher: every public key layout, shapes, and rejection of bad files."""
-import pickle
+import os
 import pathlib
+import pickle
 
 import pytest
 import torch
@@ -83,6 +84,9 @@ def test_safetensors_roundtrip_keeps_weights_and_metadata(tmp_path, small, x):
     assert loaded.metadata["backbone"] == "test" and loaded.metadata["steps"] == "12"
     assert loaded.metadata["size"] == "small" and loaded.metadata["format"] == "dhkd-pdn"
     assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # usual permissions, not mkstemp's 0600
 
 
 def test_fp16_file_loads_as_fp32(tmp_path, small, x):
