@@ -214,9 +214,17 @@ bool nhwc(const Strides& s, int64_t C, int64_t H, int64_t W) {
   return s[1] == 1 && s[3] == C && s[2] == W * C && s[0] == H * W * C;
 }
 
-// acc[c] += w[c] * v[c] over n channels (w: one tap of the transposed (9, n) weights).
-DHKD_SIMD void axpy_channels(float* acc, const float* w, const float* v, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) acc[c] += w[c] * v[c];
+// out[c] = bias[c] + sum_k wt[k * n + c] * src[k][c] over n channels: one depth-wise 3x3 output pixel with
+// the nine taps' channel vectors (a zero vector for taps in the padding) and transposed (9, n) weights.
+DHKD_SIMD void dw9_channels(const float* const* src, const float* __restrict wt, const float* __restrict bias,
+                            float* __restrict out, int64_t n) {
+  const float *__restrict s0 = src[0], *__restrict s1 = src[1], *__restrict s2 = src[2], *__restrict s3 = src[3],
+              *__restrict s4 = src[4], *__restrict s5 = src[5], *__restrict s6 = src[6], *__restrict s7 = src[7],
+              *__restrict s8 = src[8];
+  for (int64_t c = 0; c < n; ++c)
+    out[c] = bias[c] + wt[c] * s0[c] + wt[n + c] * s1[c] + wt[2 * n + c] * s2[c] + wt[3 * n + c] * s3[c] +
+             wt[4 * n + c] * s4[c] + wt[5 * n + c] * s5[c] + wt[6 * n + c] * s6[c] + wt[7 * n + c] * s7[c] +
+             wt[8 * n + c] * s8[c];
 }
 
 // m[c] = max(m[c], v[c]) with PyTorch's NaN rule (a NaN wins).
@@ -242,7 +250,8 @@ void two_scale_fwd_nhwc(const void* x, void* s, const float* wa, const float* ba
   const bool f32 = DT == dhkd::kF32;
 #pragma omp parallel
   {
-    std::vector<float> pooled(3 * g.ow * half), small(g.ow * half), acc(half), v(half);
+    std::vector<float> pooled(3 * g.ow * half), small(g.ow * half), acc(half), v(half), zeros(half, 0.f);
+    std::vector<float> tapbuf(f32 ? 0 : 9 * half);
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < g.B * g.oh; ++it) {
       const int64_t b = it / g.oh, i = it % g.oh;
@@ -271,28 +280,29 @@ void two_scale_fwd_nhwc(const void* x, void* s, const float* wa, const float* ba
         }
       }
       for (int64_t j = 0; j < g.ow; ++j) {
-        float* out = small.data() + j * half;
-        std::copy(bb, bb + half, out);
+        const float* taps[9];
         for (int k = 0; k < 9; ++k) {
           const int64_t pj = j + k % 3 - 1;
-          if (pj < 0 || pj >= g.ow) continue;
-          axpy_channels(out, wbt.data() + k * half, pooled.data() + ((k / 3) * g.ow + pj) * half, half);
+          taps[k] = (pj < 0 || pj >= g.ow) ? zeros.data() : pooled.data() + ((k / 3) * g.ow + pj) * half;
         }
+        dw9_channels(taps, wbt.data(), bb, small.data() + j * half, half);
       }
       for (int64_t y = row_first[i]; y < row_first[i + 1]; ++y)
         for (int64_t xx = 0; xx < g.W; ++xx) {
-          std::copy(ba, ba + half, acc.data());
+          const float* taps[9];
           for (int k = 0; k < 9; ++k) {
             const int64_t sy = y + k / 3 - 1, sx = xx + k % 3 - 1;
-            if (sy < 0 || sy >= g.H || sx < 0 || sx >= g.W) continue;
-            const int64_t o = xb + (sy * g.W + sx) * C;
-            if (f32) {
-              axpy_channels(acc.data(), wat.data() + k * half, static_cast<const float*>(x) + o, half);
+            if (sy < 0 || sy >= g.H || sx < 0 || sx >= g.W) {
+              taps[k] = zeros.data();
+            } else if (f32) {
+              taps[k] = static_cast<const float*>(x) + xb + (sy * g.W + sx) * C;
             } else {
-              for (int64_t c = 0; c < half; ++c) v[c] = ld<DT>(x, o + c);
-              axpy_channels(acc.data(), wat.data() + k * half, v.data(), half);
+              float* conv = tapbuf.data() + k * half;
+              for (int64_t c = 0; c < half; ++c) conv[c] = ld<DT>(x, xb + (sy * g.W + sx) * C + c);
+              taps[k] = conv;
             }
           }
+          dw9_channels(taps, wat.data(), ba, acc.data(), half);
           const int64_t o = xb + (y * g.W + xx) * C;
           const float* sb = small.data() + g.col_src[xx] * half;
           for (int64_t c = 0; c < half; ++c) {
