@@ -34,20 +34,16 @@ def sample_indices(n: int, seed: int, step: int, batch_size: int) -> list[int]:
 
 
 @torch.no_grad()
-def teacher_statistics(model: DHKD, batches, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_statistics(outputs) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean (mean of per-image spatial means) and std (from the mean squared deviation).
 
-    ``batches()`` yields single-image batches; it is iterated twice (two passes, as EfficientAD).
+    ``outputs()`` yields the raw teacher output of each training image; it is iterated twice (two passes,
+    as EfficientAD).
     """
-    means = []
-    for x in tqdm(batches(), desc="teacher mean", leave=False):
-        means.append(model.teacher(x.to(device)).mean(dim=(0, 2, 3)))
-    mean = torch.stack(means).mean(0)
-    var = torch.zeros_like(mean)
-    for x in tqdm(batches(), desc="teacher std", leave=False):
-        t = model.teacher(x.to(device))
-        var += ((t - mean[None, :, None, None]) ** 2).mean(dim=(0, 2, 3))
-    return mean, (var / len(means)).sqrt()
+    means = torch.stack([t.mean(dim=(0, 2, 3)) for t in outputs()])
+    mean = means.mean(0)
+    var = torch.stack([((t - mean[None, :, None, None]) ** 2).mean(dim=(0, 2, 3)) for t in outputs()]).mean(0)
+    return mean, var.sqrt()
 
 
 class Trainer:
@@ -96,12 +92,19 @@ class Trainer:
         if has_checkpoint(self.run_dir):
             start = load_checkpoint(self.run_dir, model, optimizer, scheduler)
             print(f"resuming {self.run_dir} at step {start}")
+        t0 = time.time()
+        raw = images.teacher_outputs(model, device) if cfg.cache_teacher else None  # one teacher pass, kept
+        if raw is not None:
+            outputs = lambda: iter(raw)  # noqa: E731
         else:
-            t0 = time.time()
-            mean, std = teacher_statistics(model, images.batches, device)
-            model.set_teacher_stats(mean, std)
+            outputs = lambda: images.teacher_outputs_lazily(model, device)  # noqa: E731
+        if start == 0:
+            model.set_teacher_stats(*teacher_statistics(outputs))
             print(f"teacher statistics over {len(train_set)} training images in {time.time() - t0:.1f} s")
-        t_cache = images.teacher_cache(model, device) if cfg.cache_teacher else None
+        t_cache = None
+        if raw is not None:  # normalise the kept outputs in place: the cache of T̂
+            t_cache = torch.cat([(t - model.teacher_mean) / model.teacher_std for t in raw])
+            del raw
         model.train()
         penalty = _PenaltyImages(cfg.penalty_dir, cfg.image_size, cfg.seed) if cfg.penalty_dir else None
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", dynamic_ncols=True)
@@ -166,8 +169,13 @@ class _ImageSource:
             yield self.get([i])
 
     @torch.no_grad()
-    def teacher_cache(self, model: DHKD, device: torch.device) -> torch.Tensor:
-        return torch.cat([model.teacher_features(x.to(device)) for x in self.batches()])
+    def teacher_outputs(self, model: DHKD, device: torch.device) -> list[torch.Tensor]:
+        return list(self.teacher_outputs_lazily(model, device))
+
+    @torch.no_grad()
+    def teacher_outputs_lazily(self, model: DHKD, device: torch.device):
+        for x in tqdm(self.batches(), total=len(self.dataset), desc="teacher", leave=False):
+            yield model.teacher(x.to(device))
 
 
 class _PenaltyImages:
