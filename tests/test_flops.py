@@ -1,6 +1,5 @@
 """FLOP and parameter report: the tiny preset's numbers against hand-computed layer counts."""
 import pytest
-import torch
 
 from dhkd.benchmark.flops import flop_report, format_flop_report, scan_work
 from dhkd.cli import main

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dhkd.benchmark.efficientad import EfficientADM, ae_decoder_sizes
-from dhkd.benchmark.latency import SCHEMA, ratios
+from dhkd.benchmark.latency import SCHEMA, format_report, ratios
 from dhkd.benchmark.measure import agreement, summarize, synthetic_images, time_interleaved
 from dhkd.benchmark.modes import MODES, Runner
 from dhkd.cli import main
@@ -39,6 +39,22 @@ def test_benchmark_tiny_quick_writes_json(tmp_path, capsys):
     assert p["ss2d"]["dhkd-reference[eager]"]["scan_op_ms"] is None
     assert p["throughput"]["dhkd[eager]"]["batch"] == 2 and p["throughput"]["dhkd[eager]"]["images_per_s"] > 0
     assert set(p["ratios"]["kernels_over_reference"]) == {"eager"}
+    # the GPU report adds the paper's 7.6 ms line
+    res["environment"]["gpu"], res["presets"] = "some GPU", {"paper": p}
+    assert "7.6 ms" in format_report(res)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_benchmark_tiny_gpu_modes(tmp_path):
+    code = main(["benchmark", "--presets", "tiny", "--device", "cuda", "--modes", "eager", "fp16", "cudagraph",
+                 "fp16-cudagraph", "--peers", "dhkd-reference", "--warmup", "2", "--repeats", "3",
+                 "--throughput-batch", "2", "--throughput-repeats", "1", "--agreement-images", "3",
+                 "--output-dir", str(tmp_path)])
+    assert code == 0
+    p = json.loads(next(tmp_path.glob("latency_*.json")).read_text())["presets"]["tiny"]
+    assert p["agreement"]["dhkd[cudagraph]"]["max_abs_diff"] < 1e-4
+    assert p["agreement"]["dhkd[fp16-cudagraph]"]["pearson_r"] > 0.9
+    assert p["backends"]["dhkd"]["ss2d_scan"] in ("cuda", "triton")
 
 
 def test_time_interleaved_rotates_the_order():

@@ -343,7 +343,8 @@ def format_report(result: dict) -> str:
             lines.append(f"target {name}: {t['value']:.3f} vs {t['target']} -> {'MET' if t['met'] else 'missed'}")
         if env.get("gpu") and preset == "paper":
             best = _best(p["latency"], DHKD)
-            lines.append(f"paper target: 7.6 ms per 256² image (A100); here best {best[0]} {best[1]['median_ms']:.2f} ms")
+            lines.append(f"paper target: 7.6 ms per 256² image (A100); here best {best[0]} "
+                         f"{best[1]['median_ms']:.2f} ms")
     skipped = result["settings"]["skipped_modes"]
     if skipped:
         lines.append("\nskipped modes: " + "; ".join(f"{m} ({r})" for m, r in skipped.items()))
@@ -351,9 +352,13 @@ def format_report(result: dict) -> str:
 
 
 def results_path(result: dict, directory: Path) -> Path:
+    """``latency_<date>_<host>.json`` in ``directory``; ``_2``, ``_3``, … when that file already exists."""
     date = result["environment"]["date"][:10]
     host = "".join(c if c.isalnum() or c in "-_." else "_" for c in result["environment"]["host"])
-    return Path(directory) / f"latency_{date}_{host}.json"
+    path, n = Path(directory) / f"latency_{date}_{host}.json", 2
+    while path.exists():
+        path, n = Path(directory) / f"latency_{date}_{host}_{n}.json", n + 1
+    return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
