@@ -206,6 +206,11 @@ def verdicts(rows: list[dict]) -> list[str]:
                                "keep it" if r["speedup"] > 1 + NOISE else "parity within noise: keep it")
                     lines.append(f"  {short} forward NCHW batch {r['batch']} {r['dtype']}: fused {chosen} is "
                                  f"{r['speedup']:.2f}x the reference -> {verdict}")
+    for device in sorted({r["device"] for r in rows}):
+        chosen = _registry.choose(fccm_ops.OP, torch.device(device))
+        how = ("the fused bias+GELU kernel" if chosen in fccm_ops._FUSED_GELU_BACKENDS
+               else "the library's conv-with-bias + GELU (the fused bias+GELU kernel loses there)")
+        lines.append(f"fccm_forward on {device} ({chosen}) runs {how}")
     return lines
 
 

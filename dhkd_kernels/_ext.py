@@ -34,6 +34,12 @@ def load(name: str) -> ModuleType | None:
     return _modules[name]
 
 
+def has(name: str, symbol: str) -> bool:
+    """Whether module ``name`` was built, imports, and binds ``symbol``."""
+    mod = load(name)
+    return mod is not None and hasattr(mod, symbol)
+
+
 def error(name: str) -> str | None:
     load(name)
     return _errors.get(name)

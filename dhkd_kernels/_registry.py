@@ -8,6 +8,7 @@ list for the input's device. An explicit request that cannot run is an error, ne
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import threading
 from dataclasses import dataclass, field
@@ -42,6 +43,25 @@ def register_backend(op: str, backend: str, available: Callable[[str], bool]) ->
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     _ops[op].available[backend] = available
+
+
+def triton_available(device_type: str) -> bool:
+    """Triton runs compiled on a GPU, or interpreted on CPU tensors when TRITON_INTERPRET=1."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if device_type == "cuda":
+        return torch.cuda.is_available()
+    return device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def register_kernel_backends(op: str, symbol: str) -> None:
+    """The usual backends of an op: C++ ``cpu`` and ``cuda`` when their module binds ``symbol``, and Triton."""
+    from . import _ext
+
+    register_backend(op, "cpu", lambda dev: dev == "cpu" and _ext.has("_cpu", symbol))
+    register_backend(op, "cuda", lambda dev: dev == "cuda" and torch.cuda.is_available()
+                     and _ext.has("_cuda", symbol))
+    register_backend(op, "triton", triton_available)
 
 
 @contextlib.contextmanager

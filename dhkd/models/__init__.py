@@ -4,4 +4,4 @@ from .dhkd import DHKD
 from .teacher import PDN
 from .teacher_io import load_teacher, save_teacher
 
-__all__ = ["DHKD", "DHKDConfig", "PDN", "PRESETS", "preset"]
+__all__ = ["DHKD", "DHKDConfig", "PDN", "PRESETS", "load_teacher", "preset", "save_teacher"]

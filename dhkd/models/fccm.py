@@ -22,5 +22,8 @@ class FCCM(nn.Module):
             self.mix2 = nn.Conv2d(hidden, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mixer = (self.mix1.weight, self.mix1.bias, self.mix2.weight, self.mix2.bias) if self.use_mixer else ()
-        return fccm_forward(x, self.down.weight, self.down.bias, *mixer)
+        params = [self.down.weight, self.down.bias]
+        if self.use_mixer:
+            params += [self.mix1.weight, self.mix1.bias, self.mix2.weight, self.mix2.bias]
+        # the op wants weights in the input's dtype: cast as autocast does for the library's convolutions
+        return fccm_forward(x, *(p.to(x.dtype) for p in params))

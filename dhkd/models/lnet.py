@@ -22,8 +22,10 @@ class SCMM(nn.Module):
         self.proj = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return scmm_modulate(x, self.dw_a.weight, self.dw_a.bias, self.dw_b.weight, self.dw_b.bias,
-                             self.aggr.weight, self.aggr.bias, self.proj.weight, self.proj.bias)
+        params = (self.dw_a.weight, self.dw_a.bias, self.dw_b.weight, self.dw_b.bias,
+                  self.aggr.weight, self.aggr.bias, self.proj.weight, self.proj.bias)
+        # the op wants weights in the input's dtype: cast as autocast does for the library's convolutions
+        return scmm_modulate(x, *(p.to(x.dtype) for p in params))
 
 
 class Lnet(nn.Module):

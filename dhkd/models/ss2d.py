@@ -48,8 +48,9 @@ class SS2D(nn.Module):
         dt_low, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = torch.einsum("bhwkr,kdr->bhwkd", dt_low, self.dt_projs_weight)
         A = -torch.exp(self.A_logs.float())
-        y = ss2d_scan(x.contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), self.Ds.float(),
-                      self.dt_projs_bias.float(), delta_softplus=True, out_float=True)
+        io = x.dtype  # one I/O dtype for the scan (under autocast the projections may differ); fp32 inside
+        y = ss2d_scan(x.contiguous(), delta.to(io).contiguous(), A, B.to(io).contiguous(), C.to(io).contiguous(),
+                      self.Ds.float(), self.dt_projs_bias.float(), delta_softplus=True, out_float=True)
         y = self.out_norm(y.to(x.dtype)) * F.silu(z)
         return self.out_proj(y)
 

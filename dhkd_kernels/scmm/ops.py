@@ -12,13 +12,11 @@ and its backward runs the two fused kernels' backward ops (``dhkd::scmm_two_scal
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import os
 
 import torch
 import torch.nn.functional as F
 
-from .. import _ext, _registry
+from .. import _registry
 from .._checks import IO_DTYPES, check_tensor
 from . import reference
 
@@ -27,26 +25,9 @@ _BACKEND_MODULES = {"cpu": "dhkd_kernels.scmm.cpu", "cuda": "dhkd_kernels.scmm.c
                     "triton": "dhkd_kernels.scmm.triton"}
 
 
-def _has(module: str, attr: str) -> bool:
-    mod = _ext.load(module)
-    return mod is not None and hasattr(mod, attr)
-
-
-def triton_available(device_type: str) -> bool:
-    """Triton runs compiled on a GPU, or interpreted on CPU tensors when TRITON_INTERPRET=1."""
-    if importlib.util.find_spec("triton") is None:
-        return False
-    if device_type == "cuda":
-        return torch.cuda.is_available()
-    return device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
-
-
 # Preference per device: first available wins (benchmarks/kernels_fused.py measures the order).
 _registry.register_op(OP, preference={"cpu": ["cpu", "reference"], "cuda": ["cuda", "triton", "reference"]})
-_registry.register_backend(OP, "cpu", lambda dev: dev == "cpu" and _has("_cpu", "scmm_two_scale_fwd"))
-_registry.register_backend(OP, "cuda", lambda dev: dev == "cuda" and torch.cuda.is_available()
-                           and _has("_cuda", "scmm_two_scale_fwd"))
-_registry.register_backend(OP, "triton", triton_available)
+_registry.register_kernel_backends(OP, "scmm_two_scale_fwd")
 
 
 def _impl(backend: str):

@@ -14,13 +14,11 @@ ddelta_bias are computed even when D/delta_bias are None; the autograd wrapper d
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import os
 from typing import Optional
 
 import torch
 
-from .. import _ext, _registry
+from .. import _registry
 from .._checks import IO_DTYPES, check_tensor
 from . import reference
 
@@ -29,24 +27,8 @@ _BACKEND_MODULES = {"cpu": "dhkd_kernels.ss2d.cpu", "cuda": "dhkd_kernels.ss2d.c
                     "triton": "dhkd_kernels.ss2d.triton"}
 
 
-def _has(module: str, attr: str) -> bool:
-    mod = _ext.load(module)
-    return mod is not None and hasattr(mod, attr)
-
-
-def _triton_available(device_type: str) -> bool:
-    if importlib.util.find_spec("triton") is None:
-        return False
-    if device_type == "cuda":
-        return torch.cuda.is_available()
-    return device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
-
-
 _registry.register_op(OP, preference={"cpu": ["cpu", "reference"], "cuda": ["cuda", "triton", "reference"]})
-_registry.register_backend(OP, "cpu", lambda dev: dev == "cpu" and _has("_cpu", "ss2d_fwd"))
-_registry.register_backend(OP, "cuda", lambda dev: dev == "cuda" and torch.cuda.is_available()
-                           and _has("_cuda", "ss2d_fwd"))
-_registry.register_backend(OP, "triton", _triton_available)
+_registry.register_kernel_backends(OP, "ss2d_fwd")
 
 
 def _impl(backend: str):

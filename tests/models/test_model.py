@@ -142,3 +142,13 @@ def test_presets_and_config_errors():
         DHKD(preset("tiny", teacher_padding=False))
     cfg = preset("small")
     assert type(cfg).from_dict(cfg.to_dict()) == cfg
+
+
+def test_mixed_precision_autocast_forward_and_backward():
+    """Under autocast the fused SCMM/FCCM ops get bf16 activations with fp32 parameters."""
+    torch.manual_seed(0)
+    m = DHKD.from_preset("tiny").train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(torch.randn(1, 3, 64, 64))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and m.lnet.scmm.aggr.weight.grad.dtype == torch.float32
