@@ -19,11 +19,7 @@ tensor reads + writes (weights ignored). JSON goes to ``benchmarks/results/kerne
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import socket
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import dhkd_kernels
+from results_io import write_results
 from dhkd_kernels import _registry
 from dhkd_kernels.fccm import fccm_bias_gelu, fccm_pool_relu
 from dhkd_kernels.fccm import ops as fccm_ops
@@ -241,16 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     print_table(rows)
     notes = verdicts(rows)
     print("\n".join(notes))
-    now = datetime.datetime.now()
-    host = socket.gethostname().split(".")[0]
-    out = args.out or Path(__file__).parent / "results" / f"kernels_fused_{now:%Y%m%d}_{host}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(date=now.isoformat(timespec="seconds"), host=host, machine=platform.machine(),
-                processor=platform.processor(), torch=torch.__version__, threads=torch.get_num_threads(),
-                load_average_before=load_before, load_average_after=os.getloadavg(), quick=args.quick,
-                backends=dhkd_kernels.backends())
-    out.write_text(json.dumps(dict(meta=meta, rows=rows, notes=notes), indent=1, default=str))
-    print(f"wrote {out}")
+    write_results("kernels_fused", rows, quick=args.quick, load_before=load_before, out=args.out, notes=notes)
 
 
 if __name__ == "__main__":

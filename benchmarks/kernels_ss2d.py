@@ -26,11 +26,7 @@ Run ``python benchmarks/kernels_ss2d.py [--quick] [--threads 2 1]``: prints a ta
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import socket
 import statistics
 import time
 from pathlib import Path
@@ -38,6 +34,7 @@ from pathlib import Path
 import torch
 
 import dhkd_kernels
+from results_io import write_results
 from dhkd_kernels import _ext, _registry
 
 OP = "ss2d_scan"
@@ -237,26 +234,17 @@ def print_table(rows: list[dict]) -> None:
           "workspace; the CPU reference's autograd intermediates are not included.")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     parser.add_argument("--threads", type=int, nargs="*", default=[None],
                         help="run once per thread count (e.g. --threads 2 1); default: torch's setting")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     load = os.getloadavg()
     rows = [row for n in args.threads for row in run(args.quick, n)]
     print_table(rows)
-    now = datetime.datetime.now()
-    host = socket.gethostname().split(".")[0]
-    out = args.out or Path(__file__).parent / "results" / f"kernels_ss2d_{now:%Y%m%d}_{host}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(date=now.isoformat(timespec="seconds"), host=host, machine=platform.machine(),
-                processor=platform.processor(), torch=torch.__version__, threads=torch.get_num_threads(),
-                load_average_before=load, load_average_after=os.getloadavg(), quick=args.quick,
-                backends=dhkd_kernels.backends())
-    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1, default=str))
-    print(f"wrote {out}")
+    write_results("kernels_ss2d", rows, quick=args.quick, load_before=load, out=args.out)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,22 @@ inline uint16_t f32_to_f16(float f) {  // round to nearest even, overflow to inf
   return static_cast<uint16_t>(sign | result);
 }
 
-// Load/store one element of a tensor with storage dtype `dt` as fp32.
+// Load/store one element as fp32, the storage dtype a compile-time constant (hot loops).
+template <int DT>
+inline float ld(const void* p, int64_t i) {
+  if constexpr (DT == kF32) return static_cast<const float*>(p)[i];
+  if constexpr (DT == kF16) return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+  if constexpr (DT == kBF16) return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+}
+
+template <int DT>
+inline void st(void* p, int64_t i, float v) {
+  if constexpr (DT == kF32) static_cast<float*>(p)[i] = v;
+  if constexpr (DT == kF16) static_cast<uint16_t*>(p)[i] = f32_to_f16(v);
+  if constexpr (DT == kBF16) static_cast<uint16_t*>(p)[i] = f32_to_bf16(v);
+}
+
+// Load/store one element of a tensor with storage dtype `dt` (a run-time value) as fp32.
 inline float load_as_f32(const void* base, int64_t i, int dt) {
   switch (dt) {
     case kF16: return f16_to_f32(static_cast<const uint16_t*>(base)[i]);

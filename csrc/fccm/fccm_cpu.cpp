@@ -26,19 +26,8 @@ namespace {
 
 using Strides = std::array<int64_t, 4>;
 
-template <int DT>
-inline float ld(const void* p, int64_t i) {
-  if constexpr (DT == dhkd::kF32) return static_cast<const float*>(p)[i];
-  if constexpr (DT == dhkd::kF16) return dhkd::f16_to_f32(static_cast<const uint16_t*>(p)[i]);
-  if constexpr (DT == dhkd::kBF16) return dhkd::bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
-}
-
-template <int DT>
-inline void st(void* p, int64_t i, float v) {
-  if constexpr (DT == dhkd::kF32) static_cast<float*>(p)[i] = v;
-  if constexpr (DT == dhkd::kF16) static_cast<uint16_t*>(p)[i] = dhkd::f32_to_f16(v);
-  if constexpr (DT == dhkd::kBF16) static_cast<uint16_t*>(p)[i] = dhkd::f32_to_bf16(v);
-}
+using dhkd::ld;
+using dhkd::st;
 
 inline int64_t off(const Strides& s, int64_t b, int64_t c, int64_t y, int64_t x) {
   return b * s[0] + c * s[1] + y * s[2] + x * s[3];
