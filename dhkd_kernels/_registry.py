@@ -17,6 +17,8 @@ from typing import Callable, Iterator
 import torch
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
+# Default order per device type: compiled kernels first, the reference last.
+DEFAULT_PREFERENCE = {"cpu": ["cpu", "reference"], "cuda": ["cuda", "triton", "reference"]}
 
 
 @dataclass
@@ -34,7 +36,7 @@ _local = threading.local()
 
 def register_op(name: str, preference: dict[str, list[str]]) -> OpBackends:
     op = _ops.setdefault(name, OpBackends(name))
-    op.preference = preference
+    op.preference = {device: list(order) for device, order in preference.items()}  # own copy per op
     op.available.setdefault("reference", lambda device_type: True)
     return op
 
@@ -62,6 +64,11 @@ def register_kernel_backends(op: str, symbol: str) -> None:
     register_backend(op, "cuda", lambda dev: dev == "cuda" and torch.cuda.is_available()
                      and _ext.has("_cuda", symbol))
     register_backend(op, "triton", triton_available)
+
+
+def backend_module(package: str, backend: str):
+    """An op's backend implementation: the module ``<package>.<backend>`` (imported on first use)."""
+    return importlib.import_module(f"{package}.{backend}")
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ plus the bias gradient). Backends live in ``dhkd_kernels/fccm/{cpu,cuda,triton}.
 """
 from __future__ import annotations
 
-import importlib
 
 import torch
 import torch.nn.functional as F
@@ -26,17 +25,15 @@ OP = "fccm"
 # does not (benchmarks/kernels_fused.py: 0.64-0.96× of the unfused pair; oneDNN folds the bias into the
 # convolution for free), so there the library pair runs; GPU backends keep the fused epilogue.
 _FUSED_GELU_BACKENDS = ("cuda", "triton")
-_BACKEND_MODULES = {"cpu": "dhkd_kernels.fccm.cpu", "cuda": "dhkd_kernels.fccm.cuda",
-                    "triton": "dhkd_kernels.fccm.triton"}
 
 
 # Preference per device: first available wins (benchmarks/kernels_fused.py measures the order).
-_registry.register_op(OP, preference={"cpu": ["cpu", "reference"], "cuda": ["cuda", "triton", "reference"]})
+_registry.register_op(OP, preference=_registry.DEFAULT_PREFERENCE)
 _registry.register_kernel_backends(OP, "fccm_pool_relu_fwd")
 
 
 def _impl(backend: str):
-    return importlib.import_module(_BACKEND_MODULES[backend])
+    return _registry.backend_module(__package__, backend)
 
 
 def _f32(bias: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,6 @@ and its backward runs the two fused kernels' backward ops (``dhkd::scmm_two_scal
 """
 from __future__ import annotations
 
-import importlib
 
 import torch
 import torch.nn.functional as F
@@ -21,17 +20,15 @@ from .._checks import IO_DTYPES, check_tensor
 from . import reference
 
 OP = "scmm_modulate"
-_BACKEND_MODULES = {"cpu": "dhkd_kernels.scmm.cpu", "cuda": "dhkd_kernels.scmm.cuda",
-                    "triton": "dhkd_kernels.scmm.triton"}
 
 
 # Preference per device: first available wins (benchmarks/kernels_fused.py measures the order).
-_registry.register_op(OP, preference={"cpu": ["cpu", "reference"], "cuda": ["cuda", "triton", "reference"]})
+_registry.register_op(OP, preference=_registry.DEFAULT_PREFERENCE)
 _registry.register_kernel_backends(OP, "scmm_two_scale_fwd")
 
 
 def _impl(backend: str):
-    return importlib.import_module(_BACKEND_MODULES[backend])
+    return _registry.backend_module(__package__, backend)
 
 
 def dense_format(t: torch.Tensor) -> torch.memory_format:

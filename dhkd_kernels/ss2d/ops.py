@@ -13,7 +13,6 @@ ddelta_bias are computed even when D/delta_bias are None; the autograd wrapper d
 """
 from __future__ import annotations
 
-import importlib
 from typing import Optional
 
 import torch
@@ -23,16 +22,14 @@ from .._checks import IO_DTYPES, check_tensor
 from . import reference
 
 OP = "ss2d_scan"
-_BACKEND_MODULES = {"cpu": "dhkd_kernels.ss2d.cpu", "cuda": "dhkd_kernels.ss2d.cuda",
-                    "triton": "dhkd_kernels.ss2d.triton"}
 
 
-_registry.register_op(OP, preference={"cpu": ["cpu", "reference"], "cuda": ["cuda", "triton", "reference"]})
+_registry.register_op(OP, preference=_registry.DEFAULT_PREFERENCE)
 _registry.register_kernel_backends(OP, "ss2d_fwd")
 
 
 def _impl(backend: str):
-    return importlib.import_module(_BACKEND_MODULES[backend])
+    return _registry.backend_module(__package__, backend)
 
 
 @torch.library.custom_op("dhkd::ss2d_scan", mutates_args=())
