@@ -1,9 +1,9 @@
 """Kernel micro-benchmarks: SS2D (benchmarks/kernels_ss2d.py) and the fused SCMM/FCCM blocks
 (benchmarks/kernels_fused.py), every available backend against the reference in one run.
 
-    python benchmarks/kernels.py [--quick] [--only ss2d|fused]
+    python benchmarks/kernels.py [--quick] [--only ss2d|fused] [--out-dir DIR]
 
-Each section prints its table and writes JSON under benchmarks/results/.
+Each section prints its table and writes JSON under benchmarks/results/ (or DIR).
 """
 from __future__ import annotations
 
@@ -27,13 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     parser.add_argument("--only", choices=sorted(SECTIONS), help="run one section")
+    parser.add_argument("--out-dir", type=Path, default=None, help="write the JSON files here instead")
     args = parser.parse_args(argv)
     for name, filename in SECTIONS.items():
         if args.only and name != args.only:
             continue
         print(f"=== {name} ({filename}) ===", flush=True)
         module = _load(filename)
-        module.main(["--quick"] if args.quick else [])
+        section_args = ["--quick"] if args.quick else []
+        if args.out_dir:
+            section_args += ["--out", str(args.out_dir / f"kernels_{name}.json")]
+        module.main(section_args)
     return 0
 
 
