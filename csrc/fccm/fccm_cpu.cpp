@@ -29,6 +29,10 @@ using Strides = std::array<int64_t, 4>;
 using dhkd::ld;
 using dhkd::st;
 
+// Hot fp32 loops get AVX-512 and AVX2/FMA clones chosen at load time next to the baseline build.
+#define DHKD_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
+                                   optimize("no-trapping-math")))
+
 inline int64_t off(const Strides& s, int64_t b, int64_t c, int64_t y, int64_t x) {
   return b * s[0] + c * s[1] + y * s[2] + x * s[3];
 }
@@ -58,25 +62,49 @@ inline float window_max(const void* z, const Strides& zs, int64_t b, int64_t c, 
   return m;
 }
 
+// out[c] = relu(max(r0[c], r1[c], r2[c], r3[c]) + bias[c]) over n channels: one output pixel of the NHWC
+// forward, the four window pixels in scan order. max(v_t + b) = max(v_t) + b (rounding is monotonic);
+// a NaN anywhere in the window gives NaN, as PyTorch's max_pool2d and relu.
+DHKD_SIMD void pool4_relu_channels(const float* __restrict r0, const float* __restrict r1, const float* __restrict r2,
+                                   const float* __restrict r3, const float* __restrict bias, float* __restrict out,
+                                   int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    float m = r0[c];
+    m = (r1[c] > m || r1[c] != r1[c]) ? r1[c] : m;
+    m = (r2[c] > m || r2[c] != r2[c]) ? r2[c] : m;
+    m = (r3[c] > m || r3[c] != r3[c]) ? r3[c] : m;
+    m += bias[c];
+    out[c] = (m > 0.f || m != m) ? m : 0.f;
+  }
+}
+
 template <int DT>
 void pool_relu_fwd(const void* z, const float* bias, void* out, int64_t B, int64_t C, int64_t H, int64_t W,
                    const Strides& zs, const Strides& os) {
   const int64_t oh = H / 2, ow = W / 2;
-  if (nhwc(zs, C, H, W) && nhwc(os, C, oh, ow)) {  // channels innermost: vectorisable over c
-#pragma omp parallel for schedule(static)
-    for (int64_t it = 0; it < B * oh; ++it) {
-      const int64_t b = it / oh, i = it % oh;
-      for (int64_t j = 0; j < ow; ++j) {
-        const int64_t o = off(os, b, 0, i, j);
-        int64_t src[4];
-        for (int t = 0; t < 4; ++t) src[t] = off(zs, b, 0, 2 * i + t / 2, 2 * j + t % 2);
-        for (int64_t c = 0; c < C; ++c) {
-          float m = -INFINITY;
-          for (int t = 0; t < 4; ++t) {
-            const float v = ld<DT>(z, src[t] + c) + bias[c];
-            m = (v > m || v != v) ? v : m;
+  if (nhwc(zs, C, H, W) && nhwc(os, C, oh, ow)) {  // channels innermost: one SIMD call per output pixel
+    constexpr bool f32 = DT == dhkd::kF32;
+#pragma omp parallel
+    {
+      std::vector<float> win(f32 ? 0 : 5 * C);  // fp16/bf16: the window's four pixels and the result in fp32
+#pragma omp for schedule(static)
+      for (int64_t it = 0; it < B * oh; ++it) {
+        const int64_t b = it / oh, i = it % oh;
+        for (int64_t j = 0; j < ow; ++j) {
+          const int64_t o = off(os, b, 0, i, j);
+          int64_t src[4];
+          for (int t = 0; t < 4; ++t) src[t] = off(zs, b, 0, 2 * i + t / 2, 2 * j + t % 2);
+          if constexpr (f32) {
+            const float* zf = static_cast<const float*>(z);
+            pool4_relu_channels(zf + src[0], zf + src[1], zf + src[2], zf + src[3], bias, static_cast<float*>(out) + o,
+                                C);
+          } else {
+            for (int t = 0; t < 4; ++t)
+              for (int64_t c = 0; c < C; ++c) win[t * C + c] = ld<DT>(z, src[t] + c);
+            float* res = win.data() + 4 * C;
+            pool4_relu_channels(win.data(), win.data() + C, win.data() + 2 * C, win.data() + 3 * C, bias, res, C);
+            for (int64_t c = 0; c < C; ++c) st<DT>(out, o + c, res[c]);
           }
-          st<DT>(out, o + c, (m > 0.f || m != m) ? m : 0.f);
         }
       }
     }
@@ -163,8 +191,6 @@ void pool_relu_bwd(const void* dout, const void* z, const float* bias, void* dz,
 //   erf(x) ~= x * P(x^2) / Q(x^2) on |x| <= 4 (a rational least-squares fit made for this file; max abs
 //   error 3.5e-7 in fp32), +-1 beyond; exp(y) for y <= 0 by 2^k * e^r with a degree-6 Taylor polynomial
 //   on |r| <= ln2/2 (relative error < 3e-7).
-#define DHKD_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
-                                   optimize("no-trapping-math")))
 
 __attribute__((optimize("no-trapping-math"))) inline float erf_approx(float x) {
   x = x < -4.f ? -4.f : (x > 4.f ? 4.f : x);

@@ -76,12 +76,27 @@ def test_half_precision_close_to_fp32_reference(backend, kind, dtype, tol):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_pool_relu_ties_and_odd_sizes(backend):
+@pytest.mark.parametrize("kind", ["nchw", "channels_last"])
+def test_pool_relu_ties_and_odd_sizes(backend, kind):
     # integer-valued z: most 2×2 windows hold equal maxima; the gradient goes to the first, as in PyTorch
-    z = torch.randint(-2, 3, (2, 3, 7, 5), generator=torch.Generator().manual_seed(2)).float()
-    bias = torch.tensor([0.0, 1.0, -1.0])
+    z = layout(torch.randint(-2, 3, (2, 19, 7, 5), generator=torch.Generator().manual_seed(2)).float(), kind)
+    bias = torch.linspace(-1.0, 1.0, 19)
     assert_close_all(run(backend, [z, bias], fn=fccm_pool_relu),
                      run("reference", [z, bias], fn=fccm_pool_relu), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("kind", ["nchw", "channels_last"])
+def test_pool_relu_propagates_nan(backend, kind):
+    z = torch.randn(1, 18, 4, 6, generator=torch.Generator().manual_seed(3))
+    z[0, 0, 0, 1] = z[0, 17, 3, 3] = z[0, 5, 2, 4] = float("nan")  # different window positions and channels
+    z = layout(z, kind)
+    bias = torch.zeros(18)
+    with dk.use_backend(backend):
+        got = fccm_pool_relu(z, bias)
+    want = reference.pool_relu_reference(z, bias)
+    assert torch.equal(got.isnan(), want.isnan()) and int(want.isnan().sum()) == 3
+    torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
