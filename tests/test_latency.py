@@ -37,6 +37,10 @@ def test_benchmark_tiny_quick_writes_json(tmp_path, capsys):
         assert a["images"] == 3 and a["max_abs_diff"] < 1e-3 and a["pearson_r"] > 0.999
     assert p["ss2d"]["dhkd[eager]"]["calls"] == 4 and p["ss2d"]["dhkd[eager]"]["scan_op_ms"] is not None
     assert p["ss2d"]["dhkd-reference[eager]"]["scan_op_ms"] is None
+    for name in p["latency"]:  # a tiny model is still mostly convolutions; the shares are fractions
+        c = p["conv"][name]
+        assert 0 < c["conv_ms"] <= c["total_ms"] and 0 < c["conv_share"] <= 1
+    assert "convolutions in one forward, dhkd[eager]" in out
     assert p["throughput"]["dhkd[eager]"]["batch"] == 2 and p["throughput"]["dhkd[eager]"]["images_per_s"] > 0
     assert set(p["ratios"]["kernels_over_reference"]) == {"eager"}
     # the GPU report adds the paper's 7.6 ms line
@@ -92,6 +96,11 @@ def test_ratios_per_mode_and_best():
     assert r["dhkd_over_efficientad_m"] == {"eager": pytest.approx(1.2), "bf16": pytest.approx(0.75)}
     assert r["kernels_over_reference"] == {"eager": pytest.approx(0.5)}
     assert r["best_over_best"]["dhkd_mode"] == "bf16" and r["best_over_best"]["ratio"] == pytest.approx(0.75)
+    assert "dhkd_convolutions_over_efficientad_m_best" not in r
+    conv = {"dhkd[eager]": {"conv_ms": 10.0}, "dhkd[bf16]": {"conv_ms": 4.0},
+            "efficientad-m[bf16]": {"conv_ms": 1.0}}  # EfficientAD-M's own convolutions do not count
+    c = ratios(lat, ["eager", "bf16"], conv)["dhkd_convolutions_over_efficientad_m_best"]
+    assert c["variant"] == "dhkd[bf16]" and c["ratio"] == pytest.approx(0.5)
 
 
 def test_efficientad_m_shapes_and_parameters():

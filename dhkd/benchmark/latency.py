@@ -23,7 +23,7 @@ import dhkd_kernels
 from dhkd_kernels import _registry
 
 from .efficientad import EfficientADM
-from .measure import agreement, run_images, ss2d_time, summarize, synthetic_images, time_interleaved
+from .measure import agreement, conv_time, run_images, ss2d_time, summarize, synthetic_images, time_interleaved
 from .modes import MODES, Runner, cpu_flags, native_cpu_dtypes, unsupported_reason
 
 SCHEMA = "dhkd-latency/1"
@@ -179,7 +179,7 @@ def benchmark_preset(preset: str, cfg: BenchmarkConfig, settings: dict, device: 
     out = {"image_size": size, "params": {m: _params(mod) for m, (mod, _, _) in models.items()
                                           if m != REFERENCE},
            "backends": {m: op_backends(device, b) for m, (_, b, _) in models.items() if m != EFFICIENTAD},
-           "latency": {}, "agreement": {}, "ss2d": {}, "throughput": {}}
+           "latency": {}, "agreement": {}, "ss2d": {}, "conv": {}, "throughput": {}}
 
     def build(modes_of) -> dict[str, Runner]:
         runners = {}
@@ -222,6 +222,12 @@ def benchmark_preset(preset: str, cfg: BenchmarkConfig, settings: dict, device: 
         res = ss2d_time(r.module, r.prepare(one), r.backend, repeats=3)
         if res is not None:
             out["ss2d"][name] = res
+
+    # ---- convolution share of one forward (CPU, uncompiled modes): the floor a model's mode cannot go below
+    if device.type == "cpu":
+        for name, r in runners.items():
+            if not r.mode.compile:
+                out["conv"][name] = conv_time(r.module, r.prepare(one), r.backend)
     del runners
 
     # ---- batch-N throughput
@@ -236,7 +242,7 @@ def benchmark_preset(preset: str, cfg: BenchmarkConfig, settings: dict, device: 
             s = summarize(tt[name])
             out["throughput"][name] = {"model": name.split("[")[0], "mode": r.mode.name, "batch": bsz,
                                        "images_per_s": bsz * 1e3 / s["median_ms"], **s}
-    out["ratios"] = ratios(out["latency"], settings["modes"])
+    out["ratios"] = ratios(out["latency"], settings["modes"], out["conv"])
     out["targets"] = targets(preset, out, device)
     return out
 
@@ -252,8 +258,10 @@ def _image_size(preset: str, cfg: BenchmarkConfig) -> int:
     return get_preset(preset).image_size
 
 
-def ratios(latency: dict, modes: list[str]) -> dict:
-    """DHKD / EfficientAD-M per mode and best/best; DHKD kernels / reference per mode (medians)."""
+def ratios(latency: dict, modes: list[str], conv: dict | None = None) -> dict:
+    """DHKD / EfficientAD-M per mode and best/best; DHKD kernels / reference per mode (medians); with
+    ``conv`` (per-variant convolution times) also DHKD's smallest convolution time over EfficientAD-M's best
+    whole forward: above 1, no DHKD mode can reach EfficientAD-M's best at equal convolution speed."""
     get = latency.get
     res = {"dhkd_over_efficientad_m": {m: _ratio(get(_variant(DHKD, m)), get(_variant(EFFICIENTAD, m)))
                                        for m in modes if get(_variant(EFFICIENTAD, m))},
@@ -263,6 +271,12 @@ def ratios(latency: dict, modes: list[str]) -> dict:
     if bd and be:
         res["best_over_best"] = {"dhkd_mode": bd[0], "dhkd_ms": bd[1]["median_ms"], "efficientad_m_mode": be[0],
                                  "efficientad_m_ms": be[1]["median_ms"], "ratio": _ratio(bd[1], be[1])}
+        convs = {n: c["conv_ms"] for n, c in (conv or {}).items() if n.startswith(DHKD + "[")}
+        if convs:
+            name = min(convs, key=convs.get)
+            res["dhkd_convolutions_over_efficientad_m_best"] = {
+                "variant": name, "conv_ms": convs[name], "efficientad_m_ms": be[1]["median_ms"],
+                "ratio": convs[name] / be[1]["median_ms"]}
     return res
 
 
@@ -328,12 +342,19 @@ def format_report(result: dict) -> str:
         if bb:
             lines.append(f"best/best: DHKD {bb['dhkd_mode']} {bb['dhkd_ms']:.1f} ms / EfficientAD-M "
                          f"{bb['efficientad_m_mode']} {bb['efficientad_m_ms']:.1f} ms = {bb['ratio']:.3f}")
+        cb = p["ratios"].get("dhkd_convolutions_over_efficientad_m_best")
+        if cb:
+            lines.append(f"DHKD's convolutions alone ({cb['variant']}): {cb['conv_ms']:.1f} ms = {cb['ratio']:.3f} × "
+                         f"EfficientAD-M's best whole forward")
         kr = p["ratios"]["kernels_over_reference"]
         if kr:
             lines.append("kernels/reference: " + ", ".join(f"{m} {r:.3f}" for m, r in kr.items()))
         for name, s in p["ss2d"].items():
             lines.append(f"SS2D in one forward, {name}: modules {s['module_ms']:.1f} ms, scan op "
                          f"{_fmt(s['scan_op_ms'])} ms ({s['calls']} calls)")
+        for name, c in p.get("conv", {}).items():
+            lines.append(f"convolutions in one forward, {name}: {c['conv_ms']:.1f} of {c['total_ms']:.1f} ms "
+                         f"({100 * c['conv_share']:.0f} %)")
         for name, t in p["throughput"].items():
             lines.append(f"throughput {name} batch {t['batch']}: {t['images_per_s']:.2f} img/s "
                          f"(median {t['median_ms']:.0f} ms)")

@@ -126,3 +126,20 @@ def ss2d_time(module: nn.Module, x: torch.Tensor, backend: str | None, repeats: 
         us = getattr(ev, "device_time_total", 0.0) if cuda else ev.cpu_time_total
         scan_ms = us / 1e3
     return {"module_ms": 1e3 * statistics.median(per_forward), "scan_op_ms": scan_ms, "calls": len(blocks)}
+
+
+def conv_time(module: nn.Module, x: torch.Tensor, backend: str | None) -> dict:
+    """Convolution share of one eager CPU forward of ``module`` on ``x``, from a profiler record.
+
+    ``conv_ms``: self time of the library's convolution kernels (every ``*convolution*`` op; on a CPU these
+    are oneDNN's); ``total_ms``: self time of all ops of the forward. At equal convolution speed no mode of a
+    model can beat another model whose whole forward takes less than the first one's convolutions alone.
+    """
+    with torch.no_grad(), dhkd_kernels.use_backend(backend):
+        module(x)  # warm-up (oneDNN primitive creation)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            module(x)
+    events = prof.key_averages()
+    conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key and "backward" not in e.key)
+    total = sum(e.self_cpu_time_total for e in events)
+    return {"conv_ms": conv / 1e3, "total_ms": total / 1e3, "conv_share": conv / total if total else float("nan")}
