@@ -13,7 +13,8 @@ What is fused (ours) and what stays in the library (PyTorch/oneDNN/cuBLAS/cuDNN)
 Rows: each fused piece against its unfused sequence, the fused pieces together ("parts"), and the whole
 block forward and forward+backward against the reference. Times are per-call medians of interleaved
 repeats (each a calibrated run of back-to-back calls, ~20 ms) in one run (ratio = unfused / fused, > 1 means the fused path is faster). Bytes are an analytic count of
-tensor reads + writes (weights ignored). JSON goes to ``benchmarks/results/kernels_fused_<date>_<host>.json``;
+tensor reads + writes (weights ignored); "x bound" = fused time / (fused bytes / the copy bandwidth measured
+in the same run), i.e. how far a memory-bound fused kernel is from moving its bytes at copy speed. JSON goes to ``benchmarks/results/kernels_fused_<date>_<host>.json``;
 ``run(quick)`` returns the rows.
 """
 from __future__ import annotations
@@ -168,8 +169,12 @@ def bench_fccm(device, backend, batch, layout, dtype, repeats):
                      "fused: +bias, maxpool 2×2, ReLU | unfused: add, max_pool2d, relu"))
     rows.append(_row("fccm", "bias_gelu", *common, *tg, 2 * K * e, 4 * K * e,
                      "fused: +bias, GELU (erf) | unfused: add, gelu"))
-    rows.append(_row("fccm", "parts", *common, tp[0] + tg[0], tp[1] + tg[1], (1.25 * M + 2 * K) * e,
-                     (3.75 * M + 4 * K) * e, "pool_relu + bias_gelu: everything of FCCM except the library convs"))
+    if backend in fccm_ops._FUSED_GELU_BACKENDS:
+        parts = (tp[0] + tg[0], (1.25 * M + 2 * K) * e, "pool_relu + bias_gelu fused")
+    else:  # what fccm_forward runs here: the fused pool_relu, and the library's bias+GELU (faster there)
+        parts = (tp[0] + tg[1], (1.25 * M + 4 * K) * e, "pool_relu fused + bias_gelu by the library")
+    rows.append(_row("fccm", "parts", *common, parts[0], tp[1] + tg[1], parts[1], (3.75 * M + 4 * K) * e,
+                     f"{parts[2]} (as fccm_forward runs them): everything of FCCM except the library convs"))
     rows.append(_row("fccm", "forward", *common, *tf, float("nan"), float("nan"),
                      "whole FCCM forward: library convs (bias-free where fused) + fused parts vs reference"))
     dy = r(batch, C, HW // 4, HW // 4)
@@ -180,6 +185,24 @@ def bench_fccm(device, backend, batch, layout, dtype, repeats):
     return rows
 
 
+def copy_bandwidth(device: str, megabytes: int = 256) -> float:
+    """Bytes per millisecond a plain tensor copy reaches on ``device`` in this run (read + write counted):
+    the bytes-moved bound of a memory-bound kernel is its byte count divided by this."""
+    src = torch.empty(megabytes * 2 ** 20 // 4, device=device).normal_()
+    dst = torch.empty_like(src)
+    ms, _ = compare(lambda: dst.copy_(src), lambda: None, device, 5)
+    return 2 * src.numel() * 4 / ms
+
+
+def add_bounds(rows: list[dict], bandwidth: dict[str, float]) -> None:
+    """Each row with a byte count gets the fused path's bytes-moved bound and its time over that bound."""
+    for r in rows:
+        if r["fused_MB"] == r["fused_MB"]:  # not NaN
+            r["copy_GBps"] = round(bandwidth[r["device"]] / 1e6, 1)
+            r["bound_ms"] = r["fused_MB"] * 2 ** 20 / bandwidth[r["device"]]
+            r["fused_over_bound"] = round(r["fused_ms"] / r["bound_ms"], 2)
+
+
 def run(quick: bool) -> list[dict]:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
@@ -188,13 +211,13 @@ def run(quick: bool) -> list[dict]:
         dtypes = [torch.float32] if device == "cpu" else [torch.float32, torch.bfloat16]
         for batch in batches:
             repeats = (5 if quick else 15) if batch == 1 else 3
-            layouts = ["nchw", "channels_last"] if batch == 1 else ["nchw"]
             for dtype in dtypes:
-                for layout in layouts:
+                for layout in ("nchw", "channels_last"):
                     for backend in fused_backends(scmm_ops.OP, device):
                         rows += bench_scmm(device, backend, batch, layout, dtype, repeats)
                     for backend in fused_backends(fccm_ops.OP, device):
                         rows += bench_fccm(device, backend, batch, layout, dtype, repeats)
+    add_bounds(rows, {device: copy_bandwidth(device) for device in devices})
     return rows
 
 
@@ -226,13 +249,13 @@ def verdicts(rows: list[dict]) -> list[str]:
 
 def print_table(rows: list[dict]) -> None:
     head = f"{'op':5} {'piece':17} {'dev':4} {'backend':7} {'B':>2} {'layout':13} {'dtype':8} " \
-           f"{'fused ms':>9} {'unfused ms':>10} {'speedup':>7} {'fused MB':>8} {'unfused MB':>10}"
+           f"{'fused ms':>9} {'unfused ms':>10} {'speedup':>7} {'fused MB':>8} {'unfused MB':>10} {'x bound':>7}"
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['op']:5} {r['piece']:17} {r['device']:4} {r['backend']:7} {r['batch']:>2} {r['layout']:13} "
               f"{r['dtype']:8} {r['fused_ms']:9.3f} {r['unfused_ms']:10.3f} {r['speedup']:7.2f} "
-              f"{r['fused_MB']:8.1f} {r['unfused_MB']:10.1f}")
+              f"{r['fused_MB']:8.1f} {r['unfused_MB']:10.1f} {r.get('fused_over_bound', float('nan')):7.2f}")
 
 
 def main(argv: list[str] | None = None) -> None:
