@@ -4,10 +4,11 @@
 // Two-scale branch on x (B, C, H, W) with half = C/2, oh = H/2, ow = W/2:
 //   s[:, c<half]  = dw3x3(x[:, c], wa[c]) + ba[c]
 //   s[:, c>=half] = nearest_up(dw3x3(adaptive_maxpool(x[:, c], oh, ow), wb[c-half]) + bb[c-half], H, W)
-// One (batch, channel) plane per OpenMP work item (dense NHWC forward: one half-resolution row of all
-// channels); the pooled and half-resolution maps live only in per-thread scratch. Tensors are addressed through (batch, channel, row, column) element strides, so
-// NCHW, channels_last and strided views need no copy. Depth-wise weights are fp32 (C/2, 9); I/O dtype
-// is fp32/fp16/bf16 with fp32 math. Weight/bias gradients come back per plane (B, C, 9) and (B, C) in
+// One (batch, channel) plane per OpenMP work item; dense channels_last tensors instead take NHWC paths
+// vectorised across channels (one work item per batch and group of 64 channels of one half, see below).
+// The pooled and half-resolution maps live only in per-thread scratch. Tensors are addressed through
+// (batch, channel, row, column) element strides, so NCHW, channels_last and strided views need no copy.
+// Depth-wise weights are fp32 (C/2, 9); I/O dtype is fp32/fp16/bf16 with fp32 math. Weight/bias gradients come back per plane (B, C, 9) and (B, C) in
 // fp32 for the caller to sum over the batch (deterministic, no atomics).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -16,11 +17,14 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <vector>
 
 #include "common/dtype.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // vector arguments only cross always_inline helpers
 
 namespace py = pybind11;
 
@@ -40,6 +44,7 @@ struct Geometry {
   int64_t B, C, H, W, half, oh, ow;
   std::vector<int> row_src, col_src;        // nearest upsample: full-res index -> half-res index
   std::vector<int> row_lo, row_hi, col_lo, col_hi;  // adaptive pool windows [lo, hi)
+  std::vector<int> row_w0, row_w1, col_w0, col_w1;  // the windows holding full-res row y / column x: [w0, w1)
   Geometry(int64_t B_, int64_t C_, int64_t H_, int64_t W_)
       : B(B_), C(C_), H(H_), W(W_), half(C_ / 2), oh(H_ / 2), ow(W_ / 2) {
     row_src.resize(H);
@@ -54,6 +59,15 @@ struct Geometry {
       col_lo.push_back(static_cast<int>(j * W / ow));
       col_hi.push_back(static_cast<int>(((j + 1) * W + ow - 1) / ow));
     }
+    windows_of(row_lo, row_hi, H, row_w0, row_w1);
+    windows_of(col_lo, col_hi, W, col_w0, col_w1);
+  }
+  static void windows_of(const std::vector<int>& lo, const std::vector<int>& hi, int64_t n, std::vector<int>& w0,
+                         std::vector<int>& w1) {
+    w0.assign(n, static_cast<int>(lo.size()));
+    w1.assign(n, 0);
+    for (int i = 0; i < static_cast<int>(lo.size()); ++i)
+      for (int v = lo[i]; v < hi[i]; ++v) w0[v] = std::min(w0[v], i), w1[v] = std::max(w1[v], i + 1);
   }
 };
 
@@ -198,107 +212,345 @@ void adaptive_maxpool(const float* plane, const Geometry& g, float* pooled, int3
   }
 }
 
-// Dense channels-last (NHWC) storage: channels are the contiguous innermost axis.
+// ---- dense channels-last (NHWC) paths ----------------------------------------------------------------
+// One OpenMP work item per (batch, half, group of up to kGroup blocks of kLanes channels) over the whole
+// plane. The channels of a block are the lanes of one fp32 vector (GCC vector extensions, lowered to
+// AVX-512 / AVX2 / SSE by the clones); the loops run rows (or pixels) outside and blocks inside, so each
+// pixel's group of channels is read as one contiguous run. Pixels are `ps` floats apart: C straight from an
+// fp32 tensor, nb * kLanes in per-thread scratch for fp16/bf16 or a group ending in a partial block. Each
+// channel's weight gradient is summed by one work item in a fixed order, so the partials are deterministic
+// and independent of the thread count.
+
 bool nhwc(const Strides& s, int64_t C, int64_t H, int64_t W) {
   return s[1] == 1 && s[3] == C && s[2] == W * C && s[0] == H * W * C;
 }
 
-// out[c] = bias[c] + sum_k wt[k * n + c] * src[k][c] over n channels: one depth-wise 3x3 output pixel with
-// the nine taps' channel vectors (a zero vector for taps in the padding) and transposed (9, n) weights.
-DHKD_SIMD void dw9_channels(const float* const* src, const float* __restrict wt, const float* __restrict bias,
-                            float* __restrict out, int64_t n) {
-  const float *__restrict s0 = src[0], *__restrict s1 = src[1], *__restrict s2 = src[2], *__restrict s3 = src[3],
-              *__restrict s4 = src[4], *__restrict s5 = src[5], *__restrict s6 = src[6], *__restrict s7 = src[7],
-              *__restrict s8 = src[8];
-  for (int64_t c = 0; c < n; ++c)
-    out[c] = bias[c] + wt[c] * s0[c] + wt[n + c] * s1[c] + wt[2 * n + c] * s2[c] + wt[3 * n + c] * s3[c] +
-             wt[4 * n + c] * s4[c] + wt[5 * n + c] * s5[c] + wt[6 * n + c] * s6[c] + wt[7 * n + c] * s7[c] +
-             wt[8 * n + c] * s8[c];
+constexpr int kLanes = 16, kGroup = 4;
+typedef float vf __attribute__((vector_size(kLanes * 4)));
+#define DHKD_INLINE static inline __attribute__((always_inline))
+
+DHKD_INLINE vf ldv(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+DHKD_INLINE void stv(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+
+// One output row of one block of a zero-padded depth-wise 3x3 correlation: o[x] = bias + sum_k w[k] *
+// r_{k/3}[x + k%3 - 1], rows r0 (above; absent unless TOP), r1, r2 (below; absent unless BOT). The 3x3
+// input window slides along the row in registers: three loads, nine FMAs and one store per output vector.
+template <bool TOP, bool BOT>
+DHKD_INLINE void conv_row(const float* r0, const float* r1, const float* r2, int64_t ps, int64_t W, const vf (&w)[9],
+                          vf bias, float* o, int64_t pso) {
+  const vf z = {};
+  vf a0 = z, a1 = z, a2 = z;
+  vf b0 = TOP ? ldv(r0) : z, b1 = ldv(r1), b2 = BOT ? ldv(r2) : z;
+  for (int64_t x = 0; x < W; ++x) {
+    vf c0 = z, c1 = z, c2 = z;
+    if (x + 1 < W) {
+      const int64_t q = (x + 1) * ps;
+      if (TOP) c0 = ldv(r0 + q);
+      c1 = ldv(r1 + q);
+      if (BOT) c2 = ldv(r2 + q);
+    }
+    vf acc = bias + w[3] * a1 + w[4] * b1 + w[5] * c1;
+    if (TOP) acc += w[0] * a0 + w[1] * b0 + w[2] * c0;
+    if (BOT) acc += w[6] * a2 + w[7] * b2 + w[8] * c2;
+    stv(o + x * pso, acc);
+    a0 = b0, a1 = b1, a2 = b2;
+    b0 = c0, b1 = c1, b2 = c2;
+  }
 }
 
-// m[c] = max(m[c], v[c]) with PyTorch's NaN rule (a NaN wins).
-DHKD_SIMD void max_channels(float* m, const float* v, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) m[c] = (v[c] > m[c] || v[c] != v[c]) ? v[c] : m[c];
+// out (H x W pixels, pso apart) = bias + zero-padded depth-wise 3x3 correlation of in (H x W, ps apart) for
+// nb blocks (block t at float offset t * kLanes of a pixel); wt: per block 9 tap vectors, bias: per block
+// one vector.
+DHKD_SIMD void conv_plane(const float* in, int64_t ps, int64_t H, int64_t W, int nb, const float* wt,
+                          const float* bias, float* out, int64_t pso) {
+  const int64_t rs = W * ps;
+  for (int64_t y = 0; y < H; ++y)
+    for (int t = 0; t < nb; ++t) {
+      vf w[9];
+      for (int k = 0; k < 9; ++k) w[k] = ldv(wt + (t * 9 + k) * kLanes);
+      const vf b = ldv(bias + t * kLanes);
+      const float* r1 = in + y * rs + t * kLanes;
+      const float* r0 = y > 0 ? r1 - rs : r1;
+      const float* r2 = y + 1 < H ? r1 + rs : r1;
+      float* o = out + y * W * pso + t * kLanes;
+      if (y > 0 && y + 1 < H) conv_row<true, true>(r0, r1, r2, ps, W, w, b, o, pso);
+      else if (y > 0) conv_row<true, false>(r0, r1, r2, ps, W, w, b, o, pso);
+      else if (y + 1 < H) conv_row<false, true>(r0, r1, r2, ps, W, w, b, o, pso);
+      else conv_row<false, false>(r0, r1, r2, ps, W, w, b, o, pso);
+    }
 }
 
-// NHWC forward: one work item per (batch, half-resolution row i), covering the full-resolution rows whose
-// nearest source row is i. Channels are the vectorised inner loop; the three pooled rows the half-scale
-// conv needs live in per-thread scratch.
+// acc[k] += sum_x g[x] * r_{k/3}[x + k%3 - 1] (zero-padded), acc[9] += sum_x g[x]: one row of one block
+// of the depth-wise 3x3 weight/bias gradient, the input window sliding in registers as in conv_row.
+template <bool TOP, bool BOT>
+DHKD_INLINE void wgrad_row(const float* g, int64_t psg, const float* r0, const float* r1, const float* r2, int64_t ps,
+                           int64_t W, vf (&acc)[10]) {
+  const vf z = {};
+  vf a0 = z, a1 = z, a2 = z;
+  vf b0 = TOP ? ldv(r0) : z, b1 = ldv(r1), b2 = BOT ? ldv(r2) : z;
+  for (int64_t x = 0; x < W; ++x) {
+    vf c0 = z, c1 = z, c2 = z;
+    if (x + 1 < W) {
+      const int64_t q = (x + 1) * ps;
+      if (TOP) c0 = ldv(r0 + q);
+      c1 = ldv(r1 + q);
+      if (BOT) c2 = ldv(r2 + q);
+    }
+    const vf gv = ldv(g + x * psg);
+    if (TOP) acc[0] += gv * a0, acc[1] += gv * b0, acc[2] += gv * c0;
+    acc[3] += gv * a1, acc[4] += gv * b1, acc[5] += gv * c1;
+    if (BOT) acc[6] += gv * a2, acc[7] += gv * b2, acc[8] += gv * c2;
+    acc[9] += gv;
+    a0 = b0, a1 = b1, a2 = b2;
+    b0 = c0, b1 = c1, b2 = c2;
+  }
+}
+
+// sums (per block 10 x kLanes, fp64) += per-lane gradient of conv_plane's nine taps and bias, with g the
+// output gradient (H x W, psg apart) and in the input (H x W, ps apart). Rows are summed in fp32, the row
+// sums in fp64.
+DHKD_SIMD void wgrad_plane(const float* g, int64_t psg, const float* in, int64_t ps, int64_t H, int64_t W, int nb,
+                           double* sums) {
+  const int64_t rs = W * ps;
+  for (int64_t y = 0; y < H; ++y)
+    for (int t = 0; t < nb; ++t) {
+      const float* r1 = in + y * rs + t * kLanes;
+      const float* r0 = y > 0 ? r1 - rs : r1;
+      const float* r2 = y + 1 < H ? r1 + rs : r1;
+      const float* gr = g + y * W * psg + t * kLanes;
+      vf acc[10] = {};
+      if (y > 0 && y + 1 < H) wgrad_row<true, true>(gr, psg, r0, r1, r2, ps, W, acc);
+      else if (y > 0) wgrad_row<true, false>(gr, psg, r0, r1, r2, ps, W, acc);
+      else if (y + 1 < H) wgrad_row<false, true>(gr, psg, r0, r1, r2, ps, W, acc);
+      else wgrad_row<false, false>(gr, psg, r0, r1, r2, ps, W, acc);
+      double* st = sums + t * 10 * kLanes;
+      for (int k = 0; k < 10; ++k)
+        for (int l = 0; l < kLanes; ++l) st[k * kLanes + l] += acc[k][l];
+    }
+}
+
+// Adaptive max pool of in (H x W pixels, ps apart) into pooled (oh x ow pixels of nb vectors, dense); with
+// idx, also the per-lane argmax (flat y * W + x): the first maximum in scan order, or the last NaN, as PyTorch.
+// Comparisons and selects are plain lane loops: GCC lowers vector-extension comparisons in target_clones
+// functions for the baseline ISA (lane by lane), while its auto-vectoriser uses each clone's ISA.
+DHKD_SIMD void pool_plane(const float* in, int64_t ps, const Geometry& g, int nb, float* pooled, int32_t* idx) {
+  const int64_t n = nb * kLanes;
+  for (int64_t i = 0; i < g.oh; ++i)
+    for (int64_t j = 0; j < g.ow; ++j) {
+      float* __restrict m = pooled + (i * g.ow + j) * n;
+      int32_t* __restrict am = idx ? idx + (i * g.ow + j) * n : nullptr;
+      for (int64_t l = 0; l < n; ++l) m[l] = -std::numeric_limits<float>::infinity();
+      if (am) std::fill(am, am + n, static_cast<int32_t>(g.row_lo[i] * g.W + g.col_lo[j]));
+      for (int y = g.row_lo[i]; y < g.row_hi[i]; ++y)
+        for (int x = g.col_lo[j]; x < g.col_hi[j]; ++x) {
+          const int32_t pos = static_cast<int32_t>(y * g.W + x);
+          const float* __restrict v = in + pos * ps;
+          if (am) {
+            for (int64_t l = 0; l < n; ++l) {
+              const bool take = v[l] > m[l] || v[l] != v[l];
+              m[l] = take ? v[l] : m[l];
+              am[l] = take ? pos : am[l];
+            }
+          } else {
+            for (int64_t l = 0; l < n; ++l) m[l] = (v[l] > m[l] || v[l] != v[l]) ? v[l] : m[l];
+          }
+        }
+    }
+}
+
+// Nearest upsample of small (oh x ow pixels of nb vectors, dense) to out (H x W pixels, pso apart).
+DHKD_SIMD void upsample_plane(const float* small, const Geometry& g, int nb, float* out, int64_t pso) {
+  const int64_t sp = nb * kLanes;
+  for (int64_t y = 0; y < g.H; ++y) {
+    const float* src = small + g.row_src[y] * g.ow * sp;
+    float* o = out + y * g.W * pso;
+    for (int64_t x = 0; x < g.W; ++x)
+      for (int t = 0; t < nb; ++t) stv(o + x * pso + t * kLanes, ldv(src + g.col_src[x] * sp + t * kLanes));
+  }
+}
+
+// Upsample backward: gsmall (oh x ow pixels of nb vectors, dense) = sum of g (H x W pixels, ps apart) over
+// each cell's preimage, in scan order.
+DHKD_SIMD void upsample_grad_plane(const float* g, int64_t ps, const Geometry& geo, int nb, float* gsmall) {
+  const int64_t sp = nb * kLanes;
+  std::memset(gsmall, 0, sizeof(float) * geo.oh * geo.ow * sp);
+  for (int64_t y = 0; y < geo.H; ++y) {
+    float* dst = gsmall + geo.row_src[y] * geo.ow * sp;
+    const float* gr = g + y * geo.W * ps;
+    for (int64_t x = 0; x < geo.W; ++x)
+      for (int t = 0; t < nb; ++t) {
+        float* d = dst + geo.col_src[x] * sp + t * kLanes;
+        stv(d, ldv(d) + ldv(gr + x * ps + t * kLanes));
+      }
+  }
+}
+
+// Max-pool backward: out[y][x] = sum over the windows (i, j) holding pixel (y, x), in scan order, of
+// dpool[i][j] where that window's argmax is (y, x) (out: H x W pixels, pso apart; dpool, idx as pooled).
+DHKD_SIMD void unpool_plane(const int32_t* idx, const float* dpool, const Geometry& g, int nb, float* out,
+                            int64_t pso) {
+  const int64_t n = nb * kLanes;
+  for (int64_t y = 0; y < g.H; ++y)
+    for (int64_t x = 0; x < g.W; ++x) {
+      const int32_t pos = static_cast<int32_t>(y * g.W + x);
+      float* __restrict o = out + pos * pso;
+      for (int64_t l = 0; l < n; ++l) o[l] = 0.f;
+      for (int i = g.row_w0[y]; i < g.row_w1[y]; ++i)
+        for (int j = g.col_w0[x]; j < g.col_w1[x]; ++j) {
+          const int32_t* __restrict a = idx + (i * g.ow + j) * n;
+          const float* __restrict d = dpool + (i * g.ow + j) * n;
+          for (int64_t l = 0; l < n; ++l) o[l] += a[l] == pos ? d[l] : 0.f;
+        }
+    }
+}
+
+template <int DT>
+DHKD_INLINE void gather_t(const void* src, int64_t off, int64_t npix, int64_t C, int cnt, int width, float* dst) {
+  for (int64_t p = 0; p < npix; ++p) {
+    float* d = dst + p * width;
+    const int64_t o = off + p * C;
+    for (int l = 0; l < cnt; ++l) d[l] = ld<DT>(src, o + l);
+    for (int l = cnt; l < width; ++l) d[l] = 0.f;
+  }
+}
+
+template <int DT>
+DHKD_INLINE void scatter_t(void* dst, int64_t off, int64_t npix, int64_t C, int cnt, int width, const float* src) {
+  for (int64_t p = 0; p < npix; ++p) {
+    const float* s = src + p * width;
+    const int64_t o = off + p * C;
+    for (int l = 0; l < cnt; ++l) st<DT>(dst, o + l, s[l]);
+  }
+}
+
+// Channels [off, off + cnt) of npix NHWC pixels (C apart, storage dtype dt) <-> dense fp32 pixels of
+// `width` floats (lanes past cnt read as zero).
+DHKD_SIMD void gather_lanes(const void* src, int dt, int64_t off, int64_t npix, int64_t C, int cnt, int width,
+                            float* dst) {
+  switch (dt) {
+    case dhkd::kF16: return gather_t<dhkd::kF16>(src, off, npix, C, cnt, width, dst);
+    case dhkd::kBF16: return gather_t<dhkd::kBF16>(src, off, npix, C, cnt, width, dst);
+    default: return gather_t<dhkd::kF32>(src, off, npix, C, cnt, width, dst);
+  }
+}
+
+DHKD_SIMD void scatter_lanes(void* dst, int dt, int64_t off, int64_t npix, int64_t C, int cnt, int width,
+                             const float* src) {
+  switch (dt) {
+    case dhkd::kF16: return scatter_t<dhkd::kF16>(dst, off, npix, C, cnt, width, src);
+    case dhkd::kBF16: return scatter_t<dhkd::kBF16>(dst, off, npix, C, cnt, width, src);
+    default: return scatter_t<dhkd::kF32>(dst, off, npix, C, cnt, width, src);
+  }
+}
+
+// Work item `it` of an NHWC pass: batch b, half (0: full scale, 1: half scale), channel cw within the
+// half (c0 in the tensor), cnt channels in nb blocks; direct when fp32 without a partial block (no scratch).
+struct Group {
+  int64_t b, half, cw, c0;
+  int cnt, nb;
+  bool direct;
+  static int64_t per_half(const Geometry& g) { return (g.half + kGroup * kLanes - 1) / (kGroup * kLanes); }
+  static int64_t count(const Geometry& g) { return g.B * 2 * per_half(g); }
+  Group(int64_t it, const Geometry& g, int dt) {
+    const int64_t n = per_half(g), r = it % (2 * n);
+    b = it / (2 * n);
+    half = r / n;
+    cw = (r % n) * kGroup * kLanes;
+    c0 = half * g.half + cw;
+    cnt = static_cast<int>(std::min<int64_t>(kGroup * kLanes, g.half - cw));
+    nb = (cnt + kLanes - 1) / kLanes;
+    direct = dt == dhkd::kF32 && cnt == nb * kLanes;
+  }
+};
+
+// Per-block tap-major weight vectors of a group (wt: nb x 9 x kLanes; flip: the 180-degree rotated kernel)
+// and bias vectors (nb x kLanes; zero without bias); lanes past cnt are zero.
+void group_weights(const float* w, const float* bias, const Group& q, bool flip, float* wt, float* bt) {
+  for (int t = 0; t < q.nb; ++t)
+    for (int l = 0; l < kLanes; ++l) {
+      const int64_t i = t * kLanes + l, c = q.cw + i;
+      for (int k = 0; k < 9; ++k) wt[(t * 9 + k) * kLanes + l] = i < q.cnt ? w[c * 9 + (flip ? 8 - k : k)] : 0.f;
+      bt[i] = i < q.cnt && bias ? bias[c] : 0.f;
+    }
+}
+
 template <int DT>
 void two_scale_fwd_nhwc(const void* x, void* s, const float* wa, const float* ba, const float* wb, const float* bb,
                         const Geometry& g) {
-  const int64_t half = g.half, C = g.C;
-  std::vector<float> wat(9 * half), wbt(9 * half);  // (tap, channel)
-  for (int64_t c = 0; c < half; ++c)
-    for (int k = 0; k < 9; ++k) {
-      wat[k * half + c] = wa[c * 9 + k];
-      wbt[k * half + c] = wb[c * 9 + k];
-    }
-  std::vector<int64_t> row_first(g.oh + 1, g.H);  // full-res rows of half-res row i: [row_first[i], row_first[i+1])
-  for (int64_t y = g.H - 1; y >= 0; --y) row_first[g.row_src[y]] = y;
-  const bool f32 = DT == dhkd::kF32;
+  const int64_t HW = g.H * g.W, items = Group::count(g), width = kGroup * kLanes;
 #pragma omp parallel
   {
-    std::vector<float> pooled(3 * g.ow * half), small(g.ow * half), acc(half), v(half), zeros(half, 0.f);
-    std::vector<float> tapbuf(f32 ? 0 : 9 * half);
-#pragma omp for schedule(static)
-    for (int64_t it = 0; it < g.B * g.oh; ++it) {
-      const int64_t b = it / g.oh, i = it % g.oh;
-      const int64_t xb = b * g.H * g.W * C;
-      // pooled rows i-1, i, i+1 (zero outside: the half-scale conv's padding)
-      for (int r = 0; r < 3; ++r) {
-        const int64_t pi = i + r - 1;
-        float* prow = pooled.data() + r * g.ow * half;
-        if (pi < 0 || pi >= g.oh) {
-          std::fill(prow, prow + g.ow * half, 0.f);
-          continue;
-        }
-        for (int64_t j = 0; j < g.ow; ++j) {
-          float* m = prow + j * half;
-          std::fill(m, m + half, -std::numeric_limits<float>::infinity());
-          for (int yy = g.row_lo[pi]; yy < g.row_hi[pi]; ++yy)
-            for (int xx = g.col_lo[j]; xx < g.col_hi[j]; ++xx) {
-              const int64_t o = xb + (yy * g.W + xx) * C + half;
-              if (f32) {
-                max_channels(m, static_cast<const float*>(x) + o, half);
-              } else {
-                for (int64_t c = 0; c < half; ++c) v[c] = ld<DT>(x, o + c);
-                max_channels(m, v.data(), half);
-              }
-            }
-        }
+    const bool any_scratch = DT != dhkd::kF32 || g.half % kLanes;
+    std::vector<float> in(any_scratch ? HW * width : 0), out(in.size());
+    std::vector<float> pooled(g.oh * g.ow * width), small(pooled.size());
+    float wt[kGroup * 9 * kLanes], bt[kGroup * kLanes];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {
+      const Group q(it, g, DT);
+      group_weights(q.half ? wb : wa, q.half ? bb : ba, q, false, wt, bt);
+      const int64_t off = q.b * HW * g.C + q.c0, ps = q.direct ? g.C : q.nb * kLanes;
+      const float* xi = q.direct ? static_cast<const float*>(x) + off : in.data();
+      float* o = q.direct ? static_cast<float*>(s) + off : out.data();
+      if (!q.direct) gather_lanes(x, DT, off, HW, g.C, q.cnt, q.nb * kLanes, in.data());
+      if (q.half == 0) {
+        conv_plane(xi, ps, g.H, g.W, q.nb, wt, bt, o, ps);
+      } else {
+        pool_plane(xi, ps, g, q.nb, pooled.data(), nullptr);
+        conv_plane(pooled.data(), q.nb * kLanes, g.oh, g.ow, q.nb, wt, bt, small.data(), q.nb * kLanes);
+        upsample_plane(small.data(), g, q.nb, o, ps);
       }
-      for (int64_t j = 0; j < g.ow; ++j) {
-        const float* taps[9];
-        for (int k = 0; k < 9; ++k) {
-          const int64_t pj = j + k % 3 - 1;
-          taps[k] = (pj < 0 || pj >= g.ow) ? zeros.data() : pooled.data() + ((k / 3) * g.ow + pj) * half;
-        }
-        dw9_channels(taps, wbt.data(), bb, small.data() + j * half, half);
+      if (!q.direct) scatter_lanes(s, DT, off, HW, g.C, q.cnt, q.nb * kLanes, out.data());
+    }
+  }
+}
+
+template <int DT>
+void two_scale_bwd_nhwc(const void* ds, const void* x, void* dx, const float* wa, const float* wb, float* dw_part,
+                        float* db_part, const Geometry& g) {
+  const int64_t HW = g.H * g.W, items = Group::count(g), width = kGroup * kLanes;
+#pragma omp parallel
+  {
+    const bool any_scratch = DT != dhkd::kF32 || g.half % kLanes;
+    std::vector<float> gin(any_scratch ? HW * width : 0), xin(gin.size()), out(gin.size());
+    const int64_t sm = g.oh * g.ow * width;
+    std::vector<float> pooled(sm), gsmall(sm), dpool(sm);
+    std::vector<int32_t> argmax(sm);
+    float wt[kGroup * 9 * kLanes], zero[kGroup * kLanes];
+    double sums[kGroup * 10 * kLanes];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {
+      const Group q(it, g, DT);
+      group_weights(q.half ? wb : wa, nullptr, q, true, wt, zero);
+      const int64_t off = q.b * HW * g.C + q.c0, ps = q.direct ? g.C : q.nb * kLanes, sp = q.nb * kLanes;
+      const float* gi = q.direct ? static_cast<const float*>(ds) + off : gin.data();
+      const float* xi = q.direct ? static_cast<const float*>(x) + off : xin.data();
+      float* o = q.direct ? static_cast<float*>(dx) + off : out.data();
+      if (!q.direct) {
+        gather_lanes(ds, DT, off, HW, g.C, q.cnt, sp, gin.data());
+        gather_lanes(x, DT, off, HW, g.C, q.cnt, sp, xin.data());
       }
-      for (int64_t y = row_first[i]; y < row_first[i + 1]; ++y)
-        for (int64_t xx = 0; xx < g.W; ++xx) {
-          const float* taps[9];
-          for (int k = 0; k < 9; ++k) {
-            const int64_t sy = y + k / 3 - 1, sx = xx + k % 3 - 1;
-            if (sy < 0 || sy >= g.H || sx < 0 || sx >= g.W) {
-              taps[k] = zeros.data();
-            } else if (f32) {
-              taps[k] = static_cast<const float*>(x) + xb + (sy * g.W + sx) * C;
-            } else {
-              float* conv = tapbuf.data() + k * half;
-              for (int64_t c = 0; c < half; ++c) conv[c] = ld<DT>(x, xb + (sy * g.W + sx) * C + c);
-              taps[k] = conv;
-            }
-          }
-          dw9_channels(taps, wat.data(), ba, acc.data(), half);
-          const int64_t o = xb + (y * g.W + xx) * C;
-          const float* sb = small.data() + g.col_src[xx] * half;
-          for (int64_t c = 0; c < half; ++c) {
-            st<DT>(s, o + c, acc[c]);
-            st<DT>(s, o + half + c, sb[c]);
-          }
-        }
+      std::fill(sums, sums + q.nb * 10 * kLanes, 0.0);
+      if (q.half == 0) {
+        conv_plane(gi, ps, g.H, g.W, q.nb, wt, zero, o, ps);  // input gradient: the flipped kernel
+        wgrad_plane(gi, ps, xi, ps, g.H, g.W, q.nb, sums);
+      } else {
+        pool_plane(xi, ps, g, q.nb, pooled.data(), argmax.data());
+        upsample_grad_plane(gi, ps, g, q.nb, gsmall.data());
+        wgrad_plane(gsmall.data(), sp, pooled.data(), sp, g.oh, g.ow, q.nb, sums);
+        conv_plane(gsmall.data(), sp, g.oh, g.ow, q.nb, wt, zero, dpool.data(), sp);
+        unpool_plane(argmax.data(), dpool.data(), g, q.nb, o, ps);
+      }
+      if (!q.direct) scatter_lanes(dx, DT, off, HW, g.C, q.cnt, sp, out.data());
+      for (int i = 0; i < q.cnt; ++i) {
+        const int64_t p = q.b * g.C + q.c0 + i;
+        const double* st = sums + (i / kLanes) * 10 * kLanes + i % kLanes;
+        for (int k = 0; k < 9; ++k) dw_part[p * 9 + k] = static_cast<float>(st[k * kLanes]);
+        db_part[p] = static_cast<float>(st[9 * kLanes]);
+      }
     }
   }
 }
@@ -337,6 +589,8 @@ void two_scale_fwd(const void* x, void* s, const float* wa, const float* ba, con
 template <int DT>
 void two_scale_bwd(const void* ds, const void* x, void* dx, const float* wa, const float* wb, float* dw_part,
                    float* db_part, const Geometry& g, const Strides& dss, const Strides& xs, const Strides& dxs) {
+  if (nhwc(dss, g.C, g.H, g.W) && nhwc(xs, g.C, g.H, g.W) && nhwc(dxs, g.C, g.H, g.W))
+    return two_scale_bwd_nhwc<DT>(ds, x, dx, wa, wb, dw_part, db_part, g);
   const int64_t planes = g.B * g.C;
 #pragma omp parallel
   {

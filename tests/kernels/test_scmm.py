@@ -44,6 +44,7 @@ def run(backend, inputs, fn=dk.scmm_modulate, grad_seed=1):
     with dk.use_backend(backend):
         out = fn(*leaves)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed)).to(out)
+    g = g.contiguous(memory_format=ops.dense_format(out))  # channels_last outputs get channels_last gradients
     grads = torch.autograd.grad(out, leaves, g)
     return out.detach(), grads
 
@@ -86,14 +87,33 @@ def test_half_precision_close_to_fp32_reference(backend, kind, dtype, tol):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("H,W", [(7, 6), (8, 6)])  # overlapping adaptive windows, and plain 2×2 windows
-def test_max_pool_ties_route_gradient_like_pytorch(backend, H, W):
+@pytest.mark.parametrize("kind", ["nchw", "channels_last"])
+def test_max_pool_ties_route_gradient_like_pytorch(backend, H, W, kind):
     # integer-valued input: most pooling windows hold several equal maxima (first one in scan order wins)
     B, C = 2, 4
     x = torch.randint(0, 3, (B, C, H, W), generator=torch.Generator().manual_seed(3)).float()
-    inputs = make_inputs(B, C, H, W, x=x)
+    inputs = make_inputs(B, C, H, W, x=x, kind=kind)
     got = run(backend, inputs[:5], fn=two_scale_depthwise)
     want = run("reference", inputs[:5], fn=two_scale_depthwise)
     assert_close_all(got, want, atol=1e-5, rtol=1e-5)
+
+
+# channels_last two-scale branch alone (the dense NHWC kernels): odd sizes with overlapping or rounded pool
+# windows, the smallest sizes, batch > 1, channel halves below, at and past one 16-lane block
+NHWC_SHAPES = [(2, 6, 7, 9), (3, 10, 5, 4), (2, 64, 7, 5), (2, 36, 9, 11), (2, 4, 2, 2), (1, 6, 3, 5), (2, 32, 3, 5)]
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="compiled CPU kernels not built")
+@pytest.mark.parametrize("shape", NHWC_SHAPES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float16, 2e-2), (torch.bfloat16, 6e-2)])
+def test_two_scale_channels_last_matches_reference(shape, dtype, tol):
+    inputs = make_inputs(*shape, dtype=dtype, kind="channels_last")[:5]
+    got = run("cpu", inputs, fn=two_scale_depthwise)
+    want = run("reference", [t.float() for t in inputs], fn=two_scale_depthwise)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    assert got[1][0].is_contiguous(memory_format=torch.channels_last)
+    assert got[0].dtype == dtype and all(g.dtype == dtype for g in got[1])
+    assert_close_all(got, want, atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
