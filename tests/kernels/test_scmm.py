@@ -99,8 +99,10 @@ def test_max_pool_ties_route_gradient_like_pytorch(backend, H, W, kind):
 
 
 # channels_last two-scale branch alone (the dense NHWC kernels): odd sizes with overlapping or rounded pool
-# windows, the smallest sizes, batch > 1, channel halves below, at and past one 16-lane block
-NHWC_SHAPES = [(2, 6, 7, 9), (3, 10, 5, 4), (2, 64, 7, 5), (2, 36, 9, 11), (2, 4, 2, 2), (1, 6, 3, 5), (2, 32, 3, 5)]
+# windows, the smallest sizes, batch > 1, channel halves below, at and past one 16-lane block and one
+# 64-channel work-item group (a full group next to a partial one)
+NHWC_SHAPES = [(2, 6, 7, 9), (3, 10, 5, 4), (2, 64, 7, 5), (2, 36, 9, 11), (2, 4, 2, 2), (1, 6, 3, 5), (2, 32, 3, 5),
+               (2, 140, 5, 7)]
 
 
 @pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="compiled CPU kernels not built")
