@@ -5,6 +5,7 @@ built, and :func:`dhkd_kernels.backends` reports what is there.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 from types import ModuleType
@@ -60,3 +61,12 @@ def ptr(t: torch.Tensor | None) -> int:
 def stream(device: torch.device) -> int:
     """The current CUDA stream of ``device`` as an integer handle for the CUDA launchers."""
     return torch.cuda.current_stream(device).cuda_stream
+
+
+def device_guard(t: torch.Tensor):
+    """Make ``t``'s CUDA device current for a launch (a no-op for CPU tensors, e.g. the Triton interpreter).
+
+    The launchers use the current device (and Triton the current device's stream), so a tensor on another
+    GPU than the current one must not be launched on without this.
+    """
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()

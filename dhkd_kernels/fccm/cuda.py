@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .._ext import dtype_code, load, ptr, stream
+from .._ext import device_guard, dtype_code, load, ptr, stream
 from .cpu import pooled_empty
 
 
@@ -19,8 +19,9 @@ def _lib():
 
 def pool_relu_forward(z, bias):
     out = pooled_empty(z)
-    _lib().fccm_pool_relu_fwd(ptr(z), ptr(bias), ptr(out), dtype_code(z), *z.shape, z.stride(), out.stride(),
-                              stream(z.device))
+    with device_guard(z):
+        _lib().fccm_pool_relu_fwd(ptr(z), ptr(bias), ptr(out), dtype_code(z), *z.shape, z.stride(), out.stride(),
+                                  stream(z.device))
     return out
 
 
@@ -29,15 +30,17 @@ def pool_relu_backward(dout, z, bias):
     B, C, H, W = z.shape
     dz = torch.empty_like(z)
     part = torch.empty((B, C, lib.fccm_blocks(H, W)), dtype=torch.float32, device=z.device)
-    lib.fccm_pool_relu_bwd(ptr(dout), ptr(z), ptr(bias), ptr(dz), ptr(part), dtype_code(z), B, C, H, W,
-                           dout.stride(), z.stride(), dz.stride(), stream(z.device))
+    with device_guard(z):
+        lib.fccm_pool_relu_bwd(ptr(dout), ptr(z), ptr(bias), ptr(dz), ptr(part), dtype_code(z), B, C, H, W,
+                               dout.stride(), z.stride(), dz.stride(), stream(z.device))
     return dz, part.sum((0, 2))
 
 
 def bias_gelu_forward(h, bias):
     out = torch.empty_like(h)
-    _lib().fccm_bias_gelu_fwd(ptr(h), ptr(bias), ptr(out), dtype_code(h), *h.shape, h.stride(), out.stride(),
-                              stream(h.device))
+    with device_guard(h):
+        _lib().fccm_bias_gelu_fwd(ptr(h), ptr(bias), ptr(out), dtype_code(h), *h.shape, h.stride(), out.stride(),
+                                  stream(h.device))
     return out
 
 
@@ -46,6 +49,7 @@ def bias_gelu_backward(dout, h, bias):
     B, C, H, W = h.shape
     dh = torch.empty_like(h)
     part = torch.empty((B, C, lib.fccm_blocks(H, W)), dtype=torch.float32, device=h.device)
-    lib.fccm_bias_gelu_bwd(ptr(dout), ptr(h), ptr(bias), ptr(dh), ptr(part), dtype_code(h), B, C, H, W,
-                           dout.stride(), h.stride(), dh.stride(), stream(h.device))
+    with device_guard(h):
+        lib.fccm_bias_gelu_bwd(ptr(dout), ptr(h), ptr(bias), ptr(dh), ptr(part), dtype_code(h), B, C, H, W,
+                               dout.stride(), h.stride(), dh.stride(), stream(h.device))
     return dh, part.sum((0, 2))

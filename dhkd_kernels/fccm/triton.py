@@ -9,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._ext import device_guard
 from .cpu import pooled_empty
 
 BLOCK = 256
@@ -109,7 +110,8 @@ def pool_relu_forward(z, bias):
     B, C, H, W = z.shape
     out = pooled_empty(z)
     grid = (B * C, triton.cdiv(out.shape[2] * out.shape[3], BLOCK))
-    _pool_relu_fwd_kernel[grid](z, bias, out, C, H // 2, W // 2, *z.stride(), *out.stride(), BLOCK=BLOCK)
+    with device_guard(z):
+        _pool_relu_fwd_kernel[grid](z, bias, out, C, H // 2, W // 2, *z.stride(), *out.stride(), BLOCK=BLOCK)
     return out
 
 
@@ -118,8 +120,9 @@ def pool_relu_backward(dout, z, bias):
     dz = torch.empty_like(z)
     nblk = triton.cdiv(H * W, BLOCK)
     part = torch.empty((B, C, nblk), dtype=torch.float32, device=z.device)
-    _pool_relu_bwd_kernel[(B * C, nblk)](dout, z, bias, dz, part, C, H, W, H // 2, W // 2, nblk, *dout.stride(),
-                                         *z.stride(), *dz.stride(), BLOCK=BLOCK)
+    with device_guard(z):
+        _pool_relu_bwd_kernel[(B * C, nblk)](dout, z, bias, dz, part, C, H, W, H // 2, W // 2, nblk, *dout.stride(),
+                                             *z.stride(), *dz.stride(), BLOCK=BLOCK)
     return dz, part.sum((0, 2))
 
 
@@ -127,7 +130,8 @@ def bias_gelu_forward(h, bias):
     B, C, H, W = h.shape
     out = torch.empty_like(h)
     grid = (B * C, triton.cdiv(H * W, BLOCK))
-    _bias_gelu_fwd_kernel[grid](h, bias, out, C, H, W, *h.stride(), *out.stride(), BLOCK=BLOCK)
+    with device_guard(h):
+        _bias_gelu_fwd_kernel[grid](h, bias, out, C, H, W, *h.stride(), *out.stride(), BLOCK=BLOCK)
     return out
 
 
@@ -136,6 +140,7 @@ def bias_gelu_backward(dout, h, bias):
     dh = torch.empty_like(h)
     nblk = triton.cdiv(H * W, BLOCK)
     part = torch.empty((B, C, nblk), dtype=torch.float32, device=h.device)
-    _bias_gelu_bwd_kernel[(B * C, nblk)](dout, h, bias, dh, part, C, H, W, nblk, *dout.stride(), *h.stride(),
-                                         *dh.stride(), BLOCK=BLOCK)
+    with device_guard(h):
+        _bias_gelu_bwd_kernel[(B * C, nblk)](dout, h, bias, dh, part, C, H, W, nblk, *dout.stride(), *h.stride(),
+                                             *dh.stride(), BLOCK=BLOCK)
     return dh, part.sum((0, 2))

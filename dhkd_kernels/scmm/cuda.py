@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .._ext import dtype_code, load, ptr, stream
+from .._ext import device_guard, dtype_code, load, ptr, stream
 
 
 def _lib():
@@ -18,8 +18,9 @@ def _lib():
 
 def two_scale_forward(x, wa, ba, wb, bb):
     s = torch.empty_like(x)
-    _lib().scmm_two_scale_fwd(ptr(x), ptr(s), ptr(wa), ptr(ba), ptr(wb), ptr(bb), dtype_code(x), *x.shape,
-                              x.stride(), s.stride(), stream(x.device))
+    with device_guard(x):
+        _lib().scmm_two_scale_fwd(ptr(x), ptr(s), ptr(wa), ptr(ba), ptr(wb), ptr(bb), dtype_code(x), *x.shape,
+                                  x.stride(), s.stride(), stream(x.device))
     return s
 
 
@@ -33,20 +34,23 @@ def two_scale_backward(ds, x, wa, wb):
     part_a = torch.empty((B, half, lib.scmm_blocks_full(H, W), 10), **f32)
     part_b = torch.empty((B, half, lib.scmm_blocks_half(H, W), 10), **f32)
     dx = torch.empty_like(x)
-    lib.scmm_two_scale_bwd(ptr(ds), ptr(x), ptr(dx), ptr(wa), ptr(wb), ptr(gsum), ptr(dpool), ptr(part_a),
-                           ptr(part_b), dtype_code(x), B, C, H, W, ds.stride(), x.stride(), dx.stride(),
-                           stream(x.device))
+    with device_guard(x):
+        lib.scmm_two_scale_bwd(ptr(ds), ptr(x), ptr(dx), ptr(wa), ptr(wb), ptr(gsum), ptr(dpool), ptr(part_a),
+                               ptr(part_b), dtype_code(x), B, C, H, W, ds.stride(), x.stride(), dx.stride(),
+                               stream(x.device))
     pa, pb = part_a.sum((0, 2)), part_b.sum((0, 2))  # (half, 10): 9 weight taps and the bias
     return dx, pa[:, :9].clone(), pa[:, 9].clone(), pb[:, :9].clone(), pb[:, 9].clone()
 
 
 def gate_forward(G, x):
     y = torch.empty_like(x)
-    _lib().scmm_gate_fwd(ptr(G), ptr(x), ptr(y), dtype_code(x), x.numel(), stream(x.device))
+    with device_guard(x):
+        _lib().scmm_gate_fwd(ptr(G), ptr(x), ptr(y), dtype_code(x), x.numel(), stream(x.device))
     return y
 
 
 def gate_backward(dy, G, x):
     dG, dx = torch.empty_like(x), torch.empty_like(x)
-    _lib().scmm_gate_bwd(ptr(dy), ptr(G), ptr(x), ptr(dG), ptr(dx), dtype_code(x), x.numel(), stream(x.device))
+    with device_guard(x):
+        _lib().scmm_gate_bwd(ptr(dy), ptr(G), ptr(x), ptr(dG), ptr(dx), dtype_code(x), x.numel(), stream(x.device))
     return dG, dx

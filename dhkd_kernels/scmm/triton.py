@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._ext import device_guard
+
 BLOCK = 256
 
 
@@ -221,8 +223,9 @@ def two_scale_forward(x, wa, ba, wb, bb):
     B, C, H, W = x.shape
     s = torch.empty_like(x)
     grid = (B * C, triton.cdiv(H * W, BLOCK))
-    _two_scale_fwd_kernel[grid](x, s, wa, ba, wb, bb, C, H, W, H // 2, W // 2, *x.stride(), *s.stride(),
-                                BLOCK=BLOCK, **_extents(H, W))
+    with device_guard(x):
+        _two_scale_fwd_kernel[grid](x, s, wa, ba, wb, bb, C, H, W, H // 2, W // 2, *x.stride(), *s.stride(),
+                                    BLOCK=BLOCK, **_extents(H, W))
     return s
 
 
@@ -233,16 +236,19 @@ def two_scale_backward(ds, x, wa, wb):
     f32 = dict(dtype=torch.float32, device=x.device)
     nsmall, nfull = triton.cdiv(oh * ow, BLOCK), triton.cdiv(H * W, BLOCK)
     g = torch.empty((B * half, oh * ow), **f32)
-    _upsample_grad_kernel[(B * half, nsmall)](ds, g, C, H, W, oh, ow, *ds.stride(), UH=math.ceil(H / oh),
-                                              UW=math.ceil(W / ow), BLOCK=BLOCK)
+    with device_guard(x):
+        _upsample_grad_kernel[(B * half, nsmall)](ds, g, C, H, W, oh, ow, *ds.stride(), UH=math.ceil(H / oh),
+                                                  UW=math.ceil(W / ow), BLOCK=BLOCK)
     dpool = torch.empty_like(g)
     part_b = torch.empty((B, half, nsmall, 10), **f32)
-    _pooled_grad_kernel[(B * half, nsmall)](x, g, wb, dpool, part_b, C, H, W, oh, ow, *x.stride(), nsmall,
-                                            BLOCK=BLOCK, **ext)
+    with device_guard(x):
+        _pooled_grad_kernel[(B * half, nsmall)](x, g, wb, dpool, part_b, C, H, W, oh, ow, *x.stride(), nsmall,
+                                                BLOCK=BLOCK, **ext)
     dx = torch.empty_like(x)
     part_a = torch.empty((B, half, nfull, 10), **f32)
-    _two_scale_dx_kernel[(B * C, nfull)](ds, x, dx, wa, dpool, part_a, C, H, W, oh, ow, *ds.stride(),
-                                         *x.stride(), *dx.stride(), nfull, BLOCK=BLOCK, **ext)
+    with device_guard(x):
+        _two_scale_dx_kernel[(B * C, nfull)](ds, x, dx, wa, dpool, part_a, C, H, W, oh, ow, *ds.stride(),
+                                             *x.stride(), *dx.stride(), nfull, BLOCK=BLOCK, **ext)
     pa, pb = part_a.sum((0, 2)), part_b.sum((0, 2))  # (half, 10): 9 weight taps and the bias
     return dx, pa[:, :9].clone(), pa[:, 9].clone(), pb[:, :9].clone(), pb[:, 9].clone()
 
@@ -250,12 +256,14 @@ def two_scale_backward(ds, x, wa, wb):
 def gate_forward(G, x):
     y = torch.empty_like(x)
     n = x.numel()
-    _gate_fwd_kernel[(triton.cdiv(n, 1024),)](G, x, y, n, BLOCK=1024)
+    with device_guard(x):
+        _gate_fwd_kernel[(triton.cdiv(n, 1024),)](G, x, y, n, BLOCK=1024)
     return y
 
 
 def gate_backward(dy, G, x):
     dG, dx = torch.empty_like(x), torch.empty_like(x)
     n = x.numel()
-    _gate_bwd_kernel[(triton.cdiv(n, 1024),)](dy, G, x, dG, dx, n, BLOCK=1024)
+    with device_guard(x):
+        _gate_bwd_kernel[(triton.cdiv(n, 1024),)](dy, G, x, dG, dx, n, BLOCK=1024)
     return dG, dx

@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._ext import device_guard
+
 LOG2E = tl.constexpr(math.log2(math.e))
 K = tl.constexpr(4)  # SS2D directions
 _ELEMS_PER_TILE = 2048  # BLOCK_T * BLOCK_D * BLOCK_N budget: ~16 fp32 registers per thread per live tile at 4 warps
@@ -279,9 +281,10 @@ def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float):
     dskip = A if D is None else D.float().contiguous()
     bias = A if delta_bias is None else delta_bias.float().contiguous()
     grid = (bsz, triton.cdiv(Dch, block_d))
-    _ss2d_fwd_kernel[grid](u, delta, A, B, C, dskip, bias, yacc, y, L, H, W, Dch, N,
-                           HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-                           BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n, **_launch_options())
+    with device_guard(u):
+        _ss2d_fwd_kernel[grid](u, delta, A, B, C, dskip, bias, yacc, y, L, H, W, Dch, N,
+                               HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+                               BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n, **_launch_options())
     return y
 
 
@@ -306,9 +309,10 @@ def backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus):
     dd_part = torch.empty((bsz, K.value, Dch), dtype=f32, device=dev)
     dbias_part = torch.empty((bsz, K.value, Dch), dtype=f32, device=dev)
     grid = (bsz, n_dtiles)
-    _ss2d_bwd_kernel[grid](dy, u, delta, A, B, C, dskip, bias, ckpt, duacc, du, ddelta,
-                           da_part, db_part, dc_part, dd_part, dbias_part, L, H, W, Dch, N,
-                           HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-                           BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n, **_launch_options())
+    with device_guard(u):
+        _ss2d_bwd_kernel[grid](dy, u, delta, A, B, C, dskip, bias, ckpt, duacc, du, ddelta,
+                               da_part, db_part, dc_part, dd_part, dbias_part, L, H, W, Dch, N,
+                               HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+                               BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n, **_launch_options())
     return (du, ddelta, da_part.sum(0), db_part.sum(0).to(B.dtype), dc_part.sum(0).to(C.dtype),
             dd_part.sum(0), dbias_part.sum(0))
