@@ -16,7 +16,9 @@ import torch
 import dhkd_kernels
 from dhkd_kernels.ss2d import reference
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
+from dhkd_kernels.ss2d.triton import _adjoint_combine  # noqa: E402  (needs triton)
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 TOL = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 4e-2}  # max error / max(1, max |ref|)
@@ -116,6 +118,31 @@ def test_opcheck():
     inputs = make_inputs(1, 2, 2, 2, 2, torch.float32)
     args = [None if t is None else t.requires_grad_() for t in inputs] + [True, False, "triton"]
     torch.library.opcheck(torch.ops.dhkd.ss2d_scan.default, args)
+
+
+@triton.jit
+def _reverse_adjoint_scan(a_ptr, x_ptr, g_ptr, T: tl.constexpr):
+    t = tl.arange(0, T)
+    a, x = tl.load(a_ptr + t), tl.load(x_ptr + t)
+    _, _, g = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), x), 0, _adjoint_combine, reverse=True)
+    tl.store(g_ptr + t, g)
+
+
+def test_reverse_adjoint_scan_semantics():
+    """The backward's reverse ``tl.associative_scan`` with the order-sensitive ``_adjoint_combine`` gives
+    g_t = x_t + a_{t+1}·g_{t+1}. Some Triton releases lowered reverse scans wrongly on GPUs (triton-lang/triton
+    #4362, #8412); on a GPU this test isolates that from the rest of the backward."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(3)
+    a, x = torch.rand(16, generator=gen) + 0.25, torch.randn(16, generator=gen)
+    want, nxt = torch.empty(16, dtype=torch.float64), 0.0
+    for t in range(15, -1, -1):  # g_t = x_t + a_{t+1}·g_{t+1}, g_16 = 0
+        nxt = x[t].item() + (a[t + 1].item() * nxt if t < 15 else 0.0)
+        want[t] = nxt
+    a, x = a.to(device), x.to(device)
+    g = torch.empty_like(x)
+    _reverse_adjoint_scan[(1,)](a, x, g, T=16)
+    torch.testing.assert_close(g.cpu().double(), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
