@@ -93,7 +93,8 @@ class Runner:
         if mode.channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.module = module
-        self.fn = torch.compile(module, dynamic=False) if _compilable(mode) else module
+        # freezing: the weights are constants at inference, so inductor folds them and fuses the post-ops
+        self.fn = torch.compile(module, dynamic=False, options={"freezing": True}) if _compilable(mode) else module
         self._graph = None
         self.first_call_s: float | None = None
 
