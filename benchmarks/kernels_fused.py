@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import dhkd_kernels
+from dhkd.allocator import keep_freed_memory
 from results_io import write_results
 from dhkd_kernels import _registry
 from dhkd_kernels.fccm import fccm_bias_gelu, fccm_pool_relu
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)  # the kernels share PyTorch's OpenMP runtime
+    keep_freed_memory()  # outputs reuse freed memory: time the kernels, not first-touch page faults
     load_before = os.getloadavg()
     rows = run(args.quick)
     print(__doc__.split("\n\n")[1].split("Rows:")[0].rstrip())

@@ -67,7 +67,7 @@ def test_train_two_categories_over_two_torchrun_ranks(tmp_path):
     for cat, seed in (("cat_a", 1), ("cat_b", 2)):
         synthetic.ensure(tmp_path / "data", cat, seed=seed, size=64, n_train=4, n_test_good=2, n_test_defect=2)
     opts = "dataset_options={size: 64, n_train: 4, n_test_good: 2, n_test_defect: 2}"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",  # a free port
            "-m", "dhkd.cli", "train", "--dataset", "synthetic", "--root", str(tmp_path / "data"),
            "--category", "cat_a,cat_b", "--preset", "tiny", "--image-size", "64", "--steps", "2",
            "--device", "cpu", "--output", str(tmp_path / "runs"), "--set", opts]

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import dhkd_kernels
+from dhkd.allocator import keep_freed_memory
 from dhkd_kernels import _registry
 
 from .efficientad import EfficientADM
@@ -300,14 +301,15 @@ def targets(preset: str, out: dict, device: torch.device) -> dict:
 
 def run_benchmark(cfg: BenchmarkConfig, log=print) -> dict:
     """Run the benchmark described by ``cfg``; ``cfg.threads`` applies for the run only."""
+    heap_reuse = keep_freed_memory()  # large activations reuse freed memory instead of page-faulting anew
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
         device = pick_device(cfg.device)
         settings = _settings(cfg, device)
-        result = {"schema": SCHEMA, "environment": environment(device, cfg), "settings": settings,
-                  "config": asdict(cfg), "presets": {}}
+        result = {"schema": SCHEMA, "environment": {**environment(device, cfg), "freed_memory_kept": heap_reuse},
+                  "settings": settings, "config": asdict(cfg), "presets": {}}
         for preset in cfg.presets:
             log(f"preset {preset}: modes {', '.join(settings['modes'])}")
             result["presets"][preset] = benchmark_preset(preset, cfg, settings, device, log)

@@ -59,7 +59,10 @@ def run(args) -> int:
     if (args.maps is None) == (args.model is None):
         raise SystemExit("dhkd evaluate: give exactly one of --maps DIR (maps of any method) or --model RUN")
     if args.model is not None:
+        from dhkd.allocator import keep_freed_memory
         from dhkd.io import load_model
+
+        keep_freed_memory()
 
         model_path = args.model / "model.safetensors" if args.model.is_dir() else args.model
         results = evaluate_loaded_model(load_model(model_path), args)

@@ -25,12 +25,14 @@ def run(args) -> int:
     import numpy as np
     import torch
 
+    from dhkd.allocator import keep_freed_memory
     from dhkd.data.common import IMAGE_EXTENSIONS, list_images, preprocess, read_rgb
     from dhkd.eval.visualize import save_overlay
     from dhkd.inference import AnomalyDetector
     from dhkd.io import atomic_write_json, load_model
     from dhkd.train.trainer import pick_device
 
+    keep_freed_memory()
     model_path = args.model / "model.safetensors" if args.model.is_dir() else args.model
     model = load_model(model_path)
     device = pick_device(args.device)
