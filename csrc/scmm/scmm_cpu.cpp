@@ -236,30 +236,35 @@ DHKD_INLINE vf ldv(const float* p) {
 }
 DHKD_INLINE void stv(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 
+// Slides the zero-padded 3x3 input window of one block along a row in registers (three loads per
+// column): for x = 0..W-1 calls f(x, v) with v[3 * r + j] = row r (0 above, present only if TOP; 1; 2 below,
+// only if BOT) at column x + j - 1, zero outside the image.
+template <bool TOP, bool BOT, class F>
+DHKD_INLINE void slide_window(const float* r0, const float* r1, const float* r2, int64_t ps, int64_t W, F&& f) {
+  const vf z = {};
+  vf v[9] = {z, TOP ? ldv(r0) : z, z, z, ldv(r1), z, z, BOT ? ldv(r2) : z, z};
+  for (int64_t x = 0; x < W; ++x) {
+    const int64_t q = (x + 1) * ps;
+    const bool next = x + 1 < W;
+    v[2] = TOP && next ? ldv(r0 + q) : z;
+    v[5] = next ? ldv(r1 + q) : z;
+    v[8] = BOT && next ? ldv(r2 + q) : z;
+    f(x, v);
+    for (int r = 0; r < 3; ++r) v[3 * r] = v[3 * r + 1], v[3 * r + 1] = v[3 * r + 2];
+  }
+}
+
 // One output row of one block of a zero-padded depth-wise 3x3 correlation: o[x] = bias + sum_k w[k] *
-// r_{k/3}[x + k%3 - 1], rows r0 (above; absent unless TOP), r1, r2 (below; absent unless BOT). The 3x3
-// input window slides along the row in registers: three loads, nine FMAs and one store per output vector.
+// r_{k/3}[x + k%3 - 1]: nine FMAs and one store per output vector.
 template <bool TOP, bool BOT>
 DHKD_INLINE void conv_row(const float* r0, const float* r1, const float* r2, int64_t ps, int64_t W, const vf (&w)[9],
                           vf bias, float* o, int64_t pso) {
-  const vf z = {};
-  vf a0 = z, a1 = z, a2 = z;
-  vf b0 = TOP ? ldv(r0) : z, b1 = ldv(r1), b2 = BOT ? ldv(r2) : z;
-  for (int64_t x = 0; x < W; ++x) {
-    vf c0 = z, c1 = z, c2 = z;
-    if (x + 1 < W) {
-      const int64_t q = (x + 1) * ps;
-      if (TOP) c0 = ldv(r0 + q);
-      c1 = ldv(r1 + q);
-      if (BOT) c2 = ldv(r2 + q);
-    }
-    vf acc = bias + w[3] * a1 + w[4] * b1 + w[5] * c1;
-    if (TOP) acc += w[0] * a0 + w[1] * b0 + w[2] * c0;
-    if (BOT) acc += w[6] * a2 + w[7] * b2 + w[8] * c2;
+  slide_window<TOP, BOT>(r0, r1, r2, ps, W, [&](int64_t x, const vf (&v)[9]) __attribute__((always_inline)) {
+    vf acc = bias + w[3] * v[3] + w[4] * v[4] + w[5] * v[5];
+    if (TOP) acc += w[0] * v[0] + w[1] * v[1] + w[2] * v[2];
+    if (BOT) acc += w[6] * v[6] + w[7] * v[7] + w[8] * v[8];
     stv(o + x * pso, acc);
-    a0 = b0, a1 = b1, a2 = b2;
-    b0 = c0, b1 = c1, b2 = c2;
-  }
+  });
 }
 
 // out (H x W pixels, pso apart) = bias + zero-padded depth-wise 3x3 correlation of in (H x W, ps apart) for
@@ -285,29 +290,15 @@ DHKD_SIMD void conv_plane(const float* in, int64_t ps, int64_t H, int64_t W, int
 }
 
 // acc[k] += sum_x g[x] * r_{k/3}[x + k%3 - 1] (zero-padded), acc[9] += sum_x g[x]: one row of one block
-// of the depth-wise 3x3 weight/bias gradient, the input window sliding in registers as in conv_row.
+// of the depth-wise 3x3 weight/bias gradient.
 template <bool TOP, bool BOT>
 DHKD_INLINE void wgrad_row(const float* g, int64_t psg, const float* r0, const float* r1, const float* r2, int64_t ps,
                            int64_t W, vf (&acc)[10]) {
-  const vf z = {};
-  vf a0 = z, a1 = z, a2 = z;
-  vf b0 = TOP ? ldv(r0) : z, b1 = ldv(r1), b2 = BOT ? ldv(r2) : z;
-  for (int64_t x = 0; x < W; ++x) {
-    vf c0 = z, c1 = z, c2 = z;
-    if (x + 1 < W) {
-      const int64_t q = (x + 1) * ps;
-      if (TOP) c0 = ldv(r0 + q);
-      c1 = ldv(r1 + q);
-      if (BOT) c2 = ldv(r2 + q);
-    }
+  slide_window<TOP, BOT>(r0, r1, r2, ps, W, [&](int64_t x, const vf (&v)[9]) __attribute__((always_inline)) {
     const vf gv = ldv(g + x * psg);
-    if (TOP) acc[0] += gv * a0, acc[1] += gv * b0, acc[2] += gv * c0;
-    acc[3] += gv * a1, acc[4] += gv * b1, acc[5] += gv * c1;
-    if (BOT) acc[6] += gv * a2, acc[7] += gv * b2, acc[8] += gv * c2;
+    for (int k = TOP ? 0 : 3; k < (BOT ? 9 : 6); ++k) acc[k] += gv * v[k];
     acc[9] += gv;
-    a0 = b0, a1 = b1, a2 = b2;
-    b0 = c0, b1 = c1, b2 = c2;
-  }
+  });
 }
 
 // sums (per block 10 x kLanes, fp64) += per-lane gradient of conv_plane's nine taps and bias, with g the

@@ -97,12 +97,18 @@ struct Inputs {
   bool softplus;
 };
 
+// out[0:N] = fp32 values of B or C at element `off` (whole vectors converted at once, the tail per element).
 SS2D_INLINE void load_bc(const void* base, int64_t off, int64_t N, int dt, float* out) {
   if (dt == kF32) {
     std::memcpy(out, static_cast<const float*>(base) + off, N * sizeof(float));
     return;
   }
-  for (int64_t n = 0; n < N; ++n) out[n] = load_as_f32(base, off + n, dt);
+  int64_t n = 0;
+  for (; n + VL <= N; n += VL) {
+    const vf v = loadv(base, off + n, VL, dt);
+    std::memcpy(out + n, &v, sizeof v);
+  }
+  for (; n < N; ++n) out[n] = load_as_f32(base, off + n, dt);
 }
 
 // ---------------------------------------------------------------------------------------------------
