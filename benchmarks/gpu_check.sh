@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot check on a GPU machine: build with the machine's own torch and CUDA toolkit, report the backends,
-# run the kernel tests and the benchmarks. Logs go to $OUT/gpu_check (or benchmarks/results/gpu_check).
+# run the kernel tests and the benchmarks. Results go to $OUT/gpu_check (or benchmarks/results/gpu_check): summary.txt,
+# log.txt (every step's output) and the benchmarks' JSON files, five files in all (the device tool returns eight).
 #
 #   bash benchmarks/gpu_check.sh
 #
@@ -23,14 +24,15 @@ step() {  # step NAME SECONDS CMD...: run under a time limit, tee the log, recor
   shift 2
   echo "== $name (limit ${limit} s): $*" | tee -a "$LOG/summary.txt"
   local t0=$SECONDS
-  timeout "$limit" "$@" > >(tee "$LOG/$name.log") 2>&1
+  echo "===== $name: $*" >> "$LOG/log.txt"
+  timeout "$limit" "$@" > >(tee -a "$LOG/log.txt") 2>&1
   local rc=$?
   echo "   $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG/summary.txt"
   [ "$rc" -eq 0 ] || status=1
   return "$rc"
 }
 
-(nvidia-smi || true) > "$LOG/nvidia-smi.txt" 2>&1
+(nvidia-smi || true) > "$LOG/log.txt" 2>&1
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available())" \
   | tee -a "$LOG/summary.txt"
 if [ -z "${DHKD_CUDA_ARCHS:-}" ]; then
