@@ -60,6 +60,24 @@ def test_predict_and_evaluate_model(demo_run, tmp_path, capsys):
               str(tmp_path / "q")])
 
 
+def test_predict_modes(demo_run, tmp_path):
+    """Another execution mode gives the same scores (channels_last is exact up to rounding); modes the device
+    cannot run, and unknown ones, are clear errors."""
+    images = demo_run / "data" / "synthetic" / "test" / "scratch"
+    scores = {}
+    for mode in ("eager", "channels_last"):
+        assert main(["predict", str(images), "--model", str(demo_run / "run"), "--output", str(tmp_path / mode),
+                     "--mode", mode, "--no-heatmaps"]) == 0
+        scores[mode] = [s["score"] for s in json.loads((tmp_path / mode / "scores.json").read_text())["images"]]
+    assert scores["channels_last"] == pytest.approx(scores["eager"], rel=1e-5, abs=1e-6)
+    with pytest.raises(SystemExit, match="CUDA graphs need a GPU"):
+        main(["predict", str(images), "--model", str(demo_run / "run"), "--output", str(tmp_path / "g"),
+              "--mode", "cudagraph", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="unknown --mode 'fast'"):
+        main(["predict", str(images), "--model", str(demo_run / "run"), "--output", str(tmp_path / "f"),
+              "--mode", "fast"])
+
+
 def test_train_two_categories_over_two_torchrun_ranks(tmp_path):
     """Scale-out: each of 2 gloo ranks trains one category; rank 0 gathers the summary table."""
     from dhkd.data import synthetic

@@ -13,6 +13,10 @@ def add_arguments(parser) -> None:
                         help="trained model (model.safetensors of a run, or the run folder)")
     parser.add_argument("--output", type=Path, required=True, help="folder for heat maps and scores.json")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    parser.add_argument("--mode", default="eager",
+                        help="execution mode, as in `dhkd benchmark`: eager, channels_last, compile, bf16, "
+                             "bf16-compile, fp16, fp16-compile, cudagraph, fp16-cudagraph. Reduced precision "
+                             "changes the maps slightly (the benchmark reports by how much)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="optional image-score threshold: adds an 'anomalous' flag per image")
     parser.add_argument("--vmax", type=float, default=0.5,
@@ -26,6 +30,7 @@ def run(args) -> int:
     import torch
 
     from dhkd.allocator import keep_freed_memory
+    from dhkd.benchmark.modes import MODES, Runner
     from dhkd.data.common import IMAGE_EXTENSIONS, list_images, preprocess, read_rgb
     from dhkd.eval.visualize import save_overlay
     from dhkd.inference import AnomalyDetector
@@ -36,7 +41,12 @@ def run(args) -> int:
     model_path = args.model / "model.safetensors" if args.model.is_dir() else args.model
     model = load_model(model_path)
     device = pick_device(args.device)
-    detector = AnomalyDetector(model).to(device)
+    if args.mode not in MODES:
+        raise SystemExit(f"dhkd predict: unknown --mode {args.mode!r}; one of {', '.join(MODES)}")
+    try:
+        detector = Runner(AnomalyDetector(model), MODES[args.mode], device)
+    except ValueError as e:  # a mode this device cannot run, with the reason
+        raise SystemExit(f"dhkd predict: {e}") from None
     if args.input.is_dir():
         paths = list_images(args.input)
         if not paths:
@@ -50,8 +60,7 @@ def run(args) -> int:
     with torch.no_grad():
         for path in paths:
             img = read_rgb(path)
-            x = preprocess(img, model.image_size)[None].to(device)
-            amap, _ = detector(x)
+            amap, _ = detector(preprocess(img, model.image_size)[None])  # map back on the host, fp32
             full = torch.nn.functional.interpolate(amap, size=(img.height, img.width), mode="bilinear",
                                                    align_corners=False)[0, 0].cpu().numpy()
             score = float(full.max())
