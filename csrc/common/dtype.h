@@ -3,6 +3,9 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
 
 namespace dhkd {
 
@@ -95,6 +98,24 @@ inline void store_from_f32(void* base, int64_t i, int dt, float v) {
     case kBF16: static_cast<uint16_t*>(base)[i] = f32_to_bf16(v); break;
     default: static_cast<float*>(base)[i] = v;
   }
+}
+
+// Calls f(std::integral_constant<int, DT>{}) for the runtime dtype code dt; `op` names the caller in the error
+// for an unknown code. Kernels templated on DT get one instantiation per storage dtype.
+template <typename F>
+void dispatch_dtype(int dt, const char* op, F&& f) {
+  switch (dt) {
+    case kF32: f(std::integral_constant<int, kF32>{}); break;
+    case kF16: f(std::integral_constant<int, kF16>{}); break;
+    case kBF16: f(std::integral_constant<int, kBF16>{}); break;
+    default: throw std::invalid_argument(std::string(op) + ": unknown dtype code " + std::to_string(dt));
+  }
+}
+
+// A tensor's data_ptr() as passed from Python, as a typed pointer.
+template <class T>
+T* as_ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
 }
 
 }  // namespace dhkd

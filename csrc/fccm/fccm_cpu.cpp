@@ -28,6 +28,8 @@ using Strides = std::array<int64_t, 4>;
 
 using dhkd::ld;
 using dhkd::st;
+using dhkd::as_ptr;
+using dhkd::dispatch_dtype;
 
 // Hot fp32 loops get AVX-512 and AVX2/FMA clones chosen at load time next to the baseline build.
 #define DHKD_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
@@ -352,23 +354,10 @@ void bias_gelu_bwd(const void* dout, const void* h, const float* bias, void* dh,
   }
 }
 
-template <typename F>
-void dispatch(int dt, F&& f) {
-  switch (dt) {
-    case dhkd::kF32: f(std::integral_constant<int, dhkd::kF32>{}); break;
-    case dhkd::kF16: f(std::integral_constant<int, dhkd::kF16>{}); break;
-    case dhkd::kBF16: f(std::integral_constant<int, dhkd::kBF16>{}); break;
-    default: throw std::invalid_argument("fccm: unknown dtype code " + std::to_string(dt));
-  }
-}
-
 void check_sizes(int64_t B, int64_t C, int64_t H, int64_t W, int64_t min_hw) {
   if (B < 1 || C < 1 || H < min_hw || W < min_hw)
     throw std::invalid_argument("fccm: need B, C >= 1 and H, W >= " + std::to_string(min_hw));
 }
-
-template <typename T>
-T* P(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
 }  // namespace
 
@@ -378,8 +367,9 @@ void bind_fccm_cpu(py::module_& m) {
       [](uintptr_t z, uintptr_t bias, uintptr_t out, int dt, int64_t B, int64_t C, int64_t H, int64_t W, Strides zs,
          Strides os) {
         check_sizes(B, C, H, W, 2);
-        dispatch(dt, [&](auto D) {
-          pool_relu_fwd<decltype(D)::value>(P<const void>(z), P<const float>(bias), P<void>(out), B, C, H, W, zs, os);
+        dispatch_dtype(dt, "fccm", [&](auto D) {
+          pool_relu_fwd<decltype(D)::value>(as_ptr<const void>(z), as_ptr<const float>(bias), as_ptr<void>(out), B, C,
+                                            H, W, zs, os);
         });
       },
       py::call_guard<py::gil_scoped_release>(), "out = relu(maxpool2x2(z + bias)) (strided, fp32 bias)");
@@ -388,9 +378,10 @@ void bind_fccm_cpu(py::module_& m) {
       [](uintptr_t dout, uintptr_t z, uintptr_t bias, uintptr_t dz, uintptr_t db_part, int dt, int64_t B, int64_t C,
          int64_t H, int64_t W, Strides ds, Strides zs, Strides dzs) {
         check_sizes(B, C, H, W, 2);
-        dispatch(dt, [&](auto D) {
-          pool_relu_bwd<decltype(D)::value>(P<const void>(dout), P<const void>(z), P<const float>(bias), P<void>(dz),
-                                            P<float>(db_part), B, C, H, W, ds, zs, dzs);
+        dispatch_dtype(dt, "fccm", [&](auto D) {
+          pool_relu_bwd<decltype(D)::value>(as_ptr<const void>(dout), as_ptr<const void>(z),
+                                            as_ptr<const float>(bias), as_ptr<void>(dz), as_ptr<float>(db_part), B, C,
+                                            H, W, ds, zs, dzs);
         });
       },
       py::call_guard<py::gil_scoped_release>(), "dz and fp32 bias-gradient partials (B, max(H/2, 1), C), zero on entry, of pool_relu");
@@ -399,8 +390,9 @@ void bind_fccm_cpu(py::module_& m) {
       [](uintptr_t h, uintptr_t bias, uintptr_t out, int dt, int64_t B, int64_t C, int64_t H, int64_t W, Strides hs,
          Strides os) {
         check_sizes(B, C, H, W, 1);
-        dispatch(dt, [&](auto D) {
-          bias_gelu_fwd<decltype(D)::value>(P<const void>(h), P<const float>(bias), P<void>(out), B, C, H, W, hs, os);
+        dispatch_dtype(dt, "fccm", [&](auto D) {
+          bias_gelu_fwd<decltype(D)::value>(as_ptr<const void>(h), as_ptr<const float>(bias), as_ptr<void>(out), B, C,
+                                            H, W, hs, os);
         });
       },
       py::call_guard<py::gil_scoped_release>(), "out = gelu(h + bias), exact erf (strided, fp32 bias)");
@@ -409,9 +401,10 @@ void bind_fccm_cpu(py::module_& m) {
       [](uintptr_t dout, uintptr_t h, uintptr_t bias, uintptr_t dh, uintptr_t db_part, int dt, int64_t B, int64_t C,
          int64_t H, int64_t W, Strides ds, Strides hs, Strides dhs) {
         check_sizes(B, C, H, W, 1);
-        dispatch(dt, [&](auto D) {
-          bias_gelu_bwd<decltype(D)::value>(P<const void>(dout), P<const void>(h), P<const float>(bias), P<void>(dh),
-                                            P<float>(db_part), B, C, H, W, ds, hs, dhs);
+        dispatch_dtype(dt, "fccm", [&](auto D) {
+          bias_gelu_bwd<decltype(D)::value>(as_ptr<const void>(dout), as_ptr<const void>(h),
+                                            as_ptr<const float>(bias), as_ptr<void>(dh), as_ptr<float>(db_part), B, C,
+                                            H, W, ds, hs, dhs);
         });
       },
       py::call_guard<py::gil_scoped_release>(), "dh and fp32 bias-gradient partials (B, H, C), zero on entry, of bias_gelu");

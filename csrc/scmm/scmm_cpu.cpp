@@ -39,6 +39,8 @@ using Strides = std::array<int64_t, 4>;
 
 using dhkd::ld;
 using dhkd::st;
+using dhkd::as_ptr;
+using dhkd::dispatch_dtype;
 
 struct Geometry {
   int64_t B, C, H, W, half, oh, ow;
@@ -699,24 +701,11 @@ void gate_bwd(const void* dy, const void* G, const void* x, void* dG, void* dx, 
   }
 }
 
-template <typename F>
-void dispatch(int dt, F&& f) {
-  switch (dt) {
-    case dhkd::kF32: f(std::integral_constant<int, dhkd::kF32>{}); break;
-    case dhkd::kF16: f(std::integral_constant<int, dhkd::kF16>{}); break;
-    case dhkd::kBF16: f(std::integral_constant<int, dhkd::kBF16>{}); break;
-    default: throw std::invalid_argument("scmm: unknown dtype code " + std::to_string(dt));
-  }
-}
-
 Geometry checked_geometry(int64_t B, int64_t C, int64_t H, int64_t W) {
   if (B < 1 || C < 2 || C % 2 || H < 2 || W < 2)
     throw std::invalid_argument("scmm: need B >= 1, even C >= 2, H >= 2, W >= 2");
   return Geometry(B, C, H, W);
 }
-
-template <typename T>
-T* P(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
 }  // namespace
 
@@ -726,9 +715,10 @@ void bind_scmm_cpu(py::module_& m) {
       [](uintptr_t x, uintptr_t s, uintptr_t wa, uintptr_t ba, uintptr_t wb, uintptr_t bb, int dt, int64_t B,
          int64_t C, int64_t H, int64_t W, Strides xs, Strides ss) {
         const Geometry g = checked_geometry(B, C, H, W);
-        dispatch(dt, [&](auto D) {
-          two_scale_fwd<decltype(D)::value>(P<const void>(x), P<void>(s), P<const float>(wa), P<const float>(ba),
-                                            P<const float>(wb), P<const float>(bb), g, xs, ss);
+        dispatch_dtype(dt, "scmm", [&](auto D) {
+          two_scale_fwd<decltype(D)::value>(as_ptr<const void>(x), as_ptr<void>(s), as_ptr<const float>(wa),
+                                            as_ptr<const float>(ba), as_ptr<const float>(wb), as_ptr<const float>(bb),
+                                            g, xs, ss);
         });
       },
       py::call_guard<py::gil_scoped_release>(),
@@ -738,10 +728,10 @@ void bind_scmm_cpu(py::module_& m) {
       [](uintptr_t ds, uintptr_t x, uintptr_t dx, uintptr_t wa, uintptr_t wb, uintptr_t dw_part, uintptr_t db_part,
          int dt, int64_t B, int64_t C, int64_t H, int64_t W, Strides dss, Strides xs, Strides dxs) {
         const Geometry g = checked_geometry(B, C, H, W);
-        dispatch(dt, [&](auto D) {
-          two_scale_bwd<decltype(D)::value>(P<const void>(ds), P<const void>(x), P<void>(dx), P<const float>(wa),
-                                            P<const float>(wb), P<float>(dw_part), P<float>(db_part), g, dss, xs,
-                                            dxs);
+        dispatch_dtype(dt, "scmm", [&](auto D) {
+          two_scale_bwd<decltype(D)::value>(as_ptr<const void>(ds), as_ptr<const void>(x), as_ptr<void>(dx),
+                                            as_ptr<const float>(wa), as_ptr<const float>(wb), as_ptr<float>(dw_part),
+                                            as_ptr<float>(db_part), g, dss, xs, dxs);
         });
       },
       py::call_guard<py::gil_scoped_release>(),
@@ -749,15 +739,17 @@ void bind_scmm_cpu(py::module_& m) {
   m.def(
       "scmm_gate_fwd",
       [](uintptr_t G, uintptr_t x, uintptr_t y, int dt, int64_t n) {
-        dispatch(dt, [&](auto D) { gate_fwd<decltype(D)::value>(P<const void>(G), P<const void>(x), P<void>(y), n); });
+        dispatch_dtype(dt, "scmm", [&](auto D) {
+          gate_fwd<decltype(D)::value>(as_ptr<const void>(G), as_ptr<const void>(x), as_ptr<void>(y), n);
+        });
       },
       py::call_guard<py::gil_scoped_release>(), "y = relu(G) * x + x (flat, same layout)");
   m.def(
       "scmm_gate_bwd",
       [](uintptr_t dy, uintptr_t G, uintptr_t x, uintptr_t dG, uintptr_t dx, int dt, int64_t n) {
-        dispatch(dt, [&](auto D) {
-          gate_bwd<decltype(D)::value>(P<const void>(dy), P<const void>(G), P<const void>(x), P<void>(dG),
-                                       P<void>(dx), n);
+        dispatch_dtype(dt, "scmm", [&](auto D) {
+          gate_bwd<decltype(D)::value>(as_ptr<const void>(dy), as_ptr<const void>(G), as_ptr<const void>(x),
+                                       as_ptr<void>(dG), as_ptr<void>(dx), n);
         });
       },
       py::call_guard<py::gil_scoped_release>(), "dG = dy * x * [G > 0], dx = dy * (relu(G) + 1)");

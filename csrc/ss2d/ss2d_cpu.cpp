@@ -351,11 +351,6 @@ SS2D_CLONES void bwd_block(const Inputs& in, const Dims& s, const int64_t* ord, 
 // Entry points
 // ---------------------------------------------------------------------------------------------------
 
-template <class T>
-T* as_ptr(std::uintptr_t p) {
-  return reinterpret_cast<T*>(p);
-}
-
 Dims check_dims(int64_t bsz, int64_t H, int64_t W, int64_t Dc, int64_t N, int dt) {
   if (bsz <= 0 || H <= 0 || W <= 0 || Dc <= 0 || N <= 0)
     throw std::invalid_argument("ss2d: batch, H, W, D and N must be positive, got " + std::to_string(bsz) +
