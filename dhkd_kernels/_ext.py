@@ -46,6 +46,15 @@ def error(name: str) -> str | None:
     return _errors.get(name)
 
 
+def require(name: str, symbol: str, what: str) -> ModuleType:
+    """Module ``name`` if it binds ``symbol``, else a RuntimeError naming ``what`` is missing and why."""
+    mod = load(name)
+    if mod is None or not hasattr(mod, symbol):
+        reason = error(name) or f"built without {symbol}"
+        raise RuntimeError(f"{what} are not available (dhkd_kernels.{name}: {reason})")
+    return mod
+
+
 def dtype_code(t: torch.Tensor) -> int:
     try:
         return DTYPE_CODES[t.dtype]

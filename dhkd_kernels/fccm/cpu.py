@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from .._ext import dtype_code, load, ptr
+from .._ext import dtype_code, ptr, require
 from ..scmm.ops import dense_format
 
 
 def _lib():
-    lib = load("_cpu")
-    if lib is None or not hasattr(lib, "fccm_pool_relu_fwd"):
-        raise RuntimeError("dhkd_kernels._cpu with the FCCM kernels is not built")
-    return lib
+    return require("_cpu", "fccm_pool_relu_fwd", "the C++ FCCM kernels")
 
 
 def pooled_empty(z):

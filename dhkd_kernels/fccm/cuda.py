@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import torch
 
-from .._ext import device_guard, dtype_code, load, ptr, stream
+from .._ext import device_guard, dtype_code, ptr, require, stream
 from .cpu import pooled_empty
 
 
 def _lib():
-    lib = load("_cuda")
-    if lib is None or not hasattr(lib, "fccm_pool_relu_fwd"):
-        raise RuntimeError("dhkd_kernels._cuda with the FCCM kernels is not built")
-    return lib
+    return require("_cuda", "fccm_pool_relu_fwd", "the FCCM CUDA kernels")
 
 
 def pool_relu_forward(z, bias):

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from .._ext import dtype_code, load, ptr
+from .._ext import dtype_code, ptr, require
 
 
 def _lib():
-    lib = load("_cpu")
-    if lib is None or not hasattr(lib, "scmm_two_scale_fwd"):
-        raise RuntimeError("dhkd_kernels._cpu with the SCMM kernels is not built")
-    return lib
+    return require("_cpu", "scmm_two_scale_fwd", "the C++ SCMM kernels")
 
 
 def two_scale_forward(x, wa, ba, wb, bb):

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from .._ext import device_guard, dtype_code, load, ptr, stream
+from .._ext import device_guard, dtype_code, ptr, require, stream
 
 
 def _lib():
-    lib = load("_cuda")
-    if lib is None or not hasattr(lib, "scmm_two_scale_fwd"):
-        raise RuntimeError("dhkd_kernels._cuda with the SCMM kernels is not built")
-    return lib
+    return require("_cuda", "scmm_two_scale_fwd", "the SCMM CUDA kernels")
 
 
 def two_scale_forward(x, wa, ba, wb, bb):

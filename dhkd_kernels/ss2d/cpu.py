@@ -14,10 +14,7 @@ from .. import _ext
 
 
 def _module():
-    mod = _ext.load("_cpu")
-    if mod is None or not hasattr(mod, "ss2d_fwd"):
-        raise RuntimeError(f"the C++ SS2D kernels are not available: {_ext.error('_cpu') or 'not built'}")
-    return mod
+    return _ext.require("_cpu", "ss2d_fwd", "the C++ SS2D kernels")
 
 
 def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

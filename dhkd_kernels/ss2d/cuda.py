@@ -14,10 +14,7 @@ from .. import _ext
 
 
 def _module():
-    mod = _ext.load("_cuda")
-    if mod is None or not hasattr(mod, "ss2d_fwd"):
-        raise RuntimeError(f"the SS2D CUDA kernels are not available: {_ext.error('_cuda') or 'not built'}")
-    return mod
+    return _ext.require("_cuda", "ss2d_fwd", "the SS2D CUDA kernels")
 
 
 def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

@@ -211,3 +211,12 @@ def test_backend_selection(monkeypatch):
     info = dhkd_kernels.backends()
     assert info["extensions"]["_cpu"] == "built"
     assert "ss2d_scan" in info["ops"] and "scmm_modulate" in info["ops"]
+
+
+def test_missing_kernels_are_a_clear_error():
+    from dhkd_kernels import _ext
+
+    with pytest.raises(RuntimeError, match=r"the frobnicate kernels are not available \(dhkd_kernels\._cpu: "):
+        _ext.require("_cpu", "frobnicate_fwd", "the frobnicate kernels")
+    with pytest.raises(RuntimeError, match=r"dhkd_kernels\._nonexistent: not built"):
+        _ext.require("_nonexistent", "x", "the x kernels")
