@@ -16,6 +16,8 @@ from .fccm import fccm_forward
 from .scmm import scmm_modulate
 from .ss2d import selective_scan, ss2d_scan
 
+_ext.load_all()
+
 __version__ = "0.1.0"
 __all__ = ["backends", "fccm_forward", "scmm_modulate", "selective_scan", "ss2d_scan", "use_backend"]
 

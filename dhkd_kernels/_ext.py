@@ -35,6 +35,13 @@ def load(name: str) -> ModuleType | None:
     return _modules[name]
 
 
+def load_all() -> None:
+    """Import every compiled module now (a failed one is recorded, not raised). Called on ``import
+    dhkd_kernels`` so that backend choice inside ``torch.compile`` never traces an import."""
+    for name in ("_cpu", "_cuda"):
+        load(name)
+
+
 def has(name: str, symbol: str) -> bool:
     """Whether module ``name`` was built, imports, and binds ``symbol``."""
     mod = load(name)

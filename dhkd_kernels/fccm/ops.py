@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from .. import _registry
 from .._checks import IO_DTYPES, check_tensor
-from ..scmm.ops import dense_format
 from . import reference
+from .cpu import pooled_empty
 
 OP = "fccm"
 # Backends whose fused bias+GELU beats the library's conv-with-bias + GELU inside fccm_forward. On CPU it
@@ -40,81 +40,46 @@ def _f32(bias: torch.Tensor) -> torch.Tensor:
     return bias.detach().to(torch.float32).contiguous()
 
 
-# ---- bias + maxpool 2×2 + ReLU ---------------------------------------------------------------------
-@torch.library.custom_op("dhkd::fccm_pool_relu", mutates_args=())
-def _pool_relu_op(z: torch.Tensor, bias: torch.Tensor, backend: str) -> torch.Tensor:
-    return _impl(backend).pool_relu_forward(z, _f32(bias))
+# ---- the two fused epilogues as custom ops ----------------------------------------------------------
+def _epilogue_op(name: str, out_like):
+    """``dhkd::fccm_<name>(x, bias, backend)`` and its backward op, with autograd: the backend functions
+    ``<name>_forward(x, bias)`` and ``<name>_backward(dout, x, bias) -> (dx, dbias)``; ``out_like(x)`` is
+    the fake output."""
+
+    @torch.library.custom_op(f"dhkd::fccm_{name}", mutates_args=())
+    def op(x: torch.Tensor, bias: torch.Tensor, backend: str) -> torch.Tensor:
+        return getattr(_impl(backend), f"{name}_forward")(x, _f32(bias))
+
+    @op.register_fake
+    def _(x, bias, backend):
+        return out_like(x)
+
+    @torch.library.custom_op(f"dhkd::fccm_{name}_backward", mutates_args=())
+    def backward_op(dout: torch.Tensor, x: torch.Tensor, bias: torch.Tensor,
+                    backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+        dx, db = getattr(_impl(backend), f"{name}_backward")(dout, x, _f32(bias))
+        return dx, db.to(bias.dtype)
+
+    @backward_op.register_fake
+    def _(dout, x, bias, backend):
+        return torch.empty_like(x), torch.empty_like(bias)
+
+    def setup(ctx, inputs, output):
+        x, bias, backend = inputs
+        ctx.save_for_backward(x, bias)
+        ctx.backend = backend
+
+    def backward(ctx, dout):
+        x, bias = ctx.saved_tensors
+        dx, db = backward_op(dout, x, bias, ctx.backend)
+        return dx, db, None
+
+    op.register_autograd(backward, setup_context=setup)
+    return op
 
 
-@_pool_relu_op.register_fake
-def _(z, bias, backend):
-    B, C, H, W = z.shape
-    return torch.empty((B, C, H // 2, W // 2), dtype=z.dtype, device=z.device, memory_format=dense_format(z))
-
-
-@torch.library.custom_op("dhkd::fccm_pool_relu_backward", mutates_args=())
-def _pool_relu_backward_op(dout: torch.Tensor, z: torch.Tensor, bias: torch.Tensor,
-                           backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    dz, db = _impl(backend).pool_relu_backward(dout, z, _f32(bias))
-    return dz, db.to(bias.dtype)
-
-
-@_pool_relu_backward_op.register_fake
-def _(dout, z, bias, backend):
-    return torch.empty_like(z), torch.empty_like(bias)
-
-
-def _pool_relu_setup(ctx, inputs, output):
-    z, bias, backend = inputs
-    ctx.save_for_backward(z, bias)
-    ctx.backend = backend
-
-
-def _pool_relu_backward(ctx, dout):
-    z, bias = ctx.saved_tensors
-    dz, db = _pool_relu_backward_op(dout, z, bias, ctx.backend)
-    return dz, db, None
-
-
-_pool_relu_op.register_autograd(_pool_relu_backward, setup_context=_pool_relu_setup)
-
-
-# ---- bias + GELU -----------------------------------------------------------------------------------
-@torch.library.custom_op("dhkd::fccm_bias_gelu", mutates_args=())
-def _bias_gelu_op(h: torch.Tensor, bias: torch.Tensor, backend: str) -> torch.Tensor:
-    return _impl(backend).bias_gelu_forward(h, _f32(bias))
-
-
-@_bias_gelu_op.register_fake
-def _(h, bias, backend):
-    return torch.empty_like(h)
-
-
-@torch.library.custom_op("dhkd::fccm_bias_gelu_backward", mutates_args=())
-def _bias_gelu_backward_op(dout: torch.Tensor, h: torch.Tensor, bias: torch.Tensor,
-                           backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    dh, db = _impl(backend).bias_gelu_backward(dout, h, _f32(bias))
-    return dh, db.to(bias.dtype)
-
-
-@_bias_gelu_backward_op.register_fake
-def _(dout, h, bias, backend):
-    return torch.empty_like(h), torch.empty_like(bias)
-
-
-def _bias_gelu_setup(ctx, inputs, output):
-    h, bias, backend = inputs
-    ctx.save_for_backward(h, bias)
-    ctx.backend = backend
-
-
-def _bias_gelu_backward(ctx, dout):
-    h, bias = ctx.saved_tensors
-    dh, db = _bias_gelu_backward_op(dout, h, bias, ctx.backend)
-    return dh, db, None
-
-
-_bias_gelu_op.register_autograd(_bias_gelu_backward, setup_context=_bias_gelu_setup)
+_pool_relu_op = _epilogue_op("pool_relu", pooled_empty)  # relu(maxpool2x2(z + bias))
+_bias_gelu_op = _epilogue_op("bias_gelu", torch.empty_like)  # gelu(h + bias)
 
 
 # ---- public functions ------------------------------------------------------------------------------

@@ -152,3 +152,25 @@ def test_mixed_precision_autocast_forward_and_backward():
         out = m(torch.randn(1, 3, 64, 64))
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and m.lnet.scmm.aggr.weight.grad.dtype == torch.float32
+
+
+def test_fused_blocks_compile_fullgraph_in_a_fresh_process():
+    """torch.compile(fullgraph=True) of the blocks built on custom ops, as the very first use of the kernels
+    in a process (backend choice must not trace the extension import)."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from dhkd.models.fccm import FCCM
+from dhkd.models.lnet import SCMM
+from dhkd.models.ss2d import SS2D
+torch.manual_seed(0)
+for m, x in ((FCCM(8, 16), torch.randn(1, 8, 16, 16)), (SCMM(8), torch.randn(1, 8, 6, 6)),
+             (SS2D(8), torch.randn(1, 5, 6, 8))):
+    m.eval()
+    with torch.no_grad():
+        assert float((torch.compile(m, fullgraph=True)(x) - m(x)).abs().max()) < 1e-5, type(m).__name__
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
