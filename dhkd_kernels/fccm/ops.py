@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _registry
+from .._binary_op import binary_custom_op
 from .._checks import IO_DTYPES, check_tensor
 from . import reference
 from .cpu import pooled_empty
@@ -42,40 +43,18 @@ def _f32(bias: torch.Tensor) -> torch.Tensor:
 
 # ---- the two fused epilogues as custom ops ----------------------------------------------------------
 def _epilogue_op(name: str, out_like):
-    """``dhkd::fccm_<name>(x, bias, backend)`` and its backward op, with autograd: the backend functions
-    ``<name>_forward(x, bias)`` and ``<name>_backward(dout, x, bias) -> (dx, dbias)``; ``out_like(x)`` is
-    the fake output."""
+    """``dhkd::fccm_<name>(x, bias, backend)`` on the backend functions ``<name>_forward(x, bias)`` and
+    ``<name>_backward(dout, x, bias) -> (dx, dbias)``; ``out_like(x)`` is the fake output."""
 
-    @torch.library.custom_op(f"dhkd::fccm_{name}", mutates_args=())
-    def op(x: torch.Tensor, bias: torch.Tensor, backend: str) -> torch.Tensor:
+    def forward(x, bias, backend):
         return getattr(_impl(backend), f"{name}_forward")(x, _f32(bias))
 
-    @op.register_fake
-    def _(x, bias, backend):
-        return out_like(x)
-
-    @torch.library.custom_op(f"dhkd::fccm_{name}_backward", mutates_args=())
-    def backward_op(dout: torch.Tensor, x: torch.Tensor, bias: torch.Tensor,
-                    backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(dout, x, bias, backend):
         dx, db = getattr(_impl(backend), f"{name}_backward")(dout, x, _f32(bias))
         return dx, db.to(bias.dtype)
 
-    @backward_op.register_fake
-    def _(dout, x, bias, backend):
-        return torch.empty_like(x), torch.empty_like(bias)
-
-    def setup(ctx, inputs, output):
-        x, bias, backend = inputs
-        ctx.save_for_backward(x, bias)
-        ctx.backend = backend
-
-    def backward(ctx, dout):
-        x, bias = ctx.saved_tensors
-        dx, db = backward_op(dout, x, bias, ctx.backend)
-        return dx, db, None
-
-    op.register_autograd(backward, setup_context=setup)
-    return op
+    return binary_custom_op(f"fccm_{name}", forward, backward, lambda x, bias: out_like(x),
+                            lambda x, bias: (torch.empty_like(x), torch.empty_like(bias)))
 
 
 _pool_relu_op = _epilogue_op("pool_relu", pooled_empty)  # relu(maxpool2x2(z + bias))

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _registry
+from .._binary_op import binary_custom_op
 from .._checks import IO_DTYPES, check_tensor
 from . import reference
 
@@ -87,45 +88,23 @@ _two_scale_op.register_autograd(_two_scale_backward, setup_context=_two_scale_se
 
 
 # ---- gating + residual epilogue --------------------------------------------------------------------
-@torch.library.custom_op("dhkd::scmm_gate", mutates_args=())
-def _gate_op(G: torch.Tensor, x: torch.Tensor, backend: str) -> torch.Tensor:
+def _dense_like(G: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=dense_format(x))
+
+
+def _gate_forward(G, x, backend):
     fmt = dense_format(x)
     return _impl(backend).gate_forward(G.contiguous(memory_format=fmt), x.contiguous(memory_format=fmt))
 
 
-@_gate_op.register_fake
-def _(G, x, backend):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=dense_format(x))
-
-
-@torch.library.custom_op("dhkd::scmm_gate_backward", mutates_args=())
-def _gate_backward_op(dy: torch.Tensor, G: torch.Tensor, x: torch.Tensor,
-                      backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _gate_backward(dy, G, x, backend):
     fmt = dense_format(x)
-    dG, dx = _impl(backend).gate_backward(dy.contiguous(memory_format=fmt), G.contiguous(memory_format=fmt),
-                                          x.contiguous(memory_format=fmt))
-    return dG, dx
+    return _impl(backend).gate_backward(dy.contiguous(memory_format=fmt), G.contiguous(memory_format=fmt),
+                                        x.contiguous(memory_format=fmt))
 
 
-@_gate_backward_op.register_fake
-def _(dy, G, x, backend):
-    fmt = dense_format(x)
-    return tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt) for _ in range(2))
-
-
-def _gate_setup(ctx, inputs, output):
-    G, x, backend = inputs
-    ctx.save_for_backward(G, x)
-    ctx.backend = backend
-
-
-def _gate_backward(ctx, dy):
-    G, x = ctx.saved_tensors
-    dG, dx = _gate_backward_op(dy, G, x, ctx.backend)
-    return dG, dx, None
-
-
-_gate_op.register_autograd(_gate_backward, setup_context=_gate_setup)
+_gate_op = binary_custom_op("scmm_gate", _gate_forward, _gate_backward, _dense_like,
+                            lambda G, x: (_dense_like(G, x), _dense_like(G, x)))  # relu(G) * x + x
 
 
 # ---- public functions ------------------------------------------------------------------------------
