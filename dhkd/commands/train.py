@@ -2,6 +2,8 @@
 the ranks of a ``torchrun`` launch)."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 NAME = "train"
@@ -53,4 +55,11 @@ def run(args) -> int:
 
     cfg = build_config(args)
     train_categories(cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun worker ends here, its results written and its process group destroyed: Gloo's own
+        # teardown at interpreter exit sometimes aborts ("terminate called without an active exception",
+        # about 1 in 15 two-rank CPU runs with torch 2.13), which torchrun reports as a failed job.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
