@@ -4,7 +4,7 @@
 //   bias_gelu:  out = gelu(h + bias[c]), exact erf
 // One thread per output (forward) or input (backward) pixel; bias gradients as per-block partials
 // (planes, blocks) summed by the caller.
-#include "scmm/cuda_helpers.cuh"
+#include "common/cuda_helpers.cuh"
 
 using namespace dhkd_cuda;
 
@@ -87,16 +87,6 @@ __global__ void bias_gelu_bwd_kernel(const T* dout, const T* h, const float* bia
   if (threadIdx.x == 0) part[(long long)plane * gridDim.x + blockIdx.x] = t;
 }
 
-template <typename F>
-void dispatch(int dtype, F&& f) {
-  switch (dtype) {
-    case 0: f(float{}); break;
-    case 1: f(__half{}); break;
-    case 2: f(__nv_bfloat16{}); break;
-    default: throw std::invalid_argument("fccm CUDA: unknown dtype code " + std::to_string(dtype));
-  }
-}
-
 Strides4 S(const long long* s) { return Strides4{s[0], s[1], s[2], s[3]}; }
 
 void check(int B, int C, int H, int W, int min_hw) {
@@ -114,7 +104,7 @@ void fccm_cuda_pool_relu_fwd(const void* z, const float* bias, void* out, int dt
                              const long long* zs, const long long* os, cudaStream_t stream) {
   check(B, C, H, W, 2);
   const dim3 grid(fccm_cuda_blocks(H / 2, W / 2), B * C);
-  dispatch(dtype, [&](auto t) {
+  dispatch_dtype(dtype, "fccm CUDA", [&](auto t) {
     using T = decltype(t);
     pool_relu_fwd_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(z), bias, static_cast<T*>(out), C,
                                                            H / 2, W / 2, S(zs), S(os));
@@ -127,7 +117,7 @@ void fccm_cuda_pool_relu_bwd(const void* dout, const void* z, const float* bias,
                              const long long* dzs, cudaStream_t stream) {
   check(B, C, H, W, 2);
   const dim3 grid(fccm_cuda_blocks(H, W), B * C);
-  dispatch(dtype, [&](auto t) {
+  dispatch_dtype(dtype, "fccm CUDA", [&](auto t) {
     using T = decltype(t);
     pool_relu_bwd_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(dout), static_cast<const T*>(z),
                                                            bias, static_cast<T*>(dz), part, C, H, W, S(ds), S(zs),
@@ -140,7 +130,7 @@ void fccm_cuda_bias_gelu_fwd(const void* h, const float* bias, void* out, int dt
                              const long long* hs, const long long* os, cudaStream_t stream) {
   check(B, C, H, W, 1);
   const dim3 grid(fccm_cuda_blocks(H, W), B * C);
-  dispatch(dtype, [&](auto t) {
+  dispatch_dtype(dtype, "fccm CUDA", [&](auto t) {
     using T = decltype(t);
     bias_gelu_fwd_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(h), bias, static_cast<T*>(out), C, H,
                                                            W, S(hs), S(os));
@@ -153,7 +143,7 @@ void fccm_cuda_bias_gelu_bwd(const void* dout, const void* h, const float* bias,
                              const long long* dhs, cudaStream_t stream) {
   check(B, C, H, W, 1);
   const dim3 grid(fccm_cuda_blocks(H, W), B * C);
-  dispatch(dtype, [&](auto t) {
+  dispatch_dtype(dtype, "fccm CUDA", [&](auto t) {
     using T = decltype(t);
     bias_gelu_bwd_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(dout), static_cast<const T*>(h),
                                                            bias, static_cast<T*>(dh), part, C, H, W, S(ds), S(hs),

@@ -6,7 +6,7 @@
 //            then one full-resolution kernel that routes the pooled gradient to each window's recomputed
 //            argmax (first max in scan order, last NaN, as PyTorch) and does the full-scale half.
 // Weight/bias gradients are per-block partials (planes, blocks, 10) summed by the caller.
-#include "scmm/cuda_helpers.cuh"
+#include "common/cuda_helpers.cuh"
 
 using namespace dhkd_cuda;
 
@@ -166,16 +166,6 @@ __global__ void gate_bwd_kernel(const T* dy, const T* G, const T* x, T* dG, T* d
   }
 }
 
-template <typename F>
-void dispatch(int dtype, F&& f) {
-  switch (dtype) {
-    case 0: f(float{}); break;
-    case 1: f(__half{}); break;
-    case 2: f(__nv_bfloat16{}); break;
-    default: throw std::invalid_argument("scmm CUDA: unknown dtype code " + std::to_string(dtype));
-  }
-}
-
 Geo make_geo(int B, int C, int H, int W) {
   if (B < 1 || C < 2 || C % 2 || H < 2 || W < 2)
     throw std::invalid_argument("scmm CUDA: need B >= 1, even C >= 2, H >= 2, W >= 2");
@@ -201,7 +191,7 @@ void scmm_cuda_two_scale_fwd(const void* x, void* s, const float* wa, const floa
                              const long long* ss, cudaStream_t stream) {
   const Geo g = make_geo(B, C, H, W);
   const Strides4 X{xs[0], xs[1], xs[2], xs[3]}, S{ss[0], ss[1], ss[2], ss[3]};
-  dispatch(dtype, [&](auto t) {
+  dispatch_dtype(dtype, "scmm CUDA", [&](auto t) {
     using T = decltype(t);
     two_scale_fwd_kernel<T><<<dim3(blocks_for((long long)H * W), B * C), kThreads, 0, stream>>>(
         static_cast<const T*>(x), static_cast<T*>(s), wa, ba, wb, bb, g, X, S);
@@ -216,7 +206,7 @@ void scmm_cuda_two_scale_bwd(const void* ds, const void* x, void* dx, const floa
   const Geo g = make_geo(B, C, H, W);
   const Strides4 DS{dss[0], dss[1], dss[2], dss[3]}, X{xs[0], xs[1], xs[2], xs[3]}, DX{dxs[0], dxs[1], dxs[2], dxs[3]};
   const dim3 half_grid(scmm_cuda_blocks_half(H, W), B * g.half), full_grid(scmm_cuda_blocks_full(H, W), B * C);
-  dispatch(dtype, [&](auto t) {
+  dispatch_dtype(dtype, "scmm CUDA", [&](auto t) {
     using T = decltype(t);
     upsample_grad_kernel<T><<<half_grid, kThreads, 0, stream>>>(static_cast<const T*>(ds), gsum, g, DS);
     pooled_grad_kernel<T><<<half_grid, kThreads, 0, stream>>>(static_cast<const T*>(x), gsum, wb, dpool, part_b, g, X);
@@ -228,7 +218,7 @@ void scmm_cuda_two_scale_bwd(const void* ds, const void* x, void* dx, const floa
 
 void scmm_cuda_gate_fwd(const void* G, const void* x, void* y, int dtype, long long n, cudaStream_t stream) {
   if (n < 1) return;
-  dispatch(dtype, [&](auto t) {
+  dispatch_dtype(dtype, "scmm CUDA", [&](auto t) {
     using T = decltype(t);
     gate_fwd_kernel<T><<<static_cast<unsigned>(grid_stride_blocks(n)), kThreads, 0, stream>>>(
         static_cast<const T*>(G), static_cast<const T*>(x), static_cast<T*>(y), n);
@@ -239,7 +229,7 @@ void scmm_cuda_gate_fwd(const void* G, const void* x, void* y, int dtype, long l
 void scmm_cuda_gate_bwd(const void* dy, const void* G, const void* x, void* dG, void* dx, int dtype, long long n,
                         cudaStream_t stream) {
   if (n < 1) return;
-  dispatch(dtype, [&](auto t) {
+  dispatch_dtype(dtype, "scmm CUDA", [&](auto t) {
     using T = decltype(t);
     gate_bwd_kernel<T><<<static_cast<unsigned>(grid_stride_blocks(n)), kThreads, 0, stream>>>(
         static_cast<const T*>(dy), static_cast<const T*>(G), static_cast<const T*>(x), static_cast<T*>(dG),

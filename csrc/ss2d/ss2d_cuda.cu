@@ -31,6 +31,8 @@
 #include <string>
 #include <utility>
 
+#include "common/cuda_helpers.cuh"
+
 namespace {
 
 constexpr int kThreads = 256;  // threads per block
@@ -63,16 +65,9 @@ struct Params {
   int dt_tile, nchunks;
 };
 
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+using dhkd_cuda::dispatch_dtype;
+using dhkd_cuda::from_f32;
+using dhkd_cuda::to_f32;
 
 // Pixel (row-major index) visited at step t of direction k.
 __device__ __forceinline__ int pixel_of(int t, int k, int H, int W, int L) {
@@ -484,12 +479,7 @@ void ss2d_cuda_forward(const void* u, const void* delta, const float* A, const v
   prm.workspace = pl.use_workspace ? workspace : nullptr;
   prm.H = H; prm.W = W; prm.D = D; prm.N = N; prm.softplus = softplus;
   prm.dt_tile = pl.dt_tile; prm.nchunks = pl.nchunks;
-  switch (dtype) {
-    case 0: launch(ss2d_fwd_kernel<float>, pl, batch, prm, stream); break;
-    case 1: launch(ss2d_fwd_kernel<__half>, pl, batch, prm, stream); break;
-    case 2: launch(ss2d_fwd_kernel<__nv_bfloat16>, pl, batch, prm, stream); break;
-    default: throw std::invalid_argument("ss2d CUDA: unknown dtype code " + std::to_string(dtype));
-  }
+  dispatch_dtype(dtype, "ss2d CUDA", [&](auto t) { launch(ss2d_fwd_kernel<decltype(t)>, pl, batch, prm, stream); });
 }
 
 void ss2d_cuda_backward(const void* dy, bool dy_f32, const void* u, const void* delta, const float* A,
@@ -506,10 +496,5 @@ void ss2d_cuda_backward(const void* dy, bool dy_f32, const void* u, const void* 
   prm.workspace = pl.use_workspace ? workspace : nullptr;
   prm.H = H; prm.W = W; prm.D = D; prm.N = N; prm.softplus = softplus;
   prm.dt_tile = pl.dt_tile; prm.nchunks = pl.nchunks;
-  switch (dtype) {
-    case 0: launch(ss2d_bwd_kernel<float>, pl, batch, prm, stream); break;
-    case 1: launch(ss2d_bwd_kernel<__half>, pl, batch, prm, stream); break;
-    case 2: launch(ss2d_bwd_kernel<__nv_bfloat16>, pl, batch, prm, stream); break;
-    default: throw std::invalid_argument("ss2d CUDA: unknown dtype code " + std::to_string(dtype));
-  }
+  dispatch_dtype(dtype, "ss2d CUDA", [&](auto t) { launch(ss2d_bwd_kernel<decltype(t)>, pl, batch, prm, stream); });
 }

@@ -1,4 +1,4 @@
-// Small CUDA helpers of the SCMM and FCCM kernels: fp16/bf16 <-> fp32, 4-D strides, a block sum, checks.
+// Small CUDA helpers of the kernels: fp16/bf16 <-> fp32, the dtype dispatch, 4-D strides, a block sum, checks.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -18,6 +18,18 @@ template <typename T> __device__ __forceinline__ T from_f32(float v);
 template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
 template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Calls f(T{}) with T the storage type of dtype code `dtype` (csrc/common/dtype.h: fp32, fp16, bf16); `op`
+// names the caller in the error for an unknown code.
+template <typename F>
+void dispatch_dtype(int dtype, const char* op, F&& f) {
+  switch (dtype) {
+    case 0: f(float{}); break;
+    case 1: f(__half{}); break;
+    case 2: f(__nv_bfloat16{}); break;
+    default: throw std::invalid_argument(std::string(op) + ": unknown dtype code " + std::to_string(dtype));
+  }
+}
 
 // Element strides of a (batch, channel, row, column) tensor.
 struct Strides4 {
