@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 import dhkd_kernels
 from dhkd.allocator import keep_freed_memory
 from results_io import write_results
+from timing import inner_count, timed
 from dhkd_kernels import _registry
 from dhkd_kernels.fccm import fccm_bias_gelu, fccm_pool_relu
 from dhkd_kernels.fccm import ops as fccm_ops
@@ -49,37 +49,17 @@ def fused_backends(op: str, device: str) -> list[str]:
     return [b for b in names if _registry.is_available(op, b, device)]
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _inner_count(fn, device: str, budget_ms: float = 20.0) -> int:
-    """Calls per timed sample so that one sample lasts about ``budget_ms`` (sub-millisecond kernels would
-    otherwise be timed one call at a time, i.e. mostly timer, dispatch and thread wake-up noise)."""
-    _sync(device)
-    t = time.perf_counter()
-    fn()
-    _sync(device)
-    return max(1, min(500, int(budget_ms / max((time.perf_counter() - t) * 1e3, 1e-3))))
-
-
 def compare(fused, unfused, device: str, repeats: int) -> tuple[float, float]:
     """Median ms per call of each callable over interleaved repeats (after one warm-up call each); each
     repeat times a calibrated run of back-to-back calls."""
     fns = (fused, unfused)
     for fn in fns:
         fn()
-    inner = [_inner_count(fn, device) for fn in fns]
+    inner = [inner_count(fn, device) for fn in fns]
     times = ([], [])
     for _ in range(repeats):
         for k, fn in enumerate(fns):
-            _sync(device)
-            t = time.perf_counter()
-            for _ in range(inner[k]):
-                fn()
-            _sync(device)
-            times[k].append((time.perf_counter() - t) * 1e3 / inner[k])
+            times[k].append(timed(fn, device, inner[k])[0])
     return statistics.median(times[0]), statistics.median(times[1])
 
 
@@ -100,12 +80,21 @@ def _grad_call(fn, args, backend, dy):
     return call
 
 
-def bench_scmm(device, backend, batch, layout, dtype, repeats):
+def _random_maker(device, dtype):
+    """r(*shape, scale=1.0): seeded normal tensors of one benchmark case, in its device and dtype."""
     g = torch.Generator().manual_seed(0)
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
 
     def r(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
+    return r
+
+
+def _memory_format(layout: str) -> torch.memory_format:
+    return torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+
+def bench_scmm(device, backend, batch, layout, dtype, repeats):
+    r, fmt = _random_maker(device, dtype), _memory_format(layout)
 
     x = r(batch, C, HW, HW).contiguous(memory_format=fmt)
     h = C // 2
@@ -143,11 +132,7 @@ def bench_scmm(device, backend, batch, layout, dtype, repeats):
 
 
 def bench_fccm(device, backend, batch, layout, dtype, repeats):
-    g = torch.Generator().manual_seed(0)
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-
-    def r(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
+    r, fmt = _random_maker(device, dtype), _memory_format(layout)
 
     x = r(batch, C, HW, HW).contiguous(memory_format=fmt)
     params = [r(C, C, 4, 4, scale=0.25 / C ** 0.5), r(C, scale=0.1), r(HIDDEN, C, 3, 3, scale=1 / (3 * C ** 0.5)),

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -39,6 +38,7 @@ import torch
 import dhkd_kernels
 from dhkd.allocator import keep_freed_memory
 from results_io import write_results
+from timing import inner_count, timed
 from dhkd_kernels import _ext, _registry
 from dhkd_kernels.ss2d import reference as ss2d_reference
 
@@ -106,21 +106,6 @@ def sequential_scan(u, delta, A, B, C, Dw, bias):
     return sum(ss2d_reference.from_sequence(y[:, :, k], k, H, W) for k in range(4))
 
 
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device, inner):
-    """(wall ms, process CPU ms) per call, averaged over ``inner`` back-to-back calls."""
-    _sync(device)
-    w, c = time.perf_counter(), time.process_time()
-    for _ in range(inner):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - w) * 1e3 / inner, (time.process_time() - c) * 1e3 / inner
-
-
 class Case:
     """One (backend, shape): callables for forward, backward alone and forward+backward."""
 
@@ -144,11 +129,6 @@ class Case:
         return self.backward(self.graph())
 
 
-def _inner_count(fn, device, budget_ms=20.0):
-    ms, _ = _timed(fn, device, 1)  # also the warm-up
-    return max(1, min(200, int(budget_ms / max(ms, 1e-3))))
-
-
 def _memory(case: Case, shape: dict, y) -> dict:
     grads_bytes = sum(t.numel() * t.element_size() for t in case.leaves)
     if case.device == "cuda":
@@ -170,29 +150,24 @@ def _memory(case: Case, shape: dict, y) -> dict:
     return out
 
 
-def _sequential_ms(inputs, cases, repeats: int) -> float:
-    """Median forward ms of :func:`sequential_scan`, after checking it computes what the op computes."""
-    with torch.no_grad():
-        got, want = sequential_scan(*inputs), cases[0].forward()
-    if not torch.allclose(got, want, rtol=1e-3, atol=1e-3):
-        raise AssertionError(f"sequential baseline disagrees with ss2d_scan: {(got - want).abs().max():.3g}")
-    with torch.no_grad():
-        return statistics.median(_timed(lambda: sequential_scan(*inputs), "cpu", 1)[0] for _ in range(repeats))
-
-
-def _separate_ms(inputs, cases, repeats: int) -> float:
-    """Median forward ms of cross-scan + scan + merge as separate GPU operations (``ss2d_separate``), after
-    checking it computes what the op computes."""
-    import ss2d_separate
-
-    prepared = ss2d_separate.prepare(*inputs)
-    fn = lambda: ss2d_separate.separate_ops(*prepared)  # noqa: E731
+def _baseline_ms(name: str, fn, cases, device: str, repeats: int) -> float:
+    """Median forward ms of a baseline (``fn`` takes no arguments), after checking it computes what the op
+    computes (a baseline computing something else would make every ratio against it meaningless)."""
     with torch.no_grad():
         got, want = fn(), cases[0].forward()
         if not torch.allclose(got, want.float(), rtol=1e-3, atol=1e-3):
-            raise AssertionError(f"separate-ops baseline disagrees with ss2d_scan: {(got - want).abs().max():.3g}")
-        inner = _inner_count(fn, "cuda")
-        return statistics.median(_timed(fn, "cuda", inner)[0] for _ in range(repeats))
+            raise AssertionError(f"{name} baseline disagrees with ss2d_scan: {(got - want).abs().max():.3g}")
+        inner = inner_count(fn, device)
+        return statistics.median(timed(fn, device, inner)[0] for _ in range(repeats))
+
+
+def _separate_ops(inputs):
+    """Cross-scan + scan + merge as separate GPU operations (``ss2d_separate``) on ``inputs``, as a call
+    without arguments; delta, B and C are put in sequence order here, outside the timed call."""
+    import ss2d_separate
+
+    prepared = ss2d_separate.prepare(*inputs)
+    return lambda: ss2d_separate.separate_ops(*prepared)
 
 
 def bench_shape(shape: dict, device: str, repeats: int, quick: bool) -> list[dict]:
@@ -203,16 +178,16 @@ def bench_shape(shape: dict, device: str, repeats: int, quick: bool) -> list[dic
     graphs = {c.backend: c.graph() if with_bwd[c.backend] else None for c in cases}
     plan = {}
     for c in cases:
-        plan[c.backend] = dict(fwd=(c.forward, _inner_count(c.forward, device)))
+        plan[c.backend] = dict(fwd=(c.forward, inner_count(c.forward, device)))
         if with_bwd[c.backend]:
             bwd = lambda c=c, y=graphs[c.backend]: c.backward(y)  # noqa: E731
-            plan[c.backend].update(bwd=(bwd, _inner_count(bwd, device)),
-                                   fwd_bwd=(c.forward_backward, _inner_count(c.forward_backward, device)))
+            plan[c.backend].update(bwd=(bwd, inner_count(bwd, device)),
+                                   fwd_bwd=(c.forward_backward, inner_count(c.forward_backward, device)))
     samples = {c.backend: {k: [] for k in plan[c.backend]} for c in cases}
     for _ in range(repeats):  # interleaved: each repeat times every backend once
         for c in cases:
             for what, (fn, inner) in plan[c.backend].items():
-                samples[c.backend][what].append(_timed(fn, device, inner))
+                samples[c.backend][what].append(timed(fn, device, inner))
     rows = []
     L = H * W
     for c in cases:
@@ -234,8 +209,11 @@ def bench_shape(shape: dict, device: str, repeats: int, quick: bool) -> list[dic
         if with_bwd[c.backend]:
             row.update(_memory(c, shape, graphs[c.backend]))
         rows.append(row)
-    seq_ms = _sequential_ms(inputs, cases, repeats) if device == "cpu" else None
-    sep_ms = _separate_ms(inputs, cases, repeats) if device == "cuda" and _registry.triton_available("cuda") else None
+    seq_ms = sep_ms = None
+    if device == "cpu":
+        seq_ms = _baseline_ms("sequential", lambda: sequential_scan(*inputs), cases, device, repeats)
+    elif _registry.triton_available(device):
+        sep_ms = _baseline_ms("separate-ops", _separate_ops(inputs), cases, device, repeats)
     ref = next((r for r in rows if r["backend"] == "reference"), None)
     for r in rows:
         if seq_ms is not None:

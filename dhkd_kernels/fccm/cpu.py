@@ -24,31 +24,32 @@ def pooled_empty(z):
     return torch.empty((B, C, H // 2, W // 2), dtype=z.dtype, device=z.device, memory_format=dense_format(z))
 
 
-def pool_relu_forward(z, bias):
-    out = pooled_empty(z)
-    _lib().fccm_pool_relu_fwd(ptr(z), ptr(bias), ptr(out), dtype_code(z), *z.shape, z.stride(), out.stride())
+def _forward(symbol, x, bias, out):
+    getattr(_lib(), symbol)(ptr(x), ptr(bias), ptr(out), dtype_code(x), *x.shape, x.stride(), out.stride())
     return out
+
+
+def _backward(symbol, dout, x, bias, part_rows):
+    """dx and the bias gradient, summed from the kernel's fp32 partials (B, part_rows, C), zero on entry."""
+    B, C = x.shape[:2]
+    dx = torch.empty_like(x)
+    db = torch.zeros((B, part_rows, C), dtype=torch.float32, device=x.device)
+    getattr(_lib(), symbol)(ptr(dout), ptr(x), ptr(bias), ptr(dx), ptr(db), dtype_code(x), *x.shape, dout.stride(),
+                            x.stride(), dx.stride())
+    return dx, db.sum((0, 1))
+
+
+def pool_relu_forward(z, bias):
+    return _forward("fccm_pool_relu_fwd", z, bias, pooled_empty(z))
 
 
 def pool_relu_backward(dout, z, bias):
-    B, C, H, W = z.shape
-    dz = torch.empty_like(z)
-    db = torch.zeros((B, max(H // 2, 1), C), dtype=torch.float32, device=z.device)  # partial sums
-    _lib().fccm_pool_relu_bwd(ptr(dout), ptr(z), ptr(bias), ptr(dz), ptr(db), dtype_code(z), *z.shape,
-                              dout.stride(), z.stride(), dz.stride())
-    return dz, db.sum((0, 1))
+    return _backward("fccm_pool_relu_bwd", dout, z, bias, max(z.shape[2] // 2, 1))
 
 
 def bias_gelu_forward(h, bias):
-    out = torch.empty_like(h)
-    _lib().fccm_bias_gelu_fwd(ptr(h), ptr(bias), ptr(out), dtype_code(h), *h.shape, h.stride(), out.stride())
-    return out
+    return _forward("fccm_bias_gelu_fwd", h, bias, torch.empty_like(h))
 
 
 def bias_gelu_backward(dout, h, bias):
-    B, C, H, W = h.shape
-    dh = torch.empty_like(h)
-    db = torch.zeros((B, H, C), dtype=torch.float32, device=h.device)  # partial sums
-    _lib().fccm_bias_gelu_bwd(ptr(dout), ptr(h), ptr(bias), ptr(dh), ptr(db), dtype_code(h), *h.shape,
-                              dout.stride(), h.stride(), dh.stride())
-    return dh, db.sum((0, 1))
+    return _backward("fccm_bias_gelu_bwd", dout, h, bias, h.shape[2])

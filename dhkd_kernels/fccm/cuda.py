@@ -14,39 +14,36 @@ def _lib():
     return require("_cuda", "fccm_pool_relu_fwd", "the FCCM CUDA kernels")
 
 
-def pool_relu_forward(z, bias):
-    out = pooled_empty(z)
-    with device_guard(z):
-        _lib().fccm_pool_relu_fwd(ptr(z), ptr(bias), ptr(out), dtype_code(z), *z.shape, z.stride(), out.stride(),
-                                  stream(z.device))
+def _forward(symbol, x, bias, out):
+    with device_guard(x):
+        getattr(_lib(), symbol)(ptr(x), ptr(bias), ptr(out), dtype_code(x), *x.shape, x.stride(), out.stride(),
+                                stream(x.device))
     return out
+
+
+def _backward(symbol, dout, x, bias):
+    """dx and the bias gradient, summed from the kernel's per-block fp32 partials (B, C, blocks)."""
+    lib = _lib()
+    B, C, H, W = x.shape
+    dx = torch.empty_like(x)
+    part = torch.empty((B, C, lib.fccm_blocks(H, W)), dtype=torch.float32, device=x.device)
+    with device_guard(x):
+        getattr(lib, symbol)(ptr(dout), ptr(x), ptr(bias), ptr(dx), ptr(part), dtype_code(x), B, C, H, W,
+                             dout.stride(), x.stride(), dx.stride(), stream(x.device))
+    return dx, part.sum((0, 2))
+
+
+def pool_relu_forward(z, bias):
+    return _forward("fccm_pool_relu_fwd", z, bias, pooled_empty(z))
 
 
 def pool_relu_backward(dout, z, bias):
-    lib = _lib()
-    B, C, H, W = z.shape
-    dz = torch.empty_like(z)
-    part = torch.empty((B, C, lib.fccm_blocks(H, W)), dtype=torch.float32, device=z.device)
-    with device_guard(z):
-        lib.fccm_pool_relu_bwd(ptr(dout), ptr(z), ptr(bias), ptr(dz), ptr(part), dtype_code(z), B, C, H, W,
-                               dout.stride(), z.stride(), dz.stride(), stream(z.device))
-    return dz, part.sum((0, 2))
+    return _backward("fccm_pool_relu_bwd", dout, z, bias)
 
 
 def bias_gelu_forward(h, bias):
-    out = torch.empty_like(h)
-    with device_guard(h):
-        _lib().fccm_bias_gelu_fwd(ptr(h), ptr(bias), ptr(out), dtype_code(h), *h.shape, h.stride(), out.stride(),
-                                  stream(h.device))
-    return out
+    return _forward("fccm_bias_gelu_fwd", h, bias, torch.empty_like(h))
 
 
 def bias_gelu_backward(dout, h, bias):
-    lib = _lib()
-    B, C, H, W = h.shape
-    dh = torch.empty_like(h)
-    part = torch.empty((B, C, lib.fccm_blocks(H, W)), dtype=torch.float32, device=h.device)
-    with device_guard(h):
-        lib.fccm_bias_gelu_bwd(ptr(dout), ptr(h), ptr(bias), ptr(dh), ptr(part), dtype_code(h), B, C, H, W,
-                               dout.stride(), h.stride(), dh.stride(), stream(h.device))
-    return dh, part.sum((0, 2))
+    return _backward("fccm_bias_gelu_bwd", dout, h, bias)
