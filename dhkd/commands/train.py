@@ -51,11 +51,11 @@ def build_config(args):
 
 
 def run(args) -> int:
-    from dhkd.train.multi import train_categories
+    from dhkd.train.multi import train_categories, world_size
 
     cfg = build_config(args)
     train_categories(cfg)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world_size() > 1:
         # A torchrun worker ends here, its results written and its process group destroyed: Gloo's own
         # teardown at interpreter exit sometimes aborts ("terminate called without an active exception",
         # about 1 in 15 two-rank CPU runs with torch 2.13), which torchrun reports as a failed job.

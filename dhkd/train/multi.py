@@ -58,11 +58,16 @@ def _table(rows: list[dict]) -> str:
     return head + body
 
 
+def world_size() -> int:
+    """Ranks of this ``torchrun`` launch (1 outside one)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def train_categories(cfg: TrainConfig) -> list[dict]:
     categories = resolve_categories(cfg)
     if cfg.run_dir and len(categories) > 1:
         raise ValueError("run_dir names one run; with several categories use output instead")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     rank = int(os.environ.get("RANK", "0"))
     distributed = world > 1
     if distributed:

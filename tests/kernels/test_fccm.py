@@ -1,10 +1,14 @@
 """FCCM: every available backend against the plain-PyTorch reference, forward and backward."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 import dhkd_kernels as dk
+import kernel_checks
+from kernel_checks import assert_close_all
 from dhkd_kernels import _registry
 from dhkd_kernels.fccm import fccm_bias_gelu, fccm_pool_relu, ops, reference
 
@@ -35,19 +39,7 @@ def make_inputs(B, C, hidden, H, W, dtype=torch.float32, device="cpu", kind="nch
             r(C, scale=0.1)]
 
 
-def run(backend, inputs, fn=dk.fccm_forward, grad_seed=1):
-    leaves = [t.detach().requires_grad_(True) for t in inputs]  # same storage and strides as the inputs
-    with dk.use_backend(backend):
-        out = fn(*leaves)
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed)).to(out)
-    return out.detach(), torch.autograd.grad(out, leaves, g)
-
-
-def assert_close_all(got, want, atol, rtol):
-    torch.testing.assert_close(got[0].float(), want[0].float(), atol=atol, rtol=rtol)
-    for i, (a, b) in enumerate(zip(got[1], want[1])):
-        scale = max(1.0, b.float().abs().max().item())
-        torch.testing.assert_close(a.float(), b.float(), atol=atol * scale, rtol=rtol, msg=lambda m: f"grad {i}: {m}")
+run = functools.partial(kernel_checks.run, fn=dk.fccm_forward)  # run(backend, inputs, fn=...) -> (out, grads)
 
 
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "triton"])

@@ -1,10 +1,14 @@
 """SCMM modulation: every available backend against the plain-PyTorch reference, forward and backward."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 import dhkd_kernels as dk
+import kernel_checks
+from kernel_checks import assert_close_all
 from dhkd_kernels import _registry
 from dhkd_kernels.scmm import gate_residual, ops, reference, two_scale_depthwise
 
@@ -39,23 +43,7 @@ def make_inputs(B, C, H, W, dtype=torch.float32, device="cpu", kind="nchw", seed
     return [layout(x.to(dtype=dtype, device=device), kind)] + params
 
 
-def run(backend, inputs, fn=dk.scmm_modulate, grad_seed=1):
-    leaves = [t.detach().requires_grad_(True) for t in inputs]  # same storage and strides as the inputs
-    with dk.use_backend(backend):
-        out = fn(*leaves)
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed)).to(out)
-    g = g.contiguous(memory_format=ops.dense_format(out))  # channels_last outputs get channels_last gradients
-    grads = torch.autograd.grad(out, leaves, g)
-    return out.detach(), grads
-
-
-def assert_close_all(got, want, atol, rtol):
-    out, grads = got
-    ref_out, ref_grads = want
-    torch.testing.assert_close(out.float(), ref_out.float(), atol=atol, rtol=rtol)
-    for i, (a, b) in enumerate(zip(grads, ref_grads)):
-        scale = max(1.0, b.float().abs().max().item())
-        torch.testing.assert_close(a.float(), b.float(), atol=atol * scale, rtol=rtol, msg=lambda m: f"grad {i}: {m}")
+run = functools.partial(kernel_checks.run, fn=dk.scmm_modulate)  # run(backend, inputs, fn=...) -> (out, grads)
 
 
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "triton"])

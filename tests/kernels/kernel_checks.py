@@ -1,0 +1,26 @@
+"""Helpers shared by the fused-kernel tests: run an op with all its gradients, compare two such runs."""
+from __future__ import annotations
+
+import torch
+
+import dhkd_kernels as dk
+from dhkd_kernels.scmm.ops import dense_format
+
+
+def run(backend, inputs, fn):
+    """(output, gradients of every input) of ``fn(*inputs)`` on ``backend``, for a seeded output gradient laid
+    out like the output (channels_last outputs get channels_last gradients)."""
+    leaves = [t.detach().requires_grad_(True) for t in inputs]  # same storage and strides as the inputs
+    with dk.use_backend(backend):
+        out = fn(*leaves)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
+    g = g.contiguous(memory_format=dense_format(out))
+    return out.detach(), torch.autograd.grad(out, leaves, g)
+
+
+def assert_close_all(got, want, atol, rtol):
+    """Outputs within atol/rtol; each gradient within atol scaled by its reference's largest magnitude."""
+    torch.testing.assert_close(got[0].float(), want[0].float(), atol=atol, rtol=rtol)
+    for i, (a, b) in enumerate(zip(got[1], want[1])):
+        scale = max(1.0, b.float().abs().max().item())
+        torch.testing.assert_close(a.float(), b.float(), atol=atol * scale, rtol=rtol, msg=lambda m: f"grad {i}: {m}")
