@@ -254,14 +254,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)  # the kernels share PyTorch's OpenMP runtime
-    keep_freed_memory()  # outputs reuse freed memory: time the kernels, not first-touch page faults
+    kept = keep_freed_memory()  # outputs reuse freed memory: time the kernels, not first-touch page faults
     load_before = os.getloadavg()
     rows = run(args.quick)
     print(__doc__.split("\n\n")[1].split("Rows:")[0].rstrip())
     print_table(rows)
     notes = verdicts(rows)
     print("\n".join(notes))
-    write_results("kernels_fused", rows, quick=args.quick, load_before=load_before, out=args.out, notes=notes)
+    write_results("kernels_fused", rows, quick=args.quick, load_before=load_before, freed_memory_kept=kept,
+                  out=args.out, notes=notes)
 
 
 if __name__ == "__main__":

@@ -286,11 +286,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="run once per thread count (e.g. --threads 2 1); default: torch's setting")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
     args = parser.parse_args(argv)
-    keep_freed_memory()  # outputs reuse freed memory: time the kernels, not first-touch page faults
+    kept = keep_freed_memory()  # outputs reuse freed memory: time the kernels, not first-touch page faults
     load = os.getloadavg()
     rows = [row for n in args.threads for row in run(args.quick, n)]
     print_table(rows)
-    write_results("kernels_ss2d", rows, quick=args.quick, load_before=load, out=args.out)
+    write_results("kernels_ss2d", rows, quick=args.quick, load_before=load, freed_memory_kept=kept, out=args.out)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 
 import dhkd_kernels
-from dhkd.allocator import keep_freed_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def write_results(prefix: str, rows: list[dict], *, quick: bool, load_before: tuple, out: Path | None = None,
+def write_results(prefix: str, rows: list[dict], *, quick: bool, load_before: tuple, freed_memory_kept: bool,
+                  out: Path | None = None,
                   **extra) -> Path:
     """Write ``{"meta": ..., "rows": rows, **extra}`` to ``results/<prefix>_<date>_<host>.json`` (or ``out``)."""
     now = datetime.datetime.now()
@@ -26,7 +26,7 @@ def write_results(prefix: str, rows: list[dict], *, quick: bool, load_before: tu
     meta = dict(date=now.isoformat(timespec="seconds"), host=host, machine=platform.machine(),
                 processor=platform.processor(), torch=torch.__version__, threads=torch.get_num_threads(),
                 load_average_before=load_before, load_average_after=os.getloadavg(), quick=quick,
-                backends=dhkd_kernels.backends(), freed_memory_kept=keep_freed_memory())
+                backends=dhkd_kernels.backends(), freed_memory_kept=freed_memory_kept)
     out.write_text(json.dumps(dict(meta=meta, rows=rows, **extra), indent=1, default=str))
     print(f"wrote {out}")
     return out

@@ -354,7 +354,7 @@ def format_report(result: dict) -> str:
         for name, s in p["ss2d"].items():
             lines.append(f"SS2D in one forward, {name}: modules {s['module_ms']:.1f} ms, scan op "
                          f"{_fmt(s['scan_op_ms'])} ms ({s['calls']} calls)")
-        for name, c in p.get("conv", {}).items():
+        for name, c in p["conv"].items():
             lines.append(f"convolutions in one forward, {name}: {c['conv_ms']:.1f} of {c['total_ms']:.1f} ms "
                          f"({100 * c['conv_share']:.0f} %)")
         for name, t in p["throughput"].items():

@@ -116,16 +116,23 @@ def ss2d_time(module: nn.Module, x: torch.Tensor, backend: str | None, repeats: 
     finally:
         for h in handles:
             h.remove()
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-    with torch.no_grad(), dhkd_kernels.use_backend(backend), torch.profiler.profile(activities=activities) as prof:
-        module(x)
-    scan = [e for e in prof.key_averages() if e.key == "dhkd::ss2d_scan"]
+    scan = [e for e in _profiled_forward(module, x, backend) if e.key == "dhkd::ss2d_scan"]
     scan_ms = None
     if scan:
         ev = scan[0]
         us = getattr(ev, "device_time_total", 0.0) if cuda else ev.cpu_time_total
         scan_ms = us / 1e3
     return {"module_ms": 1e3 * statistics.median(per_forward), "scan_op_ms": scan_ms, "calls": len(blocks)}
+
+
+def _profiled_forward(module: nn.Module, x: torch.Tensor, backend: str | None):
+    """Profiler events (key averages) of one forward of ``module`` on ``x``, GPU activity included on a GPU."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if x.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.no_grad(), dhkd_kernels.use_backend(backend), torch.profiler.profile(activities=activities) as prof:
+        module(x)
+    return prof.key_averages()
 
 
 def conv_time(module: nn.Module, x: torch.Tensor, backend: str | None) -> dict:
@@ -137,9 +144,7 @@ def conv_time(module: nn.Module, x: torch.Tensor, backend: str | None) -> dict:
     """
     with torch.no_grad(), dhkd_kernels.use_backend(backend):
         module(x)  # warm-up (oneDNN primitive creation)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            module(x)
-    events = prof.key_averages()
+    events = _profiled_forward(module, x, backend)
     conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key and "backward" not in e.key)
     total = sum(e.self_cpu_time_total for e in events)
     return {"conv_ms": conv / 1e3, "total_ms": total / 1e3, "conv_share": conv / total if total else float("nan")}

@@ -37,12 +37,12 @@ def run(args) -> int:
     from dhkd.io import atomic_write_json, load_model
     from dhkd.train.trainer import pick_device
 
+    if args.mode not in MODES:
+        raise SystemExit(f"dhkd predict: unknown --mode {args.mode!r}; one of {', '.join(MODES)}")
     keep_freed_memory()
     model_path = args.model / "model.safetensors" if args.model.is_dir() else args.model
     model = load_model(model_path)
     device = pick_device(args.device)
-    if args.mode not in MODES:
-        raise SystemExit(f"dhkd predict: unknown --mode {args.mode!r}; one of {', '.join(MODES)}")
     try:
         detector = Runner(AnomalyDetector(model), MODES[args.mode], device)
     except ValueError as e:  # a mode this device cannot run, with the reason
