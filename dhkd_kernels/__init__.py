@@ -14,7 +14,8 @@ from . import _ext, _registry
 from ._registry import use_backend
 from .fccm import fccm_forward
 from .scmm import scmm_modulate
-from .ss2d import selective_scan, ss2d_scan
+from .selective_scan import selective_scan
+from .ss2d import ss2d_scan
 
 _ext.load_all()
 

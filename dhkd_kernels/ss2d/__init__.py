@@ -1,3 +1,3 @@
-from .ops import selective_scan, ss2d_scan
+from .ops import ss2d_scan
 
-__all__ = ["selective_scan", "ss2d_scan"]
+__all__ = ["ss2d_scan"]

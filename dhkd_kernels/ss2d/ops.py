@@ -1,4 +1,4 @@
-"""Public SS2D / selective-scan ops: validation, backend choice, torch custom op, fake kernel, autograd.
+"""Public SS2D op: validation, backend choice, torch custom op, fake kernel, autograd.
 
 Backends (``dhkd_kernels/ss2d/{cpu,cuda,triton}.py``) share one calling convention on contiguous,
 channels-last tensors::
@@ -121,27 +121,3 @@ def ss2d_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Te
     args = [t.contiguous() if t is not None else None for t in (u, delta, A, B, C, D, delta_bias)]
     return _ss2d_scan_op(*args, delta_softplus, out_float, backend)
 
-
-def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                   D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
-                   delta_softplus: bool = True) -> torch.Tensor:
-    """Mamba S6 selective scan (plain PyTorch; autograd by PyTorch).
-
-    u, delta: (batch, D, L); A: (D, N) fp32; B, C: (batch, G, N, L) grouped over channels or (batch, N, L);
-    D, delta_bias: (D,) fp32 or None. Returns y (batch, D, L) in u's dtype.
-    """
-    check_tensor("u", u, (None, None, None), IO_DTYPES + (torch.float64,))
-    bsz, Dch, L = u.shape
-    check_tensor("delta", delta, (bsz, Dch, L), (u.dtype,), u.device)
-    check_tensor("A", A, (Dch, None), (torch.float32, torch.float64), u.device)
-    N = A.shape[1]
-    for name, t in (("B", B), ("C", C)):
-        shape = (bsz, N, L) if t.dim() == 3 else (bsz, None, N, L)
-        check_tensor(name, t, shape, (u.dtype,), u.device)
-        if t.dim() == 4 and Dch % t.shape[1]:
-            raise ValueError(f"{name} has {t.shape[1]} groups, which do not divide the {Dch} channels")
-    if D is not None:
-        check_tensor("D", D, (Dch,), (torch.float32, torch.float64), u.device)
-    if delta_bias is not None:
-        check_tensor("delta_bias", delta_bias, (Dch,), (torch.float32, torch.float64), u.device)
-    return reference.selective_scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus)

@@ -1,4 +1,4 @@
-"""Plain-PyTorch reference of the selective scan (Mamba S6) and of the four-direction SS2D scan.
+"""Plain-PyTorch reference of the four-direction SS2D scan, and the chunked scan shared with the selective scan.
 
 These functions are the specification and the test oracle of every backend, and the exportable
 decomposition used for ONNX. Memory stays O(D·N) per chunk: the sequence is processed in chunks of
@@ -19,11 +19,14 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def scan_chunked(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                 chunk: int = CHUNK) -> torch.Tensor:
+                 chunk: int = CHUNK, return_state: bool = False):
     """Grouped linear recurrence h_t = exp(dt_t·A)·h_{t-1} + dt_t·u_t·B_t, y_t = Σ_n C_t·h_t.
 
-    u, dt: (batch, L, G, Dg); A: (G, Dg, N); B, C: (batch, L, G, N). Returns y (batch, L, G, Dg).
+    u, dt: (batch, L, G, Dg); A: (G, Dg, N); B, C: (batch, L, G, N) shared by a group's channels, or
+    (batch, L, G, Dg, N) per channel (e.g. an expanded view). Returns y (batch, L, G, Dg), and the state
+    after the last step (batch, G, Dg, N) too if ``return_state``.
     """
+    per_channel = lambda t: t.unsqueeze(3) if t.dim() == 4 else t  # noqa: E731
     bsz, L, G, Dg = u.shape
     N = A.shape[-1]
     h = u.new_zeros(bsz, G, Dg, N)
@@ -32,7 +35,7 @@ def scan_chunked(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
         dtc, uc = dt[:, s:s + chunk], u[:, s:s + chunk]
         Bc, Cc = B[:, s:s + chunk], C[:, s:s + chunk]
         a = torch.exp(dtc.unsqueeze(-1) * A)  # (b, T, G, Dg, N)
-        x = (dtc * uc).unsqueeze(-1) * Bc.unsqueeze(3)  # (b, T, G, Dg, N)
+        x = (dtc * uc).unsqueeze(-1) * per_channel(Bc)  # (b, T, G, Dg, N)
         T = a.shape[1]
         off = 1
         while off < T:  # inclusive scan of the pairs (a, x) under (a1, x1)∘(a2, x2) = (a1·a2, a2·x1 + x2)
@@ -41,36 +44,15 @@ def scan_chunked(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
             off *= 2
         hs = a * h.unsqueeze(1) + x
         h = hs[:, -1]
-        ys.append((hs * Cc.unsqueeze(3)).sum(-1))
-    return torch.cat(ys, dim=1)
+        ys.append((hs * per_channel(Cc)).sum(-1))
+    y = torch.cat(ys, dim=1)
+    return (y, h) if return_state else y
 
 
 def _dt(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
     if delta_bias is not None:
         delta = delta + delta_bias
     return F.softplus(delta) if delta_softplus else delta  # softplus: identity above 20, as the kernels
-
-
-def selective_scan_reference(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
-    """Mamba S6 selective scan with B/C grouped over channels.
-
-    u, delta: (batch, D, L); A: (D, N) fp32; B, C: (batch, G, N, L) or (batch, N, L) (G = 1), with the
-    D channels split into G equal groups; D, delta_bias: (D,) fp32. Returns y (batch, D, L), u's dtype.
-    """
-    ct = _compute_dtype(u)
-    bsz, Dch, L = u.shape
-    if B.dim() == 3:
-        B, C = B.unsqueeze(1), C.unsqueeze(1)
-    G, N = B.shape[1], B.shape[2]
-    uf = u.to(ct)
-    dt = _dt(delta.to(ct), None if delta_bias is None else delta_bias.to(ct)[:, None], delta_softplus)
-    seq = lambda t: t.transpose(1, 2).reshape(bsz, L, G, Dch // G)  # noqa: E731  (b, D, L) -> (b, L, G, Dg)
-    y = scan_chunked(seq(uf), seq(dt), A.to(ct).reshape(G, Dch // G, N),
-                     B.to(ct).permute(0, 3, 1, 2), C.to(ct).permute(0, 3, 1, 2))
-    y = y.reshape(bsz, L, Dch).transpose(1, 2)
-    if D is not None:
-        y = y + uf * D.to(ct)[:, None]
-    return y.to(u.dtype)
 
 
 def to_sequence(x: torch.Tensor, k: int) -> torch.Tensor:

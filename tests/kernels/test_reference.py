@@ -9,7 +9,8 @@ import torch.nn.functional as F
 import dhkd_kernels
 from dhkd_kernels import _registry
 from dhkd_kernels.scmm.reference import scmm_modulate_reference
-from dhkd_kernels.ss2d.reference import selective_scan_reference, ss2d_scan_reference
+from dhkd_kernels.selective_scan.reference import selective_scan_reference
+from dhkd_kernels.ss2d.reference import ss2d_scan_reference
 
 
 def softplus(x):
@@ -68,9 +69,9 @@ def test_selective_scan_reference_matches_naive(groups, L):
     D, bias = torch.randn(Dch, generator=g), torch.randn(Dch, generator=g)
     want = naive_selective_scan(u, delta, A, B, C, D, bias)
     got = dhkd_kernels.selective_scan(u.double(), delta.double(), A.double(), B.double(), C.double(), D.double(),
-                                      bias.double())
+                                      delta_bias=bias.double(), delta_softplus=True)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    got32 = selective_scan_reference(u, delta, A, B, C, D, bias)
+    got32, _ = selective_scan_reference(u, delta, A, B, C, D, delta_bias=bias, delta_softplus=True)
     torch.testing.assert_close(got32.double(), want, rtol=1e-4, atol=1e-4)
 
 
