@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import btad, folder, mvtec_ad, mvtec_loco, synthetic, visa
+from . import btad, elpv, folder, mvtec_ad, mvtec_loco, synthetic, visa
 from .common import SPLITS, AnomalyDataset, DatasetError, Sample
 from .splits import holdout_split
 
@@ -12,6 +12,7 @@ BUILDERS = {
     "mvtec_loco": mvtec_loco.build,
     "visa": visa.build,
     "btad": btad.build,
+    "elpv": elpv.build,
     "folder": folder.build,
     "synthetic": synthetic.build,
 }
@@ -25,7 +26,8 @@ def build_dataset(name: str, root: str | Path, category: str, split: str, image_
     ``seed`` selects the 10% validation hold-out of train/good where the dataset has no validation folder
     (MVTec AD, VisA, BTAD, folder, synthetic); "train" then excludes the held-out images. ``options`` go to
     the builder (folder: normal_dir, abnormal_dir, normal_test_dir, mask_dir; synthetic: generator_seed,
-    size, n_train, n_test_good, n_test_defect). ``image_size`` is the model input side S.
+    size, n_train, n_test_good, n_test_defect). ELPV (image labels only) uses a fixed 80/20 split of its
+    good cells; its root may be "installed" (the elpv-dataset package). ``image_size`` is the model input side S.
     """
     if name not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")

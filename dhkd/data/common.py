@@ -22,6 +22,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 SPLITS = ("train", "validation", "test")
+# Kinds of ground truth a dataset can provide; each metric declares the kinds it needs (dhkd.eval.metrics).
+IMAGE_LABELS, PIXEL_MASKS, LOCO_CHANNELS = "image_labels", "pixel_masks", "loco_channels"
+GROUND_TRUTH_KINDS = (IMAGE_LABELS, PIXEL_MASKS, LOCO_CHANNELS)
 
 
 class DatasetError(ValueError):
@@ -112,8 +115,9 @@ def preprocess(img: Image.Image, size: int) -> torch.Tensor:
 class AnomalyDataset(torch.utils.data.Dataset):
     """A list of :class:`Sample` read lazily into the common item format.
 
-    ``metric_family`` names the localisation metric the evaluator uses: "pro" (binary masks, AU-PRO) or
-    "spro" (MVTec LOCO channels, AU-sPRO). ``defects_config`` maps LOCO pixel values to their entries.
+    :attr:`provides` names the kinds of ground truth it has (image labels; binary pixel masks or MVTec LOCO
+    channels), from which the evaluator picks the metrics. ``defects_config`` maps LOCO pixel values to
+    their entries.
     """
 
     def __init__(self, samples: Sequence[Sample], image_size: int, *, name: str, category: str,
@@ -134,7 +138,13 @@ class AnomalyDataset(torch.utils.data.Dataset):
         self.mask_mode, self.has_masks = mask_mode, has_masks
         self.defects_config = defects_config
         self.root = root
-        self.metric_family = "spro" if mask_mode == "channels" else "pro"
+
+    @property
+    def provides(self) -> frozenset[str]:
+        """The ground-truth kinds of this dataset (see :data:`GROUND_TRUTH_KINDS`)."""
+        if not self.has_masks:
+            return frozenset({IMAGE_LABELS})
+        return frozenset({IMAGE_LABELS, LOCO_CHANNELS if self.mask_mode == "channels" else PIXEL_MASKS})
 
     def __len__(self) -> int:
         return len(self.samples)

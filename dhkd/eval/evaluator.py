@@ -21,13 +21,12 @@ from scipy.ndimage import gaussian_filter
 from ..data import AnomalyDataset, build_dataset
 from ..data.common import read_rgb
 from . import maps_io
-from .metrics import MAX_FPRS, LocoGroundTruth, au_pro, auroc, loco_metrics, pixel_auroc
-from .report import METRIC_DEFINITIONS, write_results
+from .metrics import LocoGroundTruth, MetricInputs, MetricResults, compute_metrics
+from .report import EvaluationResult, ImageScore, MapInfo, write_results
 from .visualize import colour_scale, save_overlay
 
 QUANTILES = (0.9, 0.995)
 MAX_QUANTILE_VALUES = 1 << 24
-PRO_LIMIT = 0.3
 
 
 def _loader(dataset, batch_size: int, num_workers: int):
@@ -94,47 +93,62 @@ def anomaly_maps(model, dataset: AnomalyDataset, *, batch_size: int = 8, device=
             yield item, m
 
 
+@torch.no_grad()
+def scorer_maps(map_fn, dataset: AnomalyDataset, *, batch_size: int = 8, smooth_sigma: float = 0.0,
+                num_workers: int = 0) -> Iterator[tuple[dict, np.ndarray]]:
+    """Like :func:`anomaly_maps` for any scorer: ``map_fn(images) -> (b, 1, h, w)`` maps at any resolution
+    (a baseline's, or a model's), bilinearly resized to each image's original size, optionally smoothed."""
+    for batch in _loader(dataset, batch_size, num_workers):
+        maps = map_fn(torch.stack([it["image"] for it in batch])).float()
+        for j, item in enumerate(batch):
+            m = torch.nn.functional.interpolate(maps[j:j + 1], size=tuple(item["size"]), mode="bilinear",
+                                                align_corners=False)
+            m = m.reshape(m.shape[-2:]).cpu().numpy()
+            yield item, (gaussian_filter(m, sigma=smooth_sigma) if smooth_sigma > 0 else m)
+
+
+def evaluate_scorer(map_fn, dataset: AnomalyDataset, output_dir: str | Path, *, source: str,
+                    smooth_sigma: float = 0.0, batch_size: int = 8, seed: int = 0, overlays: bool = False,
+                    extra: dict | None = None) -> dict:
+    """Evaluate the maps of any scorer (see :func:`scorer_maps`) on ``dataset`` (a test split) and write
+    results.json / results.md; ``source`` names the scorer in the results, ``extra`` adds entries to them."""
+    maps, masks = [], []
+    for item, m in scorer_maps(map_fn, dataset, batch_size=batch_size, smooth_sigma=smooth_sigma):
+        maps.append(m)
+        masks.append(item["mask"].numpy())
+    return _finish(dataset, maps, masks, Path(output_dir), source=source, smooth_sigma=smooth_sigma,
+                   overlays=overlays, seed=seed, extra=extra or {})
+
+
 def score_maps(dataset: AnomalyDataset, maps: list[np.ndarray], masks: list[np.ndarray], *, seed: int = 0
-               ) -> tuple[dict, dict]:
-    """(metrics, details) of full-resolution ``maps`` (dataset order) given each image's (K, H0, W0) ground
-    truth. Details hold the LOCO curve and threshold bookkeeping (empty for the other datasets)."""
-    labels = dataset.labels
-    scores = np.array([float(m.max()) for m in maps])
-    if dataset.metric_family == "spro":
-        truths = [LocoGroundTruth(s.defect, g if s.label else None) for s, g in zip(dataset.samples, masks)]
-        loco = loco_metrics(maps, truths, dataset.defects_config, MAX_FPRS, seed=seed, image_scores=scores)
-        return {k: loco[k] for k in ("image_auroc", "image_auroc_loco_tie_rule", "au_spro")}, {
-            k: v for k, v in loco.items() if k not in ("image_auroc", "image_auroc_loco_tie_rule", "au_spro")}
-    metrics = {"image_auroc": auroc(scores, labels) if 0 < labels.sum() < labels.size else None,
-               "pixel_auroc": None, "au_pro": None}
-    binary = [g.any(axis=0) for g in masks]
-    if dataset.has_masks and any(b.any() for b in binary):
-        metrics["pixel_auroc"] = pixel_auroc(maps, binary)
-        metrics["au_pro"] = {str(PRO_LIMIT): au_pro(maps, binary, PRO_LIMIT)}
-    return metrics, {}
+               ) -> MetricResults:
+    """Every registered metric that the ground truth of ``dataset`` allows (``dataset.provides``), on the
+    full-resolution ``maps`` (dataset order) given each image's (K, H0, W0) ground truth."""
+    provides = dataset.provides
+    loco = None
+    if "loco_channels" in provides:
+        loco = [LocoGroundTruth(s.defect, g if s.label else None) for s, g in zip(dataset.samples, masks)]
+    inputs = MetricInputs(maps=maps, scores=np.array([float(m.max()) for m in maps]), labels=dataset.labels,
+                          masks=[g.any(axis=0) for g in masks] if "pixel_masks" in provides else None,
+                          loco=loco, defects_config=dataset.defects_config, seed=seed)
+    return compute_metrics(inputs, provides)
 
 
 def _finish(dataset: AnomalyDataset, maps, masks, output_dir: Path, *, source: str, smooth_sigma: float | None,
             overlays: bool, seed: int, extra: dict) -> dict:
-    metrics, details = score_maps(dataset, maps, masks, seed=seed)
-    defs = {k: v for k, v in METRIC_DEFINITIONS.items() if k in metrics}
-    results = {
-        "dataset": dataset.name, "category": dataset.category, "split": dataset.split,
-        "num_images": len(dataset), "num_anomalous": int(dataset.labels.sum()),
-        "map": {"resolution": "original image size", "clamped": False, "smoothing_sigma": smooth_sigma,
-                "source": source},
-        "metrics": metrics, "metric_definitions": defs, "details": details, **extra,
-        "images": [{"path": str(s.path), "defect": s.defect, "label": s.label, "score": float(m.max())}
-                   for s, m in zip(dataset.samples, maps)],
-    }
+    result = EvaluationResult(
+        dataset=dataset.name, category=dataset.category, split=dataset.split,
+        ground_truth=tuple(sorted(dataset.provides)), map=MapInfo(source=source, smoothing_sigma=smooth_sigma),
+        metrics=score_maps(dataset, maps, masks, seed=seed), extra=dict(extra),
+        images=[ImageScore(str(s.path), s.defect, s.label, float(m.max())) for s, m in zip(dataset.samples, maps)])
     if overlays:
         vmin, vmax = colour_scale(maps, seed=seed)
-        results["overlay_colour_scale"] = {"vmin": vmin, "vmax": vmax}
+        result.overlay_colour_scale = {"vmin": vmin, "vmax": vmax}
         for s, m, g in zip(dataset.samples, maps, masks):
             path = Path(output_dir) / "overlays" / dataset.category / s.defect / f"{s.path.stem}.png"
             save_overlay(path, np.asarray(read_rgb(s.path)), m, vmin, vmax, g.any(axis=0) if s.label else None)
-    write_results(results, output_dir)
-    return results
+    write_results(result, output_dir)
+    return result.to_dict()
 
 
 def evaluate(model, dataset: AnomalyDataset, output_dir: str | Path, *, smooth_sigma: float = 0.0,

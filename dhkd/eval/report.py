@@ -1,27 +1,78 @@
-"""results.json and a readable results.md, with the metric definitions named."""
+"""Typed evaluation results, results.json (written atomically) and a readable results.md.
+
+results.json layout (stable): ``dataset``, ``category``, ``split``, ``num_images``, ``num_anomalous``,
+``ground_truth`` (the kinds the dataset provides, e.g. ``["image_labels"]`` for a set without masks),
+``map`` {resolution, clamped, smoothing_sigma, source}, ``metrics`` (name -> value; only the metrics the
+ground truth allows), ``metric_definitions``, ``details``, any extra entries (e.g. ``quantiles``), ``images``
+[{path, defect, label, score}] and, with overlays, ``overlay_colour_scale``.
+"""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-METRIC_DEFINITIONS = {
-    "image_auroc": "AUROC of image scores (max of the full-resolution map), good = negative; exact and "
-                   "tie-aware (Mann-Whitney, equals sklearn roc_auc_score).",
-    "pixel_auroc": "AUROC over all pixels of all test images at full resolution; exact and tie-aware.",
-    "au_pro": "MVTec AD AU-PRO: regions = 8-connected components of each GT mask; overlap = fraction of a "
-              "region's pixels with score >= threshold, averaged over all regions; FPR pooled over all "
-              "defect-free pixels; exact curve (one point per distinct score); trapezoid area up to the FPR "
-              "limit with linear interpolation at the limit, divided by the limit.",
-    "au_spro": "MVTec LOCO AU-sPRO (official algorithm): per GT channel sPRO = min(|map > t and channel| / "
-                "saturation area, 1), saturation area = floor(thr*area) if relative else min(thr, area) "
-                "(0 counted as 1); mean over all channels of the subset's anomalous images; FPR pooled over "
-                "the subset's pixels outside every channel; 50 initial thresholds + up to 10 refinement "
-                "rounds (max curve gap 0.01, seeded subsampling to 1e7 scores); area up to each FPR limit "
-                "with interpolation, divided by the limit. Subset = one anomaly type + all good images; "
-                "mean = average over subsets.",
-    "image_auroc_loco_tie_rule": "Image AUROC per LOCO subset as the official LOCO script computes it "
-                                 "(its tie rule favours tied scores; equal to image_auroc without ties).",
-}
+from ..io import atomic_write_bytes
+from .metrics import MetricResults
+
+GROUND_TRUTH_WORDS = {"image_labels": "image labels", "pixel_masks": "pixel masks",
+                      "loco_channels": "MVTec LOCO ground-truth channels"}
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """How the scored maps were made."""
+    source: str
+    smoothing_sigma: float | None
+    resolution: str = "original image size"
+    clamped: bool = False
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """One test image's score (the maximum of its map)."""
+    path: str
+    defect: str
+    label: int
+    score: float
+
+
+@dataclass
+class EvaluationResult:
+    """Everything one evaluation produced; :meth:`to_dict` is the results.json content."""
+    dataset: str
+    category: str
+    split: str
+    ground_truth: tuple[str, ...]
+    map: MapInfo
+    metrics: MetricResults
+    images: list[ImageScore]
+    extra: dict[str, Any] = field(default_factory=dict)
+    overlay_colour_scale: dict[str, float] | None = None
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_anomalous(self) -> int:
+        return sum(im.label for im in self.images)
+
+    def to_dict(self) -> dict:
+        """The results.json layout (see the module docstring)."""
+        out = {"dataset": self.dataset, "category": self.category, "split": self.split,
+               "num_images": self.num_images, "num_anomalous": self.num_anomalous,
+               "ground_truth": list(self.ground_truth),
+               "map": {"resolution": self.map.resolution, "clamped": self.map.clamped,
+                       "smoothing_sigma": self.map.smoothing_sigma, "source": self.map.source},
+               "metrics": self.metrics.values, "metric_definitions": self.metrics.definitions,
+               "details": self.metrics.details, **self.extra,
+               "images": [{"path": im.path, "defect": im.defect, "label": im.label, "score": im.score}
+                          for im in self.images]}
+        if self.overlay_colour_scale is not None:
+            out["overlay_colour_scale"] = dict(self.overlay_colour_scale)
+        return out
 
 
 def _fmt(v) -> str:
@@ -34,12 +85,41 @@ def _smoothing(sigma) -> str:
     return f"Gaussian smoothing sigma {sigma}" if sigma > 0 else "no smoothing"
 
 
+def _ground_truth_line(kinds) -> str:
+    if not kinds:
+        return ""
+    words = ", ".join(GROUND_TRUTH_WORDS.get(k, k) for k in kinds)
+    if "pixel_masks" not in kinds and "loco_channels" not in kinds:
+        return f"Ground truth: {words} only (no pixel masks): image-level metrics only."
+    return f"Ground truth: {words}."
+
+
+def _flat_columns(m: dict) -> tuple[list[str], list[str]]:
+    """Header and value cells of the non-LOCO table: scalar metrics, then one column per key of dict ones."""
+    names = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "au_pro": "AU-PRO"}
+    head, cells = [], []
+    for key, value in m.items():
+        label = names.get(key, key)
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                head.append(f"{label}@{sub}")
+                cells.append(_fmt(v))
+        else:
+            head.append(label)
+            cells.append(_fmt(value))
+    return head, cells
+
+
 def to_markdown(results: dict) -> str:
+    """results.md from a results.json dict."""
     m = results["metrics"]
     lines = [f"# {results['dataset']} / {results['category']}", "",
              f"{results['num_images']} test images ({results['num_anomalous']} anomalous); maps at original "
              f"resolution, unclamped, {_smoothing(results['map']['smoothing_sigma'])}; "
              f"source: {results['map']['source']}. Values in %.", ""]
+    gt = _ground_truth_line(results.get("ground_truth", ()))
+    if gt:
+        lines += [gt, ""]
     if "au_spro" in m:
         limits = list(m["au_spro"]["mean"])
         lines += ["| subset | image AUROC | image AUROC (LOCO tie rule) | "
@@ -50,20 +130,19 @@ def to_markdown(results: dict) -> str:
                          f"{_fmt(m['image_auroc_loco_tie_rule'][subset])} | "
                          + " | ".join(_fmt(m["au_spro"][subset][lim]) for lim in limits) + " |")
     else:
-        limits = list(m["au_pro"]) if m.get("au_pro") else []
-        lines += ["| image AUROC | pixel AUROC | " + " | ".join(f"AU-PRO@{lim}" for lim in limits) + " |",
-                  "|---" * (2 + len(limits)) + "|",
-                  f"| {_fmt(m['image_auroc'])} | {_fmt(m['pixel_auroc'])} | "
-                  + " | ".join(_fmt(m["au_pro"][lim]) for lim in limits) + " |"]
+        head, cells = _flat_columns(m)
+        lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|", "| " + " | ".join(cells) + " |"]
     lines += ["", "## Metric definitions", ""]
     lines += [f"- **{k}**: {v}" for k, v in results["metric_definitions"].items()]
     return "\n".join(lines) + "\n"
 
 
-def write_results(results: dict, output_dir: Path) -> tuple[Path, Path]:
+def write_results(results: EvaluationResult | dict, output_dir: Path) -> tuple[Path, Path]:
+    """Write results.json and results.md into ``output_dir`` (atomically)."""
+    data = results.to_dict() if isinstance(results, EvaluationResult) else results
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = output_dir / "results.json", output_dir / "results.md"
-    json_path.write_text(json.dumps(results, indent=1))
-    md_path.write_text(to_markdown(results))
+    atomic_write_bytes(json_path, json.dumps(data, indent=1).encode())
+    atomic_write_bytes(md_path, to_markdown(data).encode())
     return json_path, md_path

@@ -139,7 +139,7 @@ def test_mvtec_loco_channels_keep_pixel_values(tmp_path):
     cat = make_loco(tmp_path)
     test = build_dataset("mvtec_loco", tmp_path, "boxes", "test", 8)
     assert [s.defect for s in test.samples] == ["good", "logical_anomalies", "structural_anomalies"]
-    assert test.metric_family == "spro" and set(test.defects_config) == {254, 255}
+    assert test.provides == {"image_labels", "loco_channels"} and set(test.defects_config) == {254, 255}
     assert test.defects_config[255].saturation_area(9) == 4 and test.defects_config[254].saturation_area(9) == 9
     logical = test[1]["mask"].numpy()
     assert logical.shape == (2, 12, 10) and set(np.unique(logical[0])) == {0, 255}

@@ -1,0 +1,89 @@
+"""A training-free baseline: nearest-neighbour distance of patch features to a memory bank of good patches.
+
+Features: the distillation backbone's patch descriptors (:mod:`dhkd.teacher.backbones`; EfficientNet-Lite0's
+stride-8 and stride-16 blocks, each 3×3-aggregated and channel-pooled to 192 values, on the stride-8 grid) of
+the image at ``image_size``² (32×32 descriptors of 384 values at 256²). Memory bank: ``bank_size`` descriptors
+drawn uniformly at random (seeded) from all training images' descriptors. Map: the Euclidean distance of each
+test descriptor to its nearest bank descriptor, at feature resolution; the evaluator resizes it to the image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.common import IMAGENET_MEAN, IMAGENET_STD
+from ..teacher.backbones import build_backbone
+
+
+@dataclass
+class KNNConfig:
+    """Settings of :class:`KNNScorer`."""
+    backbone: str = "efficientnet-lite0"
+    image_size: int = 256
+    bank_size: int = 20000
+    seed: int = 0
+    batch_size: int = 8
+    query_chunk: int = 4096
+
+
+class KNNScorer(nn.Module):
+    """``fit(dataset)`` builds the memory bank from good training images; ``anomaly_map(images)`` returns
+    (b, 1, h, w) nearest-neighbour distances for an ImageNet-normalised batch."""
+
+    def __init__(self, config: KNNConfig | None = None, backbone_weights=None):
+        super().__init__()
+        self.config = config or KNNConfig()
+        if self.config.bank_size < 1:
+            raise ValueError(f"bank_size must be positive, got {self.config.bank_size}")
+        self.backbone = build_backbone(self.config.backbone, backbone_weights)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("bank", torch.zeros(0, 0))
+
+    @property
+    def image_size(self) -> int:
+        """The square input side the features are computed at."""
+        return self.config.image_size
+
+    @torch.no_grad()
+    def descriptors(self, images: torch.Tensor) -> torch.Tensor:
+        """(b, C, h, w) patch descriptors of an ImageNet-normalised batch."""
+        return self.backbone(images * self.std + self.mean)
+
+    @torch.no_grad()
+    def fit(self, dataset) -> "KNNScorer":
+        """Fill the memory bank from the good images of ``dataset`` (a training split)."""
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False,
+                                             collate_fn=list)
+        feats = []
+        for batch in loader:
+            good = [it["image"] for it in batch if it["label"] == 0]
+            if good:
+                f = self.descriptors(torch.stack(good))
+                feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+        if not feats:
+            raise ValueError(f"{dataset!r} has no good image to build the memory bank from")
+        feats = torch.cat(feats)
+        rng = np.random.default_rng(self.config.seed)
+        if feats.shape[0] > self.config.bank_size:
+            feats = feats[torch.from_numpy(rng.choice(feats.shape[0], self.config.bank_size, replace=False))]
+        self.bank = feats.contiguous()
+        return self
+
+    @torch.no_grad()
+    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+        """Distance of each patch descriptor to its nearest memory-bank descriptor, (b, 1, h, w)."""
+        if self.bank.numel() == 0:
+            raise RuntimeError("the kNN memory bank is empty: call fit() on training images first")
+        f = self.descriptors(images)
+        b, c, h, w = f.shape
+        q = f.permute(0, 2, 3, 1).reshape(-1, c)
+        bank_sq = (self.bank ** 2).sum(1)
+        out = []
+        for chunk in q.split(self.config.query_chunk):
+            d2 = (chunk ** 2).sum(1, keepdim=True) - 2 * chunk @ self.bank.T + bank_sq
+            out.append(d2.amin(1).clamp_min(0).sqrt())
+        return torch.cat(out).reshape(b, 1, h, w)
