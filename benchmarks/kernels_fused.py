@@ -31,7 +31,7 @@ import dhkd_kernels
 from dhkd.allocator import keep_freed_memory
 from results_io import write_results
 from timing import inner_count, timed
-from dhkd_kernels import _registry
+from dhkd_kernels import registry
 from dhkd_kernels.fccm import fccm_bias_gelu, fccm_pool_relu
 from dhkd_kernels.fccm import ops as fccm_ops
 from dhkd_kernels.fccm import reference as fccm_reference
@@ -46,7 +46,7 @@ NOISE = 0.05  # whole-block ratios within ±5 % count as parity (run-to-run spre
 def fused_backends(op: str, device: str) -> list[str]:
     """Compiled backends only: the Triton interpreter on CPU is a correctness tool, not a fast path."""
     names = ["cpu"] if device == "cpu" else ["cuda", "triton"]
-    return [b for b in names if _registry.is_available(op, b, device)]
+    return [b for b in names if registry.is_available(op, b, device)]
 
 
 def compare(fused, unfused, device: str, repeats: int) -> tuple[float, float]:
@@ -216,9 +216,9 @@ def verdicts(rows: list[dict]) -> list[str]:
                          f"{r['layout']} {r['dtype']}: fused {r['fused_ms']:.3f} ms vs unfused {r['unfused_ms']:.3f} ms")
     for op, short in ((scmm_ops.OP, "scmm"), (fccm_ops.OP, "fccm")):
         for device in sorted({r["device"] for r in rows}):
-            chosen = _registry.choose(op, torch.device(device))
+            chosen = registry.choose(op, torch.device(device))
             lines.append(f"registry default for {op} on {device}: {chosen} "
-                         f"(preference {_registry.ops()[op].preference.get(device)})")
+                         f"(preference {registry.ops()[op].preference.get(device)})")
             for r in rows:  # the decision rests on the whole-block forward, in both layouts the model runs in
                 if (r["op"], r["piece"], r["device"], r["backend"]) == (short, "forward", device, chosen):
                     verdict = ("prefer the reference here" if r["speedup"] < 1 - NOISE else
@@ -226,7 +226,7 @@ def verdicts(rows: list[dict]) -> list[str]:
                     lines.append(f"  {short} forward {r['layout']} batch {r['batch']} {r['dtype']}: fused {chosen} "
                                  f"is {r['speedup']:.2f}x the reference -> {verdict}")
     for device in sorted({r["device"] for r in rows}):
-        chosen = _registry.choose(fccm_ops.OP, torch.device(device))
+        chosen = registry.choose(fccm_ops.OP, torch.device(device))
         how = ("the fused bias+GELU kernel" if chosen in fccm_ops._FUSED_GELU_BACKENDS
                else "the library's conv-with-bias + GELU (the fused bias+GELU kernel loses there)")
         lines.append(f"fccm_forward on {device} ({chosen}) runs {how}")

@@ -39,7 +39,7 @@ import dhkd_kernels
 from dhkd.allocator import keep_freed_memory
 from results_io import write_results
 from timing import inner_count, timed
-from dhkd_kernels import _ext, _registry
+from dhkd_kernels import registry
 from dhkd_kernels.ss2d import reference as ss2d_reference
 
 OP = "ss2d_scan"
@@ -65,7 +65,7 @@ def shapes(quick: bool) -> list[dict]:
 
 
 def backends(device: str) -> list[str]:
-    names = [b for b in _registry.available_backends(OP, device)]
+    names = [b for b in registry.available_backends(OP, device)]
     if device == "cpu":  # the Triton interpreter is a debugging tool, far too slow to time
         names = [b for b in names if b != "triton"]
     return names
@@ -141,8 +141,8 @@ def _memory(case: Case, shape: dict, y) -> dict:
                     bwd_memory_how="torch.cuda.max_memory_allocated during backward, above what was allocated")
     out = dict(bwd_grad_bytes=grads_bytes)
     if case.backend == "cpu":
-        ws = _ext.load("_cpu").ss2d_bwd_workspace_bytes(1, shape["H"], shape["W"], shape["D"], shape["N"], 0,
-                                                        torch.get_num_threads())
+        ws = registry.extension("_cpu").ss2d_bwd_workspace_bytes(1, shape["H"], shape["W"], shape["D"], shape["N"], 0,
+                                                     torch.get_num_threads())
         out.update(bwd_workspace_bytes=ws, bwd_memory_how="gradients allocated by torch + the kernel's own "
                                                           "workspace (exact, from ss2d_bwd_workspace_bytes)")
     else:
@@ -212,7 +212,7 @@ def bench_shape(shape: dict, device: str, repeats: int, quick: bool) -> list[dic
     seq_ms = sep_ms = None
     if device == "cpu":
         seq_ms = _baseline_ms("sequential", lambda: sequential_scan(*inputs), cases, device, repeats)
-    elif _registry.triton_available(device):
+    elif registry.triton_available(device):
         sep_ms = _baseline_ms("separate-ops", _separate_ops(inputs), cases, device, repeats)
     ref = next((r for r in rows if r["backend"] == "reference"), None)
     for r in rows:

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import dhkd_kernels
-from dhkd_kernels import _registry
+from dhkd_kernels import registry
 
 SS2D_SHAPES = [(8, 8), (32, 32), (64, 64)]  # Gnet stages at 256² input (4×4 is launch-overhead only)
 
 
 def _backends(op: str) -> list[str]:
-    return ["reference"] + [b for b in ("cpu",) if _registry.is_available(op, b, "cpu")]
+    return ["reference"] + [b for b in ("cpu",) if registry.is_available(op, b, "cpu")]
 
 
 def _ss2d_inputs(H, W, D=128, N=16):

@@ -1,7 +1,7 @@
 """dhkd_kernels: the op surface of DHKD's kernels.
 
 Each op has a plain-PyTorch reference beside its C++ CPU, CUDA and Triton backends; the backend is chosen
-per call by device and availability (see :mod:`dhkd_kernels._registry`), overridable with the
+per call by device and availability (see :mod:`dhkd_kernels.registry`), overridable with the
 ``DHKD_BACKEND`` environment variable or :func:`use_backend`.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ import importlib.util
 
 import torch
 
-from . import _ext, _registry
-from ._registry import use_backend
+from . import _ext, registry
+from .registry import use_backend
 from .fccm import fccm_forward
 from .scmm import scmm_modulate
 from .selective_scan import selective_scan
@@ -31,8 +31,8 @@ def backends() -> dict:
         built[name] = "built" if mod is not None else _ext.error(name)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     ops = {}
-    for op in _registry.ops():
-        ops[op] = {dev: {"available": _registry.available_backends(op, dev), "default": _registry.choose(op, torch.device(dev))}
+    for op in registry.ops():
+        ops[op] = {dev: {"available": registry.available_backends(op, dev), "default": registry.choose(op, torch.device(dev))}
                    for dev in devices}
     cpu = _ext.load("_cpu")
     return {
@@ -40,6 +40,6 @@ def backends() -> dict:
         "triton": importlib.util.find_spec("triton") is not None,
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "cpu_threads": cpu.num_threads() if cpu is not None else None,
-        "requested": _registry.requested_backend(),
+        "requested": registry.requested_backend(),
         "ops": ops,
     }

@@ -1,11 +1,6 @@
 """FCCM backend on the C++/OpenMP kernels of ``dhkd_kernels._cpu`` (csrc/fccm/fccm_cpu.cpp).
 
-Calling convention shared by the backends (``cpu``, ``cuda``, ``triton``):
-    pool_relu_forward(z, bias) -> out            out = relu(maxpool2x2(z + bias)), z's memory format
-    pool_relu_backward(dout, z, bias) -> (dz, dbias)
-    bias_gelu_forward(h, bias) -> out            out = gelu(h + bias), h's memory format
-    bias_gelu_backward(dout, h, bias) -> (dh, dbias)
-z, h, dout any strided (B, C, H, W) tensors; bias (C,) fp32 contiguous; dbias comes back fp32.
+Implements :class:`dhkd_kernels.fccm.ops.FCCMBackend`.
 """
 from __future__ import annotations
 

@@ -7,15 +7,17 @@ The fused FCCM forward keeps every convolution in the library and fuses what is 
     g = gelu(h + mix1_bias)                        fused kernel  (dhkd::fccm_bias_gelu)
     f = conv1x1(g, mix2_weight, mix2_bias)         library
 Both fused kernels have fused backward ops (gradient routed to the recomputed argmax / GELU derivative,
-plus the bias gradient). Backends live in ``dhkd_kernels/fccm/{cpu,cuda,triton}.py``.
+plus the bias gradient). Backends live in ``dhkd_kernels/fccm/{cpu,cuda,triton}.py`` and implement
+:class:`FCCMBackend`.
 """
 from __future__ import annotations
 
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from .. import _registry
+from .. import registry
 from .._binary_op import binary_custom_op
 from .._checks import IO_DTYPES, check_tensor
 from . import reference
@@ -28,13 +30,24 @@ OP = "fccm"
 _FUSED_GELU_BACKENDS = ("cuda", "triton")
 
 
-# Preference per device: first available wins (benchmarks/kernels_fused.py measures the order).
-_registry.register_op(OP, preference=_registry.DEFAULT_PREFERENCE)
-_registry.register_kernel_backends(OP, "fccm_pool_relu_fwd")
 
 
-def _impl(backend: str):
-    return _registry.backend_module(__package__, backend)
+class FCCMBackend(Protocol):
+    """What an FCCM kernel backend module defines. z, h, dout are any strided (B, C, H, W) tensors and the
+    outputs keep their memory format; bias is (C,) fp32 contiguous and dbias comes back fp32."""
+
+    def pool_relu_forward(self, z, bias) -> torch.Tensor: ...  # relu(maxpool2x2(z + bias))
+
+    def pool_relu_backward(self, dout, z, bias) -> tuple[torch.Tensor, torch.Tensor]: ...  # (dz, dbias)
+
+    def bias_gelu_forward(self, h, bias) -> torch.Tensor: ...  # gelu(h + bias)
+
+    def bias_gelu_backward(self, dout, h, bias) -> tuple[torch.Tensor, torch.Tensor]: ...  # (dh, dbias)
+
+
+# Preference per device: the default, compiled first (benchmarks/kernels_fused.py measures the order).
+_op = registry.register_op(OP, __package__, FCCMBackend, symbol="fccm_pool_relu_fwd")
+_impl = _op.implementation
 
 
 def _f32(bias: torch.Tensor) -> torch.Tensor:
@@ -71,16 +84,11 @@ def _check_map(name: str, t: torch.Tensor, min_hw: int) -> None:
         raise ValueError(f"{name} must be at least {min_hw}x{min_hw} spatially, got {H}x{W}")
 
 
-def _backend_for(t: torch.Tensor) -> str:
-    backend = _registry.choose(OP, t.device)
-    return "reference" if t.dtype == torch.float64 else backend
-
-
 def fccm_pool_relu(z, bias):
     """Fused relu(maxpool2x2(z + bias[c])): z (B, C, H, W) is the bias-free compression conv output."""
     _check_map("z", z, 2)
     check_tensor("bias", bias, (z.shape[1],), (z.dtype,), z.device)
-    backend = _backend_for(z)
+    backend = _op.backend_for(z)
     if backend == "reference":
         return reference.pool_relu_reference(z, bias)
     return _pool_relu_op(z, bias, backend)
@@ -90,7 +98,7 @@ def fccm_bias_gelu(h, bias):
     """Fused gelu(h + bias[c]) (exact erf): h (B, C, H, W) is the bias-free 3×3 mixer conv output."""
     _check_map("h", h, 1)
     check_tensor("bias", bias, (h.shape[1],), (h.dtype,), h.device)
-    backend = _backend_for(h)
+    backend = _op.backend_for(h)
     if backend == "reference":
         return reference.bias_gelu_reference(h, bias)
     return _bias_gelu_op(h, bias, backend)
@@ -119,7 +127,7 @@ def fccm_forward(x, down_weight, down_bias, mix1_weight=None, mix1_bias=None, mi
         check_tensor("mix1_bias", mix1_bias, (hidden,), (x.dtype,), x.device)
         check_tensor("mix2_weight", mix2_weight, (None, hidden, 1, 1), (x.dtype,), x.device)
         check_tensor("mix2_bias", mix2_bias, (mix2_weight.shape[0],), (x.dtype,), x.device)
-    backend = _backend_for(x)
+    backend = _op.backend_for(x)
     if backend == "reference":
         return reference.fccm_reference(x, down_weight, down_bias, *mix)
     p = _pool_relu_op(F.conv2d(x, down_weight, None, stride=2, padding=1), down_bias, backend)

@@ -1,6 +1,6 @@
 """FCCM backend in Triton (GPU, or the interpreter on CPU tensors with TRITON_INTERPRET=1).
 
-Same calling convention as ``cpu.py``. One program per (plane, block of pixels); bias gradients are
+Implements the backend protocol of ``ops.py``. One program per (plane, block of pixels); bias gradients are
 per-block partial sums reduced after the launch (deterministic, no atomics).
 """
 from __future__ import annotations

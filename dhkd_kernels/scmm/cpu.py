@@ -1,12 +1,6 @@
 """SCMM backend on the C++/OpenMP kernels of ``dhkd_kernels._cpu`` (csrc/scmm/scmm_cpu.cpp).
 
-Calling convention shared by the backends (``cpu``, ``cuda``, ``triton``):
-    two_scale_forward(x, wa, ba, wb, bb) -> s
-    two_scale_backward(ds, x, wa, wb) -> (dx, dwa, dba, dwb, dbb)
-    gate_forward(G, x) -> y
-    gate_backward(dy, G, x) -> (dG, dx)
-x, s, ds, dx any strided (B, C, H, W) tensors; wa, wb (C/2, 9) and ba, bb (C/2,) fp32 contiguous; the
-weight gradients come back fp32 in those shapes. The gate tensors share one dense layout (see ops.py).
+Implements :class:`dhkd_kernels.scmm.ops.SCMMBackend`.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """SCMM backend on the CUDA kernels of ``dhkd_kernels._cuda`` (csrc/scmm/scmm_cuda.cu).
 
-Same calling convention as ``cpu.py``; launches go to the current stream of the input's device.
+Implements the backend protocol of ``ops.py``; launches go to the current stream of the input's device.
 """
 from __future__ import annotations
 

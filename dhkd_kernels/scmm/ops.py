@@ -7,15 +7,16 @@ The fused SCMM forward is
     f = conv1x1(y, proj) + x       library GEMM plus add
 and its backward runs the two fused kernels' backward ops (``dhkd::scmm_two_scale_backward``,
 ``dhkd::scmm_gate_backward``) between the library's GEMM gradients. Backends live in
-``dhkd_kernels/scmm/{cpu,cuda,triton}.py`` (calling convention in ``cpu.py``).
+``dhkd_kernels/scmm/{cpu,cuda,triton}.py`` and implement :class:`SCMMBackend`.
 """
 from __future__ import annotations
 
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from .. import _registry
+from .. import registry
 from .._binary_op import binary_custom_op
 from .._checks import IO_DTYPES, check_tensor
 from . import reference
@@ -23,13 +24,23 @@ from . import reference
 OP = "scmm_modulate"
 
 
-# Preference per device: first available wins (benchmarks/kernels_fused.py measures the order).
-_registry.register_op(OP, preference=_registry.DEFAULT_PREFERENCE)
-_registry.register_kernel_backends(OP, "scmm_two_scale_fwd")
+class SCMMBackend(Protocol):
+    """What an SCMM kernel backend module defines. x, s, ds, dx are any strided (B, C, H, W) tensors; wa, wb
+    (C/2, 9) and ba, bb (C/2,) fp32 contiguous; weight gradients come back fp32 in those shapes. The gate
+    tensors share one dense layout (:func:`dense_format`)."""
+
+    def two_scale_forward(self, x, wa, ba, wb, bb) -> torch.Tensor: ...
+
+    def two_scale_backward(self, ds, x, wa, wb) -> tuple[torch.Tensor, ...]: ...  # (dx, dwa, dba, dwb, dbb)
+
+    def gate_forward(self, G, x) -> torch.Tensor: ...  # relu(G) * x + x
+
+    def gate_backward(self, dy, G, x) -> tuple[torch.Tensor, torch.Tensor]: ...  # (dG, dx)
 
 
-def _impl(backend: str):
-    return _registry.backend_module(__package__, backend)
+# Preference per device: the default, compiled first (benchmarks/kernels_fused.py measures the order).
+_op = registry.register_op(OP, __package__, SCMMBackend, symbol="scmm_two_scale_fwd")
+_impl = _op.implementation
 
 
 def dense_format(t: torch.Tensor) -> torch.memory_format:
@@ -136,16 +147,11 @@ def check_scmm_inputs(x, dw_a_weight, dw_a_bias, dw_b_weight, dw_b_bias, aggr_we
         check_tensor(name, t, shape, (x.dtype,), x.device)
 
 
-def _backend_for(x: torch.Tensor) -> str:
-    backend = _registry.choose(OP, x.device)
-    return "reference" if x.dtype == torch.float64 else backend
-
-
 def two_scale_depthwise(x, dw_a_weight, dw_a_bias, dw_b_weight, dw_b_bias):
     """The fused two-scale depth-wise branch alone: concat(dw3x3(x_a), up(dw3x3(adaptive_maxpool(x_b))))."""
     _check_x(x)
     _check_depthwise(x, dw_a_weight, dw_a_bias, dw_b_weight, dw_b_bias)
-    backend = _backend_for(x)
+    backend = _op.backend_for(x)
     if backend == "reference":
         return reference.two_scale_depthwise(x, dw_a_weight, dw_a_bias, dw_b_weight, dw_b_bias)
     return _two_scale_op(x, dw_a_weight, dw_a_bias, dw_b_weight, dw_b_bias, backend)
@@ -155,7 +161,7 @@ def gate_residual(G, x):
     """The fused epilogue alone: relu(G) * x + x."""
     check_tensor("x", x, (None, None, None, None), IO_DTYPES + (torch.float64,))
     check_tensor("G", G, tuple(x.shape), (x.dtype,), x.device)
-    backend = _backend_for(x)
+    backend = _op.backend_for(x)
     if backend == "reference":
         return F.relu(G) * x + x
     return _gate_op(G, x, backend)
@@ -172,7 +178,7 @@ def scmm_modulate(x, dw_a_weight, dw_a_bias, dw_b_weight, dw_b_bias, aggr_weight
     """
     check_scmm_inputs(x, dw_a_weight, dw_a_bias, dw_b_weight, dw_b_bias, aggr_weight, aggr_bias,
                       proj_weight, proj_bias)
-    backend = _backend_for(x)
+    backend = _op.backend_for(x)
     if backend == "reference":
         return reference.scmm_modulate_reference(x, dw_a_weight, dw_a_bias, dw_b_weight, dw_b_bias,
                                                  aggr_weight, aggr_bias, proj_weight, proj_bias)

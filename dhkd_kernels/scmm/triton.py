@@ -1,6 +1,6 @@
 """SCMM backend in Triton (GPU, or the interpreter on CPU tensors with TRITON_INTERPRET=1).
 
-Same calling convention as ``cpu.py``. Forward: one kernel writes the concatenated two-scale map directly
+Implements the backend protocol of ``ops.py``. Forward: one kernel writes the concatenated two-scale map directly
 (each half-resolution value is pooled and convolved on the fly, nothing intermediate is stored) and one
 flat kernel does relu(G)·x + x. Backward of the two-scale branch: two small kernels at half resolution
 (upsample-gradient sums; depth-wise input/weight gradients) and one full-resolution kernel that routes the

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dhkd_kernels import _ext
+from dhkd_kernels import registry
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,8 +43,8 @@ def cubin_archs(fatbin: bytes) -> set[int]:
 def test_cuda_module_built_with_ss2d():
     if os.environ.get("DHKD_NO_CUDA") == "1":
         pytest.skip("DHKD_NO_CUDA=1")
-    mod = _ext.load("_cuda")
-    assert mod is not None, f"nvcc is present but dhkd_kernels._cuda is missing: {_ext.error('_cuda')}"
+    mod = registry.extension("_cuda")
+    assert mod is not None, f"nvcc is present but dhkd_kernels._cuda is missing: {registry.extension_error('_cuda')}"
     for name in ("ss2d_fwd", "ss2d_bwd", "ss2d_workspace_floats"):
         assert hasattr(mod, name), name
     assert mod.SS2D_MAX_STATE >= 16

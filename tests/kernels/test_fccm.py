@@ -9,10 +9,10 @@ import torch
 import dhkd_kernels as dk
 import kernel_checks
 from kernel_checks import assert_close_all
-from dhkd_kernels import _registry
+from dhkd_kernels import registry
 from dhkd_kernels.fccm import fccm_bias_gelu, fccm_pool_relu, ops, reference
 
-CPU_BACKENDS = [b for b in ("cpu", "triton") if _registry.is_available(ops.OP, b, "cpu")]
+CPU_BACKENDS = [b for b in ("cpu", "triton") if registry.is_available(ops.OP, b, "cpu")]
 GPU = torch.cuda.is_available()
 # (batch, channels, hidden, H, W): odd sizes where the floor-mode pooling drops a row/column
 SHAPES = [(2, 5, 6, 9, 7), (1, 3, 4, 4, 4), (3, 4, 10, 8, 6), (1, 17, 9, 13, 11)]
@@ -147,7 +147,7 @@ def test_bad_inputs_raise_clear_errors():
 @pytest.mark.parametrize("kind", ["nchw", "channels_last", "strided"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 6e-2)])
 def test_gpu_matches_reference(backend, shape, kind, dtype, tol):
-    if not _registry.is_available(ops.OP, backend, "cuda"):
+    if not registry.is_available(ops.OP, backend, "cuda"):
         pytest.skip(f"{backend} not built/available")
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -1,5 +1,8 @@
 """The plain-PyTorch references against independent naive implementations, and the backend registry."""
 import math
+import sys
+import types
+import typing
 
 import numpy as np
 import pytest
@@ -7,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import dhkd_kernels
-from dhkd_kernels import _registry
+from dhkd_kernels import registry
 from dhkd_kernels.scmm.reference import scmm_modulate_reference
 from dhkd_kernels.selective_scan.reference import selective_scan_reference
 from dhkd_kernels.ss2d.reference import ss2d_scan_reference
@@ -191,20 +194,20 @@ def test_ss2d_input_errors():
 
 def test_backend_selection(monkeypatch):
     x = torch.device("cpu")
-    default = _registry.choose("ss2d_scan", x)
-    assert default == ("cpu" if _registry.is_available("ss2d_scan", "cpu", "cpu") else "reference")
+    default = registry.choose("ss2d_scan", x)
+    assert default == ("cpu" if registry.is_available("ss2d_scan", "cpu", "cpu") else "reference")
     with dhkd_kernels.use_backend("reference"):
-        assert _registry.choose("ss2d_scan", x) == "reference"
+        assert registry.choose("ss2d_scan", x) == "reference"
         with dhkd_kernels.use_backend(None):  # nested: back to the automatic choice
-            assert _registry.choose("ss2d_scan", x) == default
+            assert registry.choose("ss2d_scan", x) == default
     monkeypatch.setenv("DHKD_BACKEND", "reference")
-    assert _registry.choose("ss2d_scan", x) == "reference"
+    assert registry.choose("ss2d_scan", x) == "reference"
     monkeypatch.setenv("DHKD_BACKEND", "cuda")
     with pytest.raises(RuntimeError, match="backend 'cuda' was requested"):
-        _registry.choose("ss2d_scan", x)
+        registry.choose("ss2d_scan", x)
     monkeypatch.setenv("DHKD_BACKEND", "fastest")
     with pytest.raises(ValueError, match="DHKD_BACKEND"):
-        _registry.choose("ss2d_scan", x)
+        registry.choose("ss2d_scan", x)
     monkeypatch.delenv("DHKD_BACKEND")
     with pytest.raises(ValueError, match="unknown backend"):
         with dhkd_kernels.use_backend("cudnn"):
@@ -221,3 +224,43 @@ def test_missing_kernels_are_a_clear_error():
         _ext.require("_cpu", "frobnicate_fwd", "the frobnicate kernels")
     with pytest.raises(RuntimeError, match=r"dhkd_kernels\._nonexistent: not built"):
         _ext.require("_nonexistent", "x", "the x kernels")
+
+
+class _TwoFunctions(typing.Protocol):
+    def forward(self, x): ...
+
+    def backward(self, dy, x): ...
+
+
+def test_registry_checks_backends_against_the_protocol(monkeypatch):
+    monkeypatch.setattr(registry, "_ops", dict(registry.ops()))  # the fake op stays out of the real registry
+    package, complete, partial = (types.ModuleType(n) for n in ("fakeop", "fakeop.triton", "fakeop.cpu"))
+    complete.forward = complete.backward = lambda *args: None
+    partial.forward = lambda x: x
+    for mod in (package, complete, partial):
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    op = registry.register_op("fake", "fakeop", _TwoFunctions, symbol="fake_fwd")
+    assert op.implementation("triton") is complete
+    with pytest.raises(TypeError, match=r"fakeop.cpu does not implement _TwoFunctions: missing backward"):
+        op.implementation("cpu")
+    with pytest.raises(ValueError, match="no 'reference' kernel backend"):
+        op.implementation("reference")
+    assert registry.available_backends("fake", "cpu")[0] == "reference"  # no _cpu symbol fake_fwd
+    with pytest.raises(ValueError, match="no backend protocol"):
+        registry.register_op("fake2", "fakeop", None, backends=("triton",))
+    with pytest.raises(ValueError, match="need the symbol"):
+        registry.register_op("fake2", "fakeop", _TwoFunctions, backends=("cpu",))
+    with pytest.raises(KeyError, match="unknown op 'nope'"):
+        registry.choose("nope", torch.device("cpu"))
+
+
+def test_float64_runs_the_reference_whatever_the_request():
+    op = registry.ops()["scmm_modulate"]
+    x64, x32 = torch.zeros(1, dtype=torch.float64), torch.zeros(1)
+    assert op.backend_for(x64) == "reference"
+    assert op.backend_for(x32) == registry.choose("scmm_modulate", x32.device)
+    if registry.is_available("scmm_modulate", "cpu", "cpu"):
+        with dhkd_kernels.use_backend("cpu"):
+            assert op.backend_for(x64) == "reference" and op.backend_for(x32) == "cpu"
+    assert registry.extension("_nonexistent") is None
+    assert registry.extension_error("_nonexistent") == "not built"

@@ -9,10 +9,10 @@ import torch
 import dhkd_kernels as dk
 import kernel_checks
 from kernel_checks import assert_close_all
-from dhkd_kernels import _registry
+from dhkd_kernels import registry
 from dhkd_kernels.scmm import gate_residual, ops, reference, two_scale_depthwise
 
-CPU_BACKENDS = [b for b in ("cpu", "triton") if _registry.is_available(ops.OP, b, "cpu")]
+CPU_BACKENDS = [b for b in ("cpu", "triton") if registry.is_available(ops.OP, b, "cpu")]
 GPU = torch.cuda.is_available()
 # odd sizes where the adaptive windows overlap, batch > 1, channels not a multiple of a vector width
 SHAPES = [(2, 6, 7, 9), (3, 10, 5, 4), (1, 34, 8, 6), (2, 2, 2, 3), (1, 4, 3, 3)]
@@ -129,7 +129,7 @@ def test_opcheck(backend):
 
 def test_default_backend_on_cpu_is_the_compiled_one():
     if "cpu" in CPU_BACKENDS:
-        assert _registry.choose(ops.OP, torch.device("cpu")) == "cpu"
+        assert registry.choose(ops.OP, torch.device("cpu")) == "cpu"
 
 
 def test_float64_runs_the_reference():
@@ -161,7 +161,7 @@ def test_bad_inputs_raise_clear_errors():
 @pytest.mark.parametrize("shape", [(2, 6, 7, 9), (2, 384, 64, 64), (1, 34, 33, 31)])
 @pytest.mark.parametrize("kind", ["nchw", "channels_last", "strided"])
 def test_gpu_matches_reference(backend, shape, kind):
-    if not _registry.is_available(ops.OP, backend, "cuda"):
+    if not registry.is_available(ops.OP, backend, "cuda"):
         pytest.skip(f"{backend} not built/available")
     inputs = make_inputs(*shape, device="cuda", kind=kind)
     torch.backends.cudnn.allow_tf32 = False
@@ -173,7 +173,7 @@ def test_gpu_matches_reference(backend, shape, kind):
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-2), (torch.bfloat16, 6e-2)])
 def test_gpu_half_precision(backend, dtype, tol):
-    if not _registry.is_available(ops.OP, backend, "cuda"):
+    if not registry.is_available(ops.OP, backend, "cuda"):
         pytest.skip(f"{backend} not built/available")
     inputs = make_inputs(2, 6, 7, 9, dtype=dtype, device="cuda")
     assert_close_all(run(backend, inputs), run("reference", [t.float() for t in inputs]), atol=tol, rtol=tol)
