@@ -87,7 +87,7 @@ def test_train_two_categories_over_two_torchrun_ranks(tmp_path):
     opts = "dataset_options={size: 64, n_train: 4, n_test_good: 2, n_test_defect: 2}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",  # a free port
            "-m", "dhkd.cli", "train", "--dataset", "synthetic", "--root", str(tmp_path / "data"),
-           "--category", "cat_a,cat_b", "--preset", "tiny", "--image-size", "64", "--steps", "2",
+           "--category", "cat_a,cat_b", "--teacher", "random", "--preset", "tiny", "--image-size", "64", "--steps", "2",
            "--device", "cpu", "--output", str(tmp_path / "runs"), "--set", opts]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

@@ -6,7 +6,7 @@ import torch
 from dhkd.cli import main
 from dhkd.export import as_detector, export_onnx, export_program
 from dhkd.inference import AnomalyDetector
-from dhkd.io import save_model
+from dhkd.persistence import save_model
 from dhkd.models import DHKD
 
 

@@ -135,7 +135,7 @@ def build_detector(preset: str, model_path: str | None, calib: torch.Tensor, see
     from dhkd.models import DHKD
 
     if model_path is not None:
-        from dhkd.io import load_model
+        from dhkd.persistence import load_model
 
         path = Path(model_path)
         return AnomalyDetector(load_model(path / "model.safetensors" if path.is_dir() else path))
@@ -252,7 +252,7 @@ def _image_size(preset: str, cfg: BenchmarkConfig) -> int:
     from dhkd.models import preset as get_preset
 
     if cfg.model is not None:
-        from dhkd.io import load_model
+        from dhkd.persistence import load_model
 
         path = Path(cfg.model)
         return load_model(path / "model.safetensors" if path.is_dir() else path).image_size
@@ -423,7 +423,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dhkd.io import atomic_write_json
+    from dhkd.persistence import atomic_write_json
 
     result = run_benchmark(config_from_args(args))
     print(format_report(result))

@@ -29,7 +29,7 @@ def run(args) -> int:
     from dhkd.train import TrainConfig, Trainer
 
     cfg = TrainConfig(dataset="synthetic", root=str(args.output / "data"), category="synthetic",
-                      preset=args.preset, image_size=args.image_size, steps=args.steps, lr=args.lr,
+                      preset=args.preset, teacher="random", image_size=args.image_size, steps=args.steps, lr=args.lr,
                       lr_decay_step=int(0.9 * args.steps), seed=args.seed, device=args.device,
                       run_dir=str(args.output / "run"), checkpoint_every=max(100, args.steps // 4),
                       overlays=True)

@@ -60,7 +60,7 @@ def run(args) -> int:
         raise SystemExit("dhkd evaluate: give exactly one of --maps DIR (maps of any method) or --model RUN")
     if args.model is not None:
         from dhkd.allocator import keep_freed_memory
-        from dhkd.io import load_model
+        from dhkd.persistence import load_model
 
         keep_freed_memory()
 

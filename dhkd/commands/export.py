@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from dhkd.export import export_onnx, export_program
-    from dhkd.io import load_model
+    from dhkd.persistence import load_model
 
     path = args.model / "model.safetensors" if args.model.is_dir() else args.model
     model = load_model(path)

@@ -34,7 +34,7 @@ def run(args) -> int:
     from dhkd.data.common import IMAGE_EXTENSIONS, list_images, preprocess, read_rgb
     from dhkd.eval.visualize import save_overlay
     from dhkd.inference import AnomalyDetector
-    from dhkd.io import atomic_write_json, load_model
+    from dhkd.persistence import atomic_write_json, load_model
     from dhkd.train.trainer import pick_device
 
     if args.mode not in MODES:

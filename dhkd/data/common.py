@@ -86,6 +86,39 @@ def image_size(path: Path) -> tuple[int, int]:
     return h, w
 
 
+def image_problem(path: Path) -> str | None:
+    """Why the image file ``path`` cannot be used (missing, unreadable, truncated, empty), or None.
+
+    Fast: PNG/TIFF/BMP are checked with Pillow's ``verify`` (headers and checksums, no decoding); JPEGs
+    are decoded at 1/8 scale, which reads the whole entropy-coded stream and so finds truncated files.
+    """
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w < 1 or h < 1:
+                return f"empty image ({w}x{h})"
+            if img.format == "JPEG":
+                img.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                img.load()
+            else:
+                img.verify()
+    except FileNotFoundError:
+        return "file not found"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        return f"cannot be read ({e})"
+    return None
+
+
+def check_images(paths: Sequence[Path]) -> None:
+    """Raise one :class:`DatasetError` listing every file of ``paths`` that :func:`image_problem` rejects."""
+    bad = [(p, why) for p in paths if (why := image_problem(p)) is not None]
+    if bad:
+        shown = "\n".join(f"  {p}: {why}" for p, why in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DatasetError(f"{len(bad)} of {len(paths)} image files are unreadable (fix or remove them):\n"
+                           f"{shown}{more}")
+
+
 def read_mask_values(path: Path, expected_size: tuple[int, int] | None) -> np.ndarray:
     """A ground-truth PNG as a 2-D uint8 array with its pixel values kept (colour masks: max over channels)."""
     arr = np.asarray(_open(path))

@@ -2,6 +2,6 @@
 from .config import PRESETS, DHKDConfig, preset
 from .dhkd import DHKD
 from .teacher import PDN
-from .teacher_io import load_teacher, save_teacher
+from dhkd.persistence.teacher import load_teacher, save_teacher
 
 __all__ = ["DHKD", "DHKDConfig", "PDN", "PRESETS", "load_teacher", "preset", "save_teacher"]

@@ -1,4 +1,4 @@
-"""Reading and writing teacher (PDN) weight files.
+"""Reading and writing teacher (PDN) weight files (re-exported by :mod:`dhkd.models`).
 
 :func:`load_teacher` accepts every public layout of EfficientAD teacher weights:
 
@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .teacher import PDN
+from .atomic import atomic_write
 
 # Sequential indices of the convolutions in EfficientAD's get_pdn_small / get_pdn_medium.
 _SEQUENTIAL_CONV_INDEX = {"small": (0, 3, 6, 8), "medium": (0, 3, 6, 8, 10, 12)}
@@ -142,13 +141,15 @@ def _to_pdn_state(sd: dict, path: Path, size: str) -> tuple[dict[str, torch.Tens
     return state, out_channels
 
 
-def load_teacher(path: str | os.PathLike, size: str = "medium", padding: bool = True) -> PDN:
+def load_teacher(path: str | os.PathLike, size: str = "medium", padding: bool = True):
     """Load teacher weights from ``path`` into a frozen :class:`PDN` (eval mode, no gradients).
 
     ``size`` is ``"small"`` or ``"medium"``; ``padding`` only changes the output size (64×64 vs 56×56
     at 256²). The file's safetensors metadata, if any, is kept in ``teacher.metadata``. Raises
     :class:`TeacherFileError` (a ``ValueError``) naming the file for any unusable file.
     """
+    from dhkd.models.teacher import PDN  # imported here: dhkd.models re-exports this module's functions
+
     if size not in _SEQUENTIAL_CONV_INDEX:
         raise ValueError(f"teacher size must be 'small' or 'medium', got {size!r}")
     path = Path(path)
@@ -174,12 +175,14 @@ def load_teacher(path: str | os.PathLike, size: str = "medium", padding: bool = 
     return teacher
 
 
-def save_teacher(module: PDN, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+def save_teacher(module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
     """Write ``module``'s weights to a safetensors file atomically (temporary file, then rename).
 
     The metadata always records ``format``, ``size``, ``padding`` and ``out_channels``; values of
     ``metadata`` that are not strings are stored as JSON.
     """
+    from dhkd.models.teacher import PDN
+
     if not isinstance(module, PDN):
         raise TypeError(f"save_teacher expects a PDN, got {type(module).__name__}")
     path = Path(path)
@@ -194,21 +197,3 @@ def save_teacher(module: PDN, path: str | os.PathLike, metadata: dict | None = N
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
 
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_name)`` for a temporary file beside ``path``, then rename it over ``path``.
-
-    The file gets the usual permissions (0666 less the umask); on any failure the temporary file is
-    removed and ``path`` is left as it was.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

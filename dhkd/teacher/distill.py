@@ -5,18 +5,15 @@ projected 384-channel feature map of the same image at ``backbone.input_scale``Â
 channel with a mean and std estimated once on ``stat_images`` augmented samples. Loss: MSE. Optimiser:
 Adam (lr 1e-4, weight decay 1e-5 by default, as in EfficientAD's pretraining).
 
-Checkpoints (every ``checkpoint_every`` steps and at the end) go to a folder holding
-``state-<step>.safetensors`` (PDN weights, Adam moments, target statistics) and ``checkpoint.json``
-(step, configuration, Adam's scalar state, the data generator's RNG state, recent losses). Each file is
-written to a temporary name and renamed; ``checkpoint.json`` is renamed last and names its tensor file,
-so an interrupted save leaves the previous checkpoint intact. Resuming restores everything, so a
-resumed run produces the same weights as an uninterrupted one.
+Checkpoints (every ``checkpoint_every`` steps and at the end) go to a folder written by
+:mod:`dhkd.persistence.distill`: a kill at any moment leaves the previous or the new checkpoint. Resuming
+restores everything, so a resumed run produces the same weights as an uninterrupted one. A loss that
+turns NaN or infinite stops the run at once, naming the step.
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
-import json
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,17 +21,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
 from ..models.teacher import PDN
-from ..models.teacher_io import atomic_write, save_teacher
+from ..persistence.distill import distill_checkpoint, load_distill_checkpoint, save_distill_checkpoint
+from ..persistence.teacher import save_teacher
 from .images import PairedViews, find_images
 
 _IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 _IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-_CHECKPOINT_JSON = "checkpoint.json"
 _RECENT = 100  # losses averaged for the reported final loss
 
 
@@ -116,56 +112,6 @@ def target_loss(pdn: nn.Module, backbone: nn.Module, big: torch.Tensor, small: t
     return F.mse_loss(pred, target)
 
 
-def save_checkpoint(folder: Path, step: int, pdn: PDN, opt: torch.optim.Optimizer, mean: torch.Tensor,
-                    std: torch.Tensor, gen: torch.Generator, state: dict) -> Path:
-    """Write a checkpoint for ``step`` (see the module docstring); returns the JSON file's path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"pdn.{k}": v.detach().cpu().contiguous() for k, v in pdn.state_dict().items()}
-    opt_sd = opt.state_dict()
-    opt_scalars = {}
-    for idx, pstate in opt_sd["state"].items():
-        for k, v in pstate.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"opt.{idx}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                opt_scalars.setdefault(str(idx), {})[k] = v
-    tensors["target_mean"], tensors["target_std"] = mean.contiguous(), std.contiguous()
-    tensor_name = f"state-{step:08d}.safetensors"
-    atomic_write(folder / tensor_name, lambda tmp: save_file(tensors, tmp))
-    doc = dict(state, format="dhkd-distill-checkpoint", step=step, tensors=tensor_name,
-               optimizer={"param_groups": opt_sd["param_groups"], "scalars": opt_scalars},
-               rng=base64.b64encode(gen.get_state().numpy().tobytes()).decode("ascii"))
-    path = folder / _CHECKPOINT_JSON
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
-    for old in folder.glob("state-*.safetensors"):
-        if old.name != tensor_name:
-            old.unlink(missing_ok=True)
-    return path
-
-
-def load_checkpoint(folder: Path, pdn: PDN, opt: torch.optim.Optimizer, gen: torch.Generator):
-    """Restore a checkpoint into ``pdn``, ``opt`` and ``gen``; return (json document, mean, std)."""
-    path = folder / _CHECKPOINT_JSON
-    try:
-        doc = json.loads(path.read_text())
-        tensors = load_file(str(folder / doc["tensors"]))
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"checkpoint {path}: cannot be read ({type(e).__name__}: {e})") from e
-    if doc.get("format") != "dhkd-distill-checkpoint":
-        raise ValueError(f"checkpoint {path}: not a dhkd distillation checkpoint")
-    pdn.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("pdn.")}, strict=True)
-    opt_state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, idx, name = k.split(".", 2)
-            opt_state.setdefault(int(idx), {})[name] = v
-    for idx, scalars in doc["optimizer"]["scalars"].items():
-        opt_state.setdefault(int(idx), {}).update(scalars)
-    opt.load_state_dict({"state": opt_state, "param_groups": doc["optimizer"]["param_groups"]})
-    gen.set_state(torch.frombuffer(bytearray(base64.b64decode(doc["rng"])), dtype=torch.uint8))
-    return doc, tensors["target_mean"], tensors["target_std"]
-
-
 def default_checkpoint_dir(output: Path) -> Path:
     return output.with_name(output.name.removesuffix(".safetensors") + ".ckpt")
 
@@ -193,11 +139,12 @@ def distill(images_dir, output, config: DistillConfig, backbone: nn.Module, *, c
     gen = torch.Generator().manual_seed(config.seed)
     run_config = {k: v for k, v in dataclasses.asdict(config).items() if k != "steps"}
     run_config.update(backbone=backbone.name, crop_scale=list(config.crop_scale))
-    has_checkpoint = (folder / _CHECKPOINT_JSON).is_file()
+    files = distill_checkpoint(folder)
+    has_checkpoint = files.exists()
     if has_checkpoint and not resume:
-        raise FileExistsError(f"checkpoint {folder / _CHECKPOINT_JSON} exists: resume it or remove {folder}")
+        raise FileExistsError(f"checkpoint {files.state_path} exists: resume it or remove {folder}")
     if resume and has_checkpoint:
-        doc, mean, std = load_checkpoint(folder, pdn, opt, gen)
+        doc, mean, std = load_distill_checkpoint(folder, pdn, opt, gen)
         if doc["config"] != run_config:
             diff = {k: (doc["config"].get(k), v) for k, v in run_config.items() if doc["config"].get(k) != v}
             raise ValueError(f"checkpoint {folder}: its configuration differs from this run's "
@@ -210,7 +157,7 @@ def distill(images_dir, output, config: DistillConfig, backbone: nn.Module, *, c
     def checkpoint(step_now: int) -> None:
         state = {"config": run_config, "recent_losses": recent[-_RECENT:], "wall_s": wall + time.perf_counter() - t0,
                  "images_dir": str(images_dir), "images": len(paths)}
-        save_checkpoint(folder, step_now, pdn, opt, mean, std, gen, state)
+        save_distill_checkpoint(folder, step_now, pdn, opt, mean, std, gen, state)
 
     history: list[float] = []
     t0 = time.perf_counter()
@@ -219,11 +166,14 @@ def distill(images_dir, output, config: DistillConfig, backbone: nn.Module, *, c
     while step < config.steps:
         big, small = views.batch(config.batch_size, gen)
         loss = target_loss(pdn, backbone, big.to(device), small.to(device), mean, std)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"distillation loss is {value} at step {step + 1}: the run diverged; "
+                                     f"lower --lr, or resume from the last checkpoint in {folder}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
-        value = loss.item()
         history.append(value)
         recent = (recent + [value])[-_RECENT:]
         bar.update(1)

@@ -8,6 +8,13 @@ from pathlib import Path
 
 import yaml
 
+# ``teacher`` values that ask for the randomly initialised (untrained) teacher instead of a weights file.
+UNTRAINED_TEACHERS = ("random", "untrained")
+NO_TEACHER_HELP = ("training needs a teacher: pass --teacher FILE with EfficientAD's teacher_medium.pth / "
+                   "teacher_small.pth, an anomalib file or one made by `dhkd distill-teacher` (how to get one: "
+                   "docs/teacher.md), or --teacher random to distil against an untrained teacher (for tests and "
+                   "demos only: its maps are far worse)")
+
 
 @dataclass
 class TrainConfig:
@@ -22,7 +29,7 @@ class TrainConfig:
     # model
     preset: str = "paper"
     model_overrides: dict = field(default_factory=dict)   # DHKDConfig fields, e.g. {"use_hstm": false}
-    teacher: str = ""                  # teacher weights (EfficientAD .pth or distilled .safetensors); "" = random
+    teacher: str = ""                  # teacher weights (EfficientAD .pth or distilled .safetensors), or "random"
     # optimisation (DHKD paper: batch 1, Adam 1e-4, wd 1e-5, 100k steps, lr ×0.1 after 76k)
     steps: int = 100_000
     batch_size: int = 1
@@ -52,6 +59,8 @@ class TrainConfig:
             raise ValueError("set the dataset root (--root)")
         if not self.category:
             raise ValueError("set the category (--category)")
+        if not self.teacher:
+            raise ValueError(NO_TEACHER_HELP)
         if self.hard_mining and not 0.0 < self.hard_mining < 1.0:
             raise ValueError(f"hard_mining is a quantile in (0, 1) or 0 (off), got {self.hard_mining}")
         return self

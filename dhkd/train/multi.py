@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from dhkd.io import atomic_write_bytes, atomic_write_json
+from dhkd.persistence import atomic_write_bytes, atomic_write_json
 
 from .config import TrainConfig
 from .trainer import Trainer

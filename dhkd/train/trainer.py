@@ -1,7 +1,13 @@
-"""The DHKD training loop: the paper recipe, exact resume, atomic checkpoints, a progress bar."""
+"""The DHKD training loop: the paper recipe, exact resume, kill-safe checkpoints, a progress bar.
+
+Problems surface before training starts (every image of the splits used is decode-checked, the teacher
+file is read) or at the step where they happen (a NaN/Inf loss stops the run at once, naming the step).
+"""
 from __future__ import annotations
 
 import contextlib
+import math
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -10,11 +16,12 @@ import torch
 from tqdm import tqdm
 
 from dhkd.data import build_dataset
-from dhkd.io import atomic_write_bytes, atomic_write_json, save_model
+from dhkd.data.common import check_images
 from dhkd.models import DHKD
+from dhkd.persistence import atomic_write_bytes, atomic_write_json, save_model
+from dhkd.persistence.training import has_checkpoint, load_checkpoint, save_checkpoint, training_checkpoint
 
-from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import UNTRAINED_TEACHERS, TrainConfig
 
 
 def pick_device(name: str) -> torch.device:
@@ -46,22 +53,45 @@ def teacher_statistics(outputs) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, var.sqrt()
 
 
+def claim_run_dir(parent: Path, stamp: str) -> Path:
+    """Create and return a new folder ``parent/stamp`` (``stamp-2``, ``stamp-3``, ... when taken).
+
+    ``mkdir`` is atomic, so trainings started together with the same output never share a folder.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free run folder name for {stamp} under {parent}")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step and what to try."""
+
+
 class Trainer:
-    """Train one model on one category. ``run()`` returns a summary dict (and writes it to the run dir)."""
+    """Train one model on one category. ``run()`` returns a summary dict (and writes it to the run dir).
+
+    Without ``config.run_dir`` the run gets a new folder ``output/<dataset>/<category>/<timestamp>``
+    (claimed atomically when ``run()`` starts); ``run_dir`` is then known.
+    """
 
     def __init__(self, config: TrainConfig, timestamp: str | None = None):
         self.cfg = config.validate()
         self.device = pick_device(config.device)
-        stamp = timestamp or datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.run_dir = Path(config.run_dir) if config.run_dir else (
-            Path(config.output) / config.dataset / config.category / stamp)
+        self.stamp = timestamp or datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.run_dir = Path(config.run_dir) if config.run_dir else None
 
     # ------------------------------------------------------------------ set-up
     def build_model(self) -> DHKD:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         model = DHKD.from_preset(cfg.preset, **{"image_size": cfg.image_size, **cfg.model_overrides})
-        if cfg.teacher:
+        if cfg.teacher not in UNTRAINED_TEACHERS:
             from dhkd.models import load_teacher
 
             teacher = load_teacher(cfg.teacher, size=model.config.teacher_size, padding=True)
@@ -74,13 +104,48 @@ class Trainer:
             return torch.autocast("cuda", dtype=dtype)
         return contextlib.nullcontext()
 
-    def run(self) -> dict:
-        cfg, device = self.cfg, self.device
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.run_dir / "config.yaml", cfg.dump_yaml().encode())
+    def check_data(self):
+        """Build the splits this run uses and decode-check every image; returns the training split.
+
+        All unreadable files are listed in one :class:`dhkd.data.DatasetError` before any training.
+        """
+        cfg = self.cfg
         train_set = build_dataset(cfg.dataset, cfg.root, cfg.category, "train", cfg.image_size, cfg.seed,
                                   **cfg.dataset_options)
-        model = self.build_model()
+        splits = [train_set]
+        if cfg.evaluate:
+            splits += [build_dataset(cfg.dataset, cfg.root, cfg.category, split, cfg.image_size, cfg.seed,
+                                     **cfg.dataset_options) for split in ("validation", "test")]
+        check_images(sorted({s.path for d in splits for s in d.samples}))
+        return train_set
+
+    def run(self) -> dict:
+        """Train (continuing from the run folder's checkpoint if there is one), evaluate, save the model.
+
+        If the run fails before its first checkpoint, the folder it created is removed; after that it is
+        kept (resumable) with a ``failed.json`` naming the error.
+        """
+        train_set = self.check_data()
+        model = self.build_model()  # reads the teacher file: a bad one fails before any folder is made
+        created = self.run_dir is None or not self.run_dir.exists()
+        if self.run_dir is None:
+            self.run_dir = claim_run_dir(Path(self.cfg.output) / self.cfg.dataset / self.cfg.category, self.stamp)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            summary = self._run(train_set, model)
+        except BaseException as exc:
+            if created and not has_checkpoint(self.run_dir):
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            elif self.run_dir.is_dir():
+                atomic_write_json(self.run_dir / FAILED, {"error": f"{type(exc).__name__}: {exc}",
+                                                          "resume": f"dhkd train --resume {self.run_dir}"})
+            raise
+        (self.run_dir / FAILED).unlink(missing_ok=True)
+        return summary
+
+    def _run(self, train_set, model: DHKD) -> dict:
+        cfg, device = self.cfg, self.device
+        atomic_write_bytes(self.run_dir / "config.yaml", cfg.dump_yaml().encode())
         optimizer = torch.optim.Adam(model.student_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(  # lr_decay_step <= 0: never decay
             optimizer, cfg.lr_decay_step if cfg.lr_decay_step > 0 else 2**62, cfg.lr_gamma)
@@ -90,8 +155,10 @@ class Trainer:
         images = _ImageSource(train_set, cache=cfg.cache_teacher)
         start = 0
         if has_checkpoint(self.run_dir):
-            start = load_checkpoint(self.run_dir, model, optimizer, scheduler)
+            start = load_checkpoint(self.run_dir, model, optimizer, scheduler, cfg.to_dict())
             print(f"resuming {self.run_dir} at step {start}")
+        else:
+            training_checkpoint(self.run_dir).tidy(keep=None)  # what a kill during a first save left
         t0 = time.time()
         raw = images.teacher_outputs(model, device) if cfg.cache_teacher else None  # one teacher pass, kept
         if raw is not None:
@@ -123,6 +190,7 @@ class Trainer:
                 if penalty is not None:
                     out["loss_penalty"] = (model.features(penalty.get(step).to(device))["f_l"] ** 2).mean()
                     loss = loss + out["loss_penalty"]
+            self._check_finite(step + 1, loss, out)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -150,6 +218,19 @@ class Trainer:
                    extra={"dataset": cfg.dataset, "category": cfg.category, "steps": done})
         atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
+
+    def _check_finite(self, step: int, loss: torch.Tensor, parts: dict) -> None:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            terms = ", ".join(f"{k} = {float(v.detach()):.4g}" for k, v in parts.items())
+            last = training_checkpoint(self.run_dir)
+            where = f"; the last good state is the checkpoint in {self.run_dir}" if last.exists() else ""
+            raise TrainingDiverged(f"training loss is {value} at step {step} ({terms}): the run diverged; try a "
+                                   f"lower learning rate (--set lr=...), amp=false on GPU, or check the teacher "
+                                   f"file and the training images{where}")
+
+
+FAILED = "failed.json"
 
 
 class _ImageSource:

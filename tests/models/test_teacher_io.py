@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from dhkd.models import PDN, load_teacher, save_teacher
-from dhkd.models.teacher_io import TeacherFileError
+from dhkd.persistence.teacher import TeacherFileError
 
 SEQ_INDEX = {"small": (0, 3, 6, 8), "medium": (0, 3, 6, 8, 10, 12)}
 
@@ -217,7 +217,7 @@ def test_save_teacher_is_atomic(tmp_path, small, medium, monkeypatch):
         pathlib.Path(filename).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr("dhkd.models.teacher_io.save_file", failing_save)
+    monkeypatch.setattr("dhkd.persistence.teacher.save_file", failing_save)
     with pytest.raises(OSError, match="disk full"):
         save_teacher(medium, path)
     assert path.read_bytes() == before

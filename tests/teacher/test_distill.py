@@ -13,8 +13,8 @@ from torch import nn
 from dhkd.cli import main as cli_main
 from dhkd.models import load_teacher
 from dhkd.teacher.backbones import BackboneUnavailable, build_backbone, project_patches
-from dhkd.teacher.distill import (DistillConfig, distill, estimate_target_stats, initial_pdn, load_checkpoint,
-                                  target_loss)
+from dhkd.persistence.distill import load_distill_checkpoint as load_checkpoint
+from dhkd.teacher.distill import DistillConfig, distill, estimate_target_stats, initial_pdn, target_loss
 from dhkd.teacher.images import PairedViews, find_images
 
 
@@ -168,7 +168,7 @@ def test_checkpoint_guards(image_dir, tmp_path, monkeypatch):
     def failing_save(tensors, filename, metadata=None):
         raise OSError("disk full")
 
-    monkeypatch.setattr("dhkd.teacher.distill.save_file", failing_save)
+    monkeypatch.setattr("dhkd.persistence.weights.save_file", failing_save)
     with pytest.raises(OSError, match="disk full"):
         distill(image_dir, out, _config(4), TinyTarget(), checkpoint_every=2, resume=True, progress=False)
     monkeypatch.undo()

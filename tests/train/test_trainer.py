@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from dhkd.io import load_model
+from dhkd.persistence import load_model
 from dhkd.train import TrainConfig, Trainer
 from dhkd.train.trainer import sample_indices
 
-SYNTH = {"dataset": "synthetic", "category": "synthetic", "preset": "tiny", "image_size": 64,
+SYNTH = {"dataset": "synthetic", "category": "synthetic", "preset": "tiny", "image_size": 64, "teacher": "random",
          "lr": 1e-3, "lr_decay_step": 3,
          "dataset_options": {"size": 64, "n_train": 6, "n_test_good": 2, "n_test_defect": 3}, "checkpoint_every": 2, "evaluate": False, "log_every": 1}
 
@@ -38,7 +38,7 @@ def test_resume_is_exact(synth_root, tmp_path, cache):
         assert torch.equal(a[k], b[k]), k
     state = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
     assert state["step"] == 4 and state["scheduler"]["last_epoch"] == 4
-    assert state["optimizer_param_groups"][0]["lr"] == pytest.approx(1e-4)  # decayed ×0.1 after step 3
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)  # decayed ×0.1 after step 3
 
 
 def test_teacher_statistics_and_run_layout(synth_root, tmp_path):
@@ -63,10 +63,10 @@ def test_time_limit_stops_early_and_resume_continues(synth_root, tmp_path):
 def test_corrupt_checkpoint_is_detected(synth_root, tmp_path):
     cfg = TrainConfig(**dict(SYNTH, root=str(synth_root), steps=2, run_dir=str(tmp_path / "r")))
     Trainer(cfg).run()
-    with open(tmp_path / "r" / "checkpoint.safetensors", "r+b") as f:
+    with open(tmp_path / "r" / "checkpoint-00000002.safetensors", "r+b") as f:
         f.seek(200)
         f.write(b"garbage!")
-    with pytest.raises(ValueError, match="inconsistent"):
+    with pytest.raises(ValueError, match="does not match checkpoint-00000002.safetensors"):
         Trainer(TrainConfig(**dict(SYNTH, root=str(synth_root), steps=3, run_dir=str(tmp_path / "r")))).run()
 
 
