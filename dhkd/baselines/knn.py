@@ -84,6 +84,6 @@ class KNNScorer(nn.Module):
         bank_sq = (self.bank ** 2).sum(1)
         out = []
         for chunk in q.split(self.config.query_chunk):
-            d2 = (chunk ** 2).sum(1, keepdim=True) - 2 * chunk @ self.bank.T + bank_sq
-            out.append(d2.amin(1).clamp_min(0).sqrt())
+            nearest = (bank_sq - 2 * chunk @ self.bank.T).argmin(1)  # |q|² is the same for every bank entry
+            out.append((chunk - self.bank[nearest]).norm(dim=1))      # exact distance to the nearest one
         return torch.cat(out).reshape(b, 1, h, w)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_bytes
+from ..persistence import atomic_write_bytes
 from .metrics import MetricResults
 
 GROUND_TRUTH_WORDS = {"image_labels": "image labels", "pixel_masks": "pixel masks",

@@ -1,0 +1,222 @@
+"""Side-by-side comparison of DHKD, its ablations and the baselines on the same splits, evaluator and metrics.
+
+Each method is fitted on the training split (good images), calibrated on the validation split where it
+needs it, and scored on the test split by :mod:`dhkd.eval.evaluator` (full-resolution maps, the metrics the
+dataset's ground truth allows). Per method and dataset: the evaluator's results.json, the fitting time
+(training, teacher statistics and calibration; teacher distillation excluded and reported apart) and the
+inference time per image at batch 1 (mean over the timed test images after one warm-up, fp32, this process's
+threads). ``compare(...)`` writes ``<output>/<dataset>_<category>/<method>/results.json`` and
+``<output>/compare.md`` / ``compare.json``.
+
+Methods (:data:`METHODS`): ``knn`` (training-free), ``efficientad-s`` / ``efficientad-m`` (same teacher and
+steps as DHKD), ``dhkd`` (the preset's full model) and its ablations ``dhkd-no-hstm``, ``dhkd-no-scmm``,
+``dhkd-no-fccm``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..data import build_dataset
+from ..eval.evaluator import evaluate_scorer
+from ..persistence import atomic_write_bytes
+
+DHKD_ABLATIONS = {"dhkd": {}, "dhkd-no-hstm": {"use_hstm": False}, "dhkd-no-scmm": {"use_scmm": False},
+                  "dhkd-no-fccm": {"use_fccm": False}}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """One dataset category to compare on (``root`` as :func:`dhkd.data.build_dataset` takes it)."""
+    dataset: str
+    root: str
+    category: str
+
+    @classmethod
+    def parse(cls, text: str) -> "DataSpec":
+        """``dataset:root:category``, e.g. ``mvtec_ad:/data/mvtec_ad:bottle`` or ``elpv:installed:all``."""
+        parts = text.split(":")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"dataset spec {text!r}: expected dataset:root:category")
+        return cls(*parts)
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}_{self.category}"
+
+
+@dataclass
+class CompareConfig:
+    """Budget and settings shared by all methods (the same steps and lr for every trained method)."""
+    output: str = "runs/compare"
+    teachers: dict[str, str] = field(default_factory=dict)   # DataSpec.key (or "*") -> teacher weights
+    preset: str = "small"
+    steps: int = 2500
+    lr: float = 5e-4
+    lr_decay_step: int = 2000
+    time_limit_minutes: float = 0.0
+    image_size: int = 256
+    seed: int = 0
+    timed_images: int = 20
+    knn_bank_size: int = 20000
+
+
+@dataclass
+class MethodResult:
+    """One row of the comparison."""
+    method: str
+    dataset: str
+    category: str
+    metrics: dict
+    fit_seconds: float
+    ms_per_image: float
+    steps: int | None
+    teacher: str | None
+    results_path: str
+    notes: str = ""
+
+
+def _teacher_for(spec: DataSpec, cfg: CompareConfig) -> str:
+    path = cfg.teachers.get(spec.key) or cfg.teachers.get("*")
+    if not path:
+        raise ValueError(f"no teacher for {spec.key}: pass --teacher {spec.key}=PATH (or --teacher PATH); "
+                         "see docs/recipe.md for distilling one on the training split")
+    return path
+
+
+@torch.no_grad()
+def time_per_image(map_fn: Callable, dataset, n: int) -> float:
+    """Mean milliseconds of ``map_fn`` on single images (the first ``n`` of ``dataset``, one warm-up)."""
+    images = [dataset[i]["image"][None] for i in range(min(n, len(dataset)))]
+    map_fn(images[0])
+    t0 = time.perf_counter()
+    for x in images:
+        map_fn(x)
+    return 1000 * (time.perf_counter() - t0) / len(images)
+
+
+def _fit_knn(spec: DataSpec, cfg: CompareConfig, out: Path):
+    from .knn import KNNConfig, KNNScorer
+
+    scorer = KNNScorer(KNNConfig(image_size=cfg.image_size, bank_size=cfg.knn_bank_size, seed=cfg.seed))
+    t0 = time.time()
+    scorer.fit(build_dataset(spec.dataset, spec.root, spec.category, "train", cfg.image_size, cfg.seed))
+    return scorer.anomaly_map, time.time() - t0, None, None, f"memory bank {scorer.bank.shape[0]} patches"
+
+
+def _fit_efficientad(size: str):
+    def fit(spec: DataSpec, cfg: CompareConfig, out: Path):
+        from ..models import load_teacher
+        from .efficientad import EfficientAD, EfficientADConfig
+
+        teacher_path = _teacher_for(spec, cfg)
+        model = EfficientAD(EfficientADConfig(size=size, image_size=cfg.image_size, steps=cfg.steps, seed=cfg.seed,
+                                              time_limit_minutes=cfg.time_limit_minutes),
+                            load_teacher(teacher_path, size=size, padding=False))
+        train = build_dataset(spec.dataset, spec.root, spec.category, "train", cfg.image_size, cfg.seed)
+        val = build_dataset(spec.dataset, spec.root, spec.category, "validation", cfg.image_size, cfg.seed)
+        model.fit(train, val)
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in model.final_losses.items())
+        return (model.anomaly_map, model.train_seconds, model.steps_done, teacher_path,
+                f"EfficientAD lr 1e-4 (its own recipe); final losses {losses}")
+    return fit
+
+
+def _fit_dhkd(overrides: dict):
+    def fit(spec: DataSpec, cfg: CompareConfig, out: Path):
+        from ..eval.evaluator import fit_quantiles
+        from ..train.config import TrainConfig
+        from ..train.trainer import Trainer
+
+        teacher_path = _teacher_for(spec, cfg)
+        tcfg = TrainConfig(dataset=spec.dataset, root=spec.root, category=spec.category, preset=cfg.preset,
+                           model_overrides=dict(overrides), teacher=teacher_path, steps=cfg.steps, lr=cfg.lr,
+                           lr_decay_step=cfg.lr_decay_step, time_limit_minutes=cfg.time_limit_minutes,
+                           image_size=cfg.image_size, seed=cfg.seed, device="cpu", run_dir=str(out / "run"),
+                           checkpoint_every=max(cfg.steps, 1), evaluate=False)
+        trainer = Trainer(tcfg)
+        t0 = time.time()
+        summary = trainer.run()
+        from ..persistence import load_model
+
+        model = load_model(Path(summary["run_dir"]) / "model.safetensors").eval()
+        fit_quantiles(model, build_dataset(spec.dataset, spec.root, spec.category, "validation",
+                                           cfg.image_size, cfg.seed), seed=cfg.seed)
+
+        def map_fn(x):
+            map_l, map_g = model.raw_maps(x)
+            return model.normalized_map(map_l, map_g, size=tuple(map_l.shape[-2:]))
+
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in summary["final_losses"].items())
+        return (map_fn, time.time() - t0, summary["steps"], teacher_path,
+                f"preset {cfg.preset}, overrides {overrides or 'none'}; final losses {losses}")
+    return fit
+
+
+METHODS: dict[str, Callable] = {"knn": _fit_knn, "efficientad-s": _fit_efficientad("small"),
+                                "efficientad-m": _fit_efficientad("medium"),
+                                **{name: _fit_dhkd(o) for name, o in DHKD_ABLATIONS.items()}}
+
+
+def run_method(method: str, spec: DataSpec, cfg: CompareConfig) -> MethodResult:
+    """Fit, time and evaluate one method on one dataset category."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    out = Path(cfg.output) / spec.key / method
+    map_fn, fit_s, steps, teacher, notes = METHODS[method](spec, cfg, out)
+    test = build_dataset(spec.dataset, spec.root, spec.category, "test", cfg.image_size, cfg.seed)
+    ms = time_per_image(map_fn, test, cfg.timed_images)
+    res = evaluate_scorer(map_fn, test, out, source=method, seed=cfg.seed,
+                          extra={"method": method, "fit_seconds": round(fit_s, 1), "ms_per_image": round(ms, 1),
+                                 "steps": steps, "teacher": teacher, "notes": notes})
+    return MethodResult(method, spec.dataset, spec.category, res["metrics"], fit_s, ms, steps, teacher,
+                        str(out / "results.json"), notes)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, dict):  # AU-PRO keyed by limit, or a LOCO per-subset dict: report the mean / the only one
+        v = v.get("mean", next(iter(v.values())) if len(v) == 1 else None)
+        return _cell(v)
+    return f"{100 * v:.2f}"
+
+
+def to_markdown(rows: list[MethodResult]) -> str:
+    """One table per dataset category: metrics (%), fit time, inference ms/image, steps, notes."""
+    lines = []
+    for key in dict.fromkeys((r.dataset, r.category) for r in rows):
+        group = [r for r in rows if (r.dataset, r.category) == key]
+        names = list(dict.fromkeys(k for r in group for k in r.metrics))
+        lines += [f"## {key[0]} / {key[1]}", "",
+                  "| method | " + " | ".join(names) + " | fit s | ms/image | steps | notes |",
+                  "|---" * (len(names) + 5) + "|"]
+        for r in group:
+            lines.append(f"| {r.method} | " + " | ".join(_cell(r.metrics.get(k)) for k in names)
+                         + f" | {r.fit_seconds:.0f} | {r.ms_per_image:.1f} | {r.steps if r.steps is not None else '-'}"
+                         f" | {r.notes} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def compare(specs: list[DataSpec], methods: list[str], cfg: CompareConfig) -> list[MethodResult]:
+    """Run every method on every dataset category, writing the tables after each row (a stopped run keeps
+    the finished rows)."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; expected some of {', '.join(METHODS)}")
+    rows: list[MethodResult] = []
+    out = Path(cfg.output)
+    for spec in specs:
+        for method in methods:
+            rows.append(run_method(method, spec, cfg))
+            atomic_write_bytes(out / "compare.json",
+                               json.dumps({"config": asdict(cfg), "rows": [asdict(r) for r in rows]},
+                                          indent=1).encode())
+            atomic_write_bytes(out / "compare.md", to_markdown(rows).encode())
+    return rows

