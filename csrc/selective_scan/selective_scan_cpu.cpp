@@ -1,0 +1,610 @@
+// Selective scan (Mamba S6) on the CPU, forward and recomputing backward, on raw buffers; no torch.
+//
+// Layouts: u, delta, z, out (b, D, L) in the io dtype; A (D, N) fp32; B, C each variable (b, G, N, L) in the
+// io dtype, channel d using group d / (D / G), or input-independent (D, N) fp32; Dw, delta_bias (D,) fp32 or
+// null; last_state (b, D, N) fp32.
+//
+// Work item = (batch, group, block of <= 64 channels of that group), split statically over OpenMP threads, so
+// all channels of an item share one B/C row: the variable B_t/C_t values are scalars broadcast over 16-lane
+// channel vectors, as in the SS2D kernel (csrc/ss2d), whose vector helpers this file uses. Time is walked in
+// tiles: a tile of u/delta/z is transposed into (step, channel) vectors, scanned time-outer / channel-inner
+// with the block's N states in a small L1 buffer, and the output tile transposed back.
+// The backward never holds anything of size L·D·N: a forward pass stores the state every T steps, then the
+// chunks are walked in reverse, each recomputing its states and decays into a T·N·block buffer and running
+// the reverse recurrence. dA/dD/ddelta_bias and dB/dC are summed in per-thread fp32 partials, then reduced.
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "common/dtype.h"
+#include "ss2d/ss2d_cpu_simd.h"
+
+// Hot loops compiled for AVX-512, AVX2+FMA and baseline x86-64, picked at load time (as in the SS2D kernel).
+#if defined(SSCAN_CLONES)
+#elif defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define SSCAN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SSCAN_CLONES
+#endif
+
+namespace py = pybind11;
+
+namespace dhkd {
+namespace {
+
+using namespace ss2d_simd;
+
+constexpr int kMaxBlock = 64;  // channels per work item
+constexpr int kTile = 64;      // forward time tile
+
+struct Dims {
+  int64_t bsz, D, L, N, G, Dg;
+};
+
+struct Inputs {
+  const void *u, *delta, *z, *B, *C;  // B, C: io dtype if variable, else fp32 (D, N)
+  const float *A, *Dw, *bias;
+  int dt;
+  bool softplus, varB, varC;
+};
+
+// One work item: batch b, group g, channels [c0, c0 + cb) (absolute channel indices).
+struct Item {
+  int64_t b, g, c0;
+  int cb, nv;
+};
+
+// Per-channel constants of a block as vectors (layout [v][n] or [v]): A·log2(e), A, the constant B/C, D, bias.
+struct BlockParams {
+  vbuf A2, A, Bc, Cc, Dv, bias;
+  void load(const Inputs& in, const Dims& s, const Item& it) {
+    const int64_t N = s.N;
+    A2.assign(it.nv * N, splat(0.0f));
+    A.assign(it.nv * N, splat(0.0f));
+    Bc.assign(in.varB ? 0 : it.nv * N, splat(0.0f));
+    Cc.assign(in.varC ? 0 : it.nv * N, splat(0.0f));
+    Dv.assign(it.nv, splat(0.0f));
+    bias.assign(it.nv, splat(0.0f));
+    for (int c = 0; c < it.cb; ++c) {
+      const int v = c / VL, l = c % VL;
+      const int64_t d = it.c0 + c;
+      for (int64_t n = 0; n < N; ++n) {
+        A[v * N + n][l] = in.A[d * N + n];
+        A2[v * N + n][l] = in.A[d * N + n] * kLog2e;
+        if (!in.varB) Bc[v * N + n][l] = static_cast<const float*>(in.B)[d * N + n];
+        if (!in.varC) Cc[v * N + n][l] = static_cast<const float*>(in.C)[d * N + n];
+      }
+      if (in.Dw) Dv[v][l] = in.Dw[d];
+      if (in.bias) bias[v][l] = in.bias[d];
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Tiles: (channel, step) rows of a (b, D, L) tensor <-> (step, channel-vector) buffers
+// ---------------------------------------------------------------------------------------------------
+
+#ifdef SS2D_HAVE_SHUFFLE
+// Swap bit `S` of the row and column index of a 16×16 block held as 16 row vectors (rows i and i + S).
+template <int S>
+SS2D_INLINE void swap_bit(vf& lo, vf& hi) {
+#define SSCAN_LO(j) (((j) & S) ? 16 + (j) - S : (j))
+#define SSCAN_HI(j) (((j) & S) ? 16 + (j) : (j) + S)
+  const vf a = __builtin_shufflevector(lo, hi, SSCAN_LO(0), SSCAN_LO(1), SSCAN_LO(2), SSCAN_LO(3), SSCAN_LO(4),
+                                       SSCAN_LO(5), SSCAN_LO(6), SSCAN_LO(7), SSCAN_LO(8), SSCAN_LO(9), SSCAN_LO(10),
+                                       SSCAN_LO(11), SSCAN_LO(12), SSCAN_LO(13), SSCAN_LO(14), SSCAN_LO(15));
+  const vf b = __builtin_shufflevector(lo, hi, SSCAN_HI(0), SSCAN_HI(1), SSCAN_HI(2), SSCAN_HI(3), SSCAN_HI(4),
+                                       SSCAN_HI(5), SSCAN_HI(6), SSCAN_HI(7), SSCAN_HI(8), SSCAN_HI(9), SSCAN_HI(10),
+                                       SSCAN_HI(11), SSCAN_HI(12), SSCAN_HI(13), SSCAN_HI(14), SSCAN_HI(15));
+#undef SSCAN_LO
+#undef SSCAN_HI
+  lo = a;
+  hi = b;
+}
+
+template <int S>
+SS2D_INLINE void swap_stage(vf* r) {
+  for (int i = 0; i < VL; ++i)
+    if (!(i & S)) swap_bit<S>(r[i], r[i + S]);
+}
+
+// In-register transpose of a 16×16 fp32 block (64 two-source shuffles).
+SS2D_INLINE void transpose16(vf* r) {
+  swap_stage<1>(r);
+  swap_stage<2>(r);
+  swap_stage<4>(r);
+  swap_stage<8>(r);
+}
+#endif
+
+// dst[i * nv + v][l] = src[row(c) + t0 + i] for channel c = v * VL + l < cb and step i < steps (other lanes 0),
+// where row(c) = (rowbase + c) * L; `dt` is src's dtype.
+SS2D_INLINE void load_tile(const void* src, int dt, int64_t rowbase, int64_t L, int64_t t0, int steps, int cb,
+                           int nv, vf* dst) {
+  int64_t i0 = 0;
+#ifdef SS2D_HAVE_SHUFFLE
+  for (; i0 + VL <= steps; i0 += VL) {
+    for (int v = 0; v < nv; ++v) {
+      const int cnt = std::min(VL, cb - v * VL);
+      vf r[VL];
+      for (int l = 0; l < VL; ++l)
+        r[l] = l < cnt ? loadv(src, (rowbase + v * VL + l) * L + t0 + i0, VL, dt) : splat(0.0f);
+      transpose16(r);
+      for (int i = 0; i < VL; ++i) dst[(i0 + i) * nv + v] = r[i];
+    }
+  }
+#endif
+  for (int64_t i = i0; i < steps; ++i)
+    for (int v = 0; v < nv; ++v) dst[i * nv + v] = splat(0.0f);
+  for (int c = 0; c < cb; ++c)
+    for (int64_t i = i0; i < steps; ++i)
+      dst[i * nv + c / VL][c % VL] = load_as_f32(src, (rowbase + c) * L + t0 + i, dt);
+}
+
+// Inverse of load_tile: dst[row(c) + t0 + i] = src[i * nv + v][l] (dtype dt).
+SS2D_INLINE void store_tile(void* dst, int dt, int64_t rowbase, int64_t L, int64_t t0, int steps, int cb,
+                            int nv, const vf* src) {
+  int64_t i0 = 0;
+#ifdef SS2D_HAVE_SHUFFLE
+  for (; i0 + VL <= steps; i0 += VL) {
+    for (int v = 0; v < nv; ++v) {
+      const int cnt = std::min(VL, cb - v * VL);
+      vf r[VL];
+      for (int i = 0; i < VL; ++i) r[i] = src[(i0 + i) * nv + v];
+      transpose16(r);
+      for (int l = 0; l < cnt; ++l) storev(dst, (rowbase + v * VL + l) * L + t0 + i0, VL, dt, r[l]);
+    }
+  }
+#endif
+  for (int c = 0; c < cb; ++c)
+    for (int64_t i = i0; i < steps; ++i)
+      store_from_f32(dst, (rowbase + c) * L + t0 + i, dt, src[i * nv + c / VL][c % VL]);
+}
+
+// out[i * N + n] = row (b, g, n) of a variable B or C at steps t0 .. t0 + steps (fp32).
+SS2D_INLINE void load_bc_tile(const void* src, int dt, int64_t bg, int64_t N, int64_t L, int64_t t0, int steps,
+                              float* out) {
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t base = (bg * N + n) * L + t0;
+    for (int i = 0; i < steps; ++i) out[i * N + n] = load_as_f32(src, base + i, dt);
+  }
+}
+
+// dt = softplus(delta + bias) (or delta + bias) in place; grad (if non-null) = d dt / d delta.
+SS2D_INLINE void dt_tile(vf* dtt, vf* grad, const vf* bias, bool softplus, int steps, int nv) {
+  for (int i = 0; i < steps; ++i) {
+    for (int v = 0; v < nv; ++v) {
+      const vf z = dtt[i * nv + v] + bias[v];
+      if (!softplus) {
+        dtt[i * nv + v] = z;
+        if (grad) grad[i * nv + v] = splat(1.0f);
+        continue;
+      }
+      vf w;
+      dtt[i * nv + v] = softplus_v(z, w);
+      if (grad) grad[i * nv + v] = softplus_grad_v(z, w);
+    }
+  }
+}
+
+SS2D_INLINE vf sigmoid_v(vf z) { return 1.0f / (1.0f + exp2v(z * -kLog2e)); }
+
+// One step's state update for vector v: h = exp(dt·A)·h + dt·u·B_t, returns <C_t, h> (if want_y).
+struct StepBC {
+  const float *bt, *ct;  // variable rows (N floats) of this step, or null
+  const vf *Bc, *Cc;     // constant per-lane rows of this vector, or null
+};
+
+SS2D_INLINE vf b_at(const StepBC& s, int64_t n) { return s.bt ? splat(s.bt[n]) : s.Bc[n]; }
+SS2D_INLINE vf c_at(const StepBC& s, int64_t n) { return s.ct ? splat(s.ct[n]) : s.Cc[n]; }
+
+// ---------------------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------------------
+
+struct FwdWork {
+  BlockParams prm;
+  vbuf h, ut, dtt, zt, yt;
+  std::vector<float> bt, ct;
+};
+
+SSCAN_CLONES void fwd_block(const Inputs& in, const Dims& s, const Item& it, void* out, float* last_state,
+                            FwdWork& w) {
+  const int64_t L = s.L, N = s.N;
+  const int nv = it.nv;
+  const int64_t bg = it.b * s.G + it.g, rowbase = it.b * s.D + it.c0;
+  w.prm.load(in, s, it);
+  w.h.assign(nv * N, splat(0.0f));
+  for (vbuf* b : {&w.ut, &w.dtt, &w.yt}) b->resize(kTile * nv);
+  if (in.z) w.zt.resize(kTile * nv);
+  w.bt.resize(in.varB ? kTile * N : 0);
+  w.ct.resize(in.varC ? kTile * N : 0);
+  const vf *A2 = w.prm.A2.data(), *Dv = w.prm.Dv.data();
+  vf* h = w.h.data();
+  for (int64_t t0 = 0; t0 < L; t0 += kTile) {
+    const int steps = static_cast<int>(std::min<int64_t>(kTile, L - t0));
+    load_tile(in.u, in.dt, rowbase, L, t0, steps, it.cb, nv, w.ut.data());
+    load_tile(in.delta, in.dt, rowbase, L, t0, steps, it.cb, nv, w.dtt.data());
+    dt_tile(w.dtt.data(), nullptr, w.prm.bias.data(), in.softplus, steps, nv);
+    if (in.z) load_tile(in.z, in.dt, rowbase, L, t0, steps, it.cb, nv, w.zt.data());
+    if (in.varB) load_bc_tile(in.B, in.dt, bg, N, L, t0, steps, w.bt.data());
+    if (in.varC) load_bc_tile(in.C, in.dt, bg, N, L, t0, steps, w.ct.data());
+    for (int i = 0; i < steps; ++i) {
+      for (int v = 0; v < nv; ++v) {
+        const StepBC bc{in.varB ? w.bt.data() + i * N : nullptr, in.varC ? w.ct.data() + i * N : nullptr,
+                        in.varB ? nullptr : w.prm.Bc.data() + v * N, in.varC ? nullptr : w.prm.Cc.data() + v * N};
+        const vf dtv = w.dtt[i * nv + v], uv = w.ut[i * nv + v];
+        const vf duv = dtv * uv;
+        vf yv = Dv[v] * uv;
+        vf* hv = h + v * N;
+        const vf* av = A2 + v * N;
+        for (int64_t n = 0; n < N; ++n) {
+          const vf hn = exp2v(dtv * av[n]) * hv[n] + duv * b_at(bc, n);
+          hv[n] = hn;
+          yv += hn * c_at(bc, n);
+        }
+        if (in.z) {
+          const vf zv = w.zt[i * nv + v];
+          yv *= zv * sigmoid_v(zv);
+        }
+        w.yt[i * nv + v] = yv;
+      }
+    }
+    store_tile(out, in.dt, rowbase, L, t0, steps, it.cb, nv, w.yt.data());
+  }
+  for (int c = 0; c < it.cb; ++c)
+    for (int64_t n = 0; n < N; ++n) last_state[((it.b * s.D) + it.c0 + c) * N + n] = h[(c / VL) * N + n][c % VL];
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------------------------------
+
+// Per-thread fp32 partials: dB, dC as (b, G, L, N) if variable else (D, N); dA (D, N); dD, ddelta_bias (D).
+struct Partials {
+  float *dB, *dC, *dA, *dD, *dbias;
+};
+
+struct Grads {
+  const void* dout;
+  int doutdt;
+  void *du, *ddelta, *dz;  // io dtype (dz null without z)
+};
+
+struct BwdWork {
+  BlockParams prm;
+  vbuf ckpt, abuf, hbuf, ut, dtt, gr, zt, dot, ybuf, dut, ddt, dzt, carry, dA, dBc, dCc, dBv, dCv;
+  std::vector<float> bt, ct;
+};
+
+// Steps per recomputed chunk: keeps the chunk's decays + states (2·T·N·nv vectors) within ~256 kB of L2.
+int64_t chunk_steps(int64_t L, int64_t N, int nv) {
+  const int64_t per_step = 2 * N * nv * static_cast<int64_t>(sizeof(vf));
+  return std::max<int64_t>(4, std::min<int64_t>(L, (256 * 1024) / per_step));
+}
+
+SSCAN_CLONES void bwd_block(const Inputs& in, const Dims& s, const Item& it, const Grads& g, const Partials& p,
+                            BwdWork& w) {
+  const int64_t L = s.L, N = s.N;
+  const int nv = it.nv;
+  const int64_t SN = nv * N;
+  const int64_t T = chunk_steps(L, N, nv), nc = (L + T - 1) / T;
+  const int64_t bg = it.b * s.G + it.g, rowbase = it.b * s.D + it.c0;
+  const bool has_z = in.z != nullptr;
+  w.prm.load(in, s, it);
+  w.ckpt.resize(nc * SN);
+  for (vbuf* b : {&w.abuf, &w.hbuf}) b->resize(T * SN);
+  for (vbuf* b : {&w.ut, &w.dtt, &w.gr, &w.dot, &w.dut, &w.ddt}) b->resize(T * nv);
+  if (has_z)
+    for (vbuf* b : {&w.zt, &w.ybuf, &w.dzt}) b->resize(T * nv);
+  w.carry.assign(SN, splat(0.0f));
+  w.dA.assign(SN, splat(0.0f));
+  w.dBc.assign(in.varB ? 0 : SN, splat(0.0f));
+  w.dCc.assign(in.varC ? 0 : SN, splat(0.0f));
+  w.dBv.resize(N);
+  w.dCv.resize(N);
+  w.bt.resize(in.varB ? T * N : 0);
+  w.ct.resize(in.varC ? T * N : 0);
+  const vf *A2 = w.prm.A2.data(), *Ar = w.prm.A.data(), *Dv = w.prm.Dv.data();
+  auto step_bc = [&](int64_t i, int v) {
+    return StepBC{in.varB ? w.bt.data() + i * N : nullptr, in.varC ? w.ct.data() + i * N : nullptr,
+                  in.varB ? nullptr : w.prm.Bc.data() + v * N, in.varC ? nullptr : w.prm.Cc.data() + v * N};
+  };
+  auto load_chunk = [&](int64_t t0, int steps, bool all) {
+    load_tile(in.u, in.dt, rowbase, L, t0, steps, it.cb, nv, w.ut.data());
+    load_tile(in.delta, in.dt, rowbase, L, t0, steps, it.cb, nv, w.dtt.data());
+    dt_tile(w.dtt.data(), w.gr.data(), w.prm.bias.data(), in.softplus, steps, nv);
+    if (in.varB) load_bc_tile(in.B, in.dt, bg, N, L, t0, steps, w.bt.data());
+    if (!all) return;
+    if (in.varC) load_bc_tile(in.C, in.dt, bg, N, L, t0, steps, w.ct.data());
+    if (has_z) load_tile(in.z, in.dt, rowbase, L, t0, steps, it.cb, nv, w.zt.data());
+    load_tile(g.dout, g.doutdt, rowbase, L, t0, steps, it.cb, nv, w.dot.data());
+  };
+  // Pass 1: states at the start of every chunk.
+  vf* ck = w.ckpt.data();
+  std::fill(ck, ck + SN, splat(0.0f));
+  for (int64_t c = 0; c + 1 < nc; ++c) {
+    vf* hv0 = ck + (c + 1) * SN;
+    std::copy(ck + c * SN, ck + (c + 1) * SN, hv0);
+    load_chunk(c * T, static_cast<int>(T), false);
+    for (int64_t i = 0; i < T; ++i) {
+      for (int v = 0; v < nv; ++v) {
+        const StepBC bc = step_bc(i, v);
+        const vf dtv = w.dtt[i * nv + v], duv = dtv * w.ut[i * nv + v];
+        vf* hv = hv0 + v * N;
+        const vf* av = A2 + v * N;
+        for (int64_t n = 0; n < N; ++n) hv[n] = exp2v(dtv * av[n]) * hv[n] + duv * b_at(bc, n);
+      }
+    }
+  }
+  vf dDv[kMaxBlock / VL], dbv[kMaxBlock / VL];
+  std::fill(dDv, dDv + nv, splat(0.0f));
+  std::fill(dbv, dbv + nv, splat(0.0f));
+  vf *carry = w.carry.data(), *dAv = w.dA.data(), *dBv = w.dBv.data(), *dCv = w.dCv.data();
+  for (int64_t c = nc - 1; c >= 0; --c) {
+    const int64_t t0 = c * T;
+    const int steps = static_cast<int>(std::min(T, L - t0));
+    const vf* h0 = ck + c * SN;
+    load_chunk(t0, steps, true);
+    // Pass 2: recompute the chunk's decays and states (and y, for the z gate's gradient).
+    for (int64_t i = 0; i < steps; ++i) {
+      const vf* hp = i ? w.hbuf.data() + (i - 1) * SN : h0;
+      vf* hc = w.hbuf.data() + i * SN;
+      vf* ac = w.abuf.data() + i * SN;
+      for (int v = 0; v < nv; ++v) {
+        const StepBC bc = step_bc(i, v);
+        const vf dtv = w.dtt[i * nv + v], duv = dtv * w.ut[i * nv + v];
+        const vf* av = A2 + v * N;
+        vf yv = Dv[v] * w.ut[i * nv + v];
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t j = v * N + n;
+          const vf a = exp2v(dtv * av[n]);
+          ac[j] = a;
+          hc[j] = a * hp[j] + duv * b_at(bc, n);
+          if (has_z) yv += hc[j] * c_at(bc, n);
+        }
+        if (has_z) w.ybuf[i * nv + v] = yv;
+      }
+    }
+    // Pass 3: reverse recurrence dh_t = C_t·dy_t + a_{t+1}·dh_{t+1} and the gradients.
+    for (int64_t i = steps - 1; i >= 0; --i) {
+      const vf* hp = i ? w.hbuf.data() + (i - 1) * SN : h0;
+      const vf* hc = w.hbuf.data() + i * SN;
+      const vf* ac = w.abuf.data() + i * SN;
+      if (in.varB) std::fill(dBv, dBv + N, splat(0.0f));
+      if (in.varC) std::fill(dCv, dCv + N, splat(0.0f));
+      for (int v = 0; v < nv; ++v) {
+        const StepBC bc = step_bc(i, v);
+        const int64_t k = i * nv + v;
+        vf dyv = w.dot[k];
+        if (has_z) {  // out = y·silu(z): dy = dout·silu(z), dz = dout·y·silu'(z)
+          const vf zv = w.zt[k], sg = sigmoid_v(zv);
+          w.dzt[k] = dyv * w.ybuf[k] * (sg * (1.0f + zv * (1.0f - sg)));
+          dyv *= zv * sg;
+        }
+        const vf uv = w.ut[k], dtv = w.dtt[k];
+        const vf dtu = dtv * uv;
+        vf ddt = splat(0.0f), q = splat(0.0f);
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t j = v * N + n;
+          const vf bn = b_at(bc, n);
+          const vf dh = carry[j] + dyv * c_at(bc, n);
+          const vf dc = dyv * hc[j];
+          if (in.varC) dCv[n] += dc; else w.dCc[j] += dc;
+          const vf sdec = dh * (ac[j] * hp[j]);
+          dAv[j] += sdec * dtv;
+          ddt += sdec * Ar[j];
+          q += dh * bn;
+          const vf db = dh * dtu;
+          if (in.varB) dBv[n] += db; else w.dBc[j] += db;
+          carry[j] = ac[j] * dh;
+        }
+        ddt += q * uv;
+        w.dut[k] = q * dtv + dyv * Dv[v];
+        dDv[v] += dyv * uv;
+        const vf dd = ddt * w.gr[k];
+        dbv[v] += dd;
+        w.ddt[k] = dd;
+      }
+      if (in.varB) add_row_sums(dBv, N, p.dB + (bg * L + t0 + i) * N);
+      if (in.varC) add_row_sums(dCv, N, p.dC + (bg * L + t0 + i) * N);
+    }
+    store_tile(g.du, in.dt, rowbase, L, t0, steps, it.cb, nv, w.dut.data());
+    store_tile(g.ddelta, in.dt, rowbase, L, t0, steps, it.cb, nv, w.ddt.data());
+    if (has_z) store_tile(g.dz, in.dt, rowbase, L, t0, steps, it.cb, nv, w.dzt.data());
+  }
+  for (int c = 0; c < it.cb; ++c) {
+    const int v = c / VL, l = c % VL;
+    const int64_t d = it.c0 + c;
+    for (int64_t n = 0; n < N; ++n) {
+      p.dA[d * N + n] += dAv[v * N + n][l];
+      if (!in.varB) p.dB[d * N + n] += w.dBc[v * N + n][l];
+      if (!in.varC) p.dC[d * N + n] += w.dCc[v * N + n][l];
+    }
+    p.dD[d] += dDv[v][l];
+    p.dbias[d] += dbv[v][l];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Entry points
+// ---------------------------------------------------------------------------------------------------
+
+Dims check_dims(int64_t bsz, int64_t D, int64_t L, int64_t N, int64_t G, int dt) {
+  if (bsz <= 0 || D <= 0 || L <= 0 || N <= 0 || G <= 0)
+    throw std::invalid_argument("selective_scan: batch, D, L, N and G must be positive, got " +
+                                std::to_string(bsz) + ", " + std::to_string(D) + ", " + std::to_string(L) + ", " +
+                                std::to_string(N) + ", " + std::to_string(G));
+  if (D % G)
+    throw std::invalid_argument("selective_scan: G = " + std::to_string(G) + " does not divide D = " +
+                                std::to_string(D));
+  if (dt != kF32 && dt != kF16 && dt != kBF16)
+    throw std::invalid_argument("selective_scan: unknown dtype code " + std::to_string(dt));
+  return Dims{bsz, D, L, N, G, D / G};
+}
+
+void require(std::uintptr_t p, const char* name) {
+  if (p == 0) throw std::invalid_argument(std::string("selective_scan: null pointer for ") + name);
+}
+
+int team_size(int nthreads, int64_t items) {
+#ifdef _OPENMP
+  if (nthreads <= 0) nthreads = omp_get_max_threads();
+#endif
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, items)));
+}
+
+// Threads get at least kMinWorkPerThread state updates (~50 µs) each, as in the SS2D kernel.
+constexpr int64_t kMinWorkPerThread = int64_t(1) << 17;
+
+// Channel block (within a group), blocks per group, number of work items and thread team of a call.
+struct Launch {
+  int64_t cb, nblk, items;
+  int team;
+  Item item(int64_t k, const Dims& s) const {
+    const int64_t bg = k / nblk, c = (k % nblk) * cb;
+    const int n = static_cast<int>(std::min(cb, s.Dg - c));
+    return Item{bg / s.G, bg % s.G, (bg % s.G) * s.Dg + c, n, (n + VL - 1) / VL};
+  }
+};
+
+Launch launch(const Dims& s, int nthreads) {
+  const int64_t work = s.bsz * s.L * s.D * s.N;
+  const int want = team_size(nthreads, std::max<int64_t>(1, work / kMinWorkPerThread));
+  int64_t cb = kMaxBlock;  // the largest multiple of VL (<= kMaxBlock) that still yields one item per thread
+  while (cb > VL && s.bsz * s.G * ((s.Dg + cb - 1) / cb) < want) cb /= 2;
+  cb = std::min(cb, s.Dg);
+  const int64_t nblk = (s.Dg + cb - 1) / cb, items = s.bsz * s.G * nblk;
+  return Launch{cb, nblk, items, team_size(want, items)};
+}
+
+Inputs make_inputs(std::uintptr_t u, std::uintptr_t delta, std::uintptr_t A, std::uintptr_t B, std::uintptr_t C,
+                   std::uintptr_t Dw, std::uintptr_t z, std::uintptr_t bias, int dt, bool softplus, bool varB,
+                   bool varC) {
+  for (auto [ptr, name] : {std::pair{u, "u"}, {delta, "delta"}, {A, "A"}, {B, "B"}, {C, "C"}}) require(ptr, name);
+  return Inputs{as_ptr<const void>(u), as_ptr<const void>(delta), as_ptr<const void>(z), as_ptr<const void>(B),
+                as_ptr<const void>(C), as_ptr<const float>(A), as_ptr<const float>(Dw), as_ptr<const float>(bias),
+                dt, softplus, varB, varC};
+}
+
+void selective_scan_fwd(std::uintptr_t u, std::uintptr_t delta, std::uintptr_t A, std::uintptr_t B,
+                        std::uintptr_t C, std::uintptr_t Dw, std::uintptr_t z, std::uintptr_t bias,
+                        std::uintptr_t out, std::uintptr_t last_state, int64_t bsz, int64_t D, int64_t L, int64_t N,
+                        int64_t G, bool varB, bool varC, int dt, bool softplus, int nthreads) {
+  const Dims s = check_dims(bsz, D, L, N, G, dt);
+  const Inputs in = make_inputs(u, delta, A, B, C, Dw, z, bias, dt, softplus, varB, varC);
+  require(out, "out");
+  require(last_state, "last_state");
+  const Launch lc = launch(s, nthreads);
+  void* op = as_ptr<void>(out);
+  float* ls = as_ptr<float>(last_state);
+#pragma omp parallel num_threads(lc.team)
+  {
+    FwdWork w;
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < lc.items; ++k) fwd_block(in, s, lc.item(k, s), op, ls, w);
+  }
+}
+
+// Floats of one thread's gradient partials (see Partials).
+int64_t partial_floats(const Dims& s, bool varB, bool varC) {
+  const int64_t var = s.bsz * s.G * s.L * s.N, fixed = s.D * s.N;
+  return (varB ? var : fixed) + (varC ? var : fixed) + s.D * s.N + 2 * s.D;
+}
+
+void selective_scan_bwd(std::uintptr_t dout, int doutdt, std::uintptr_t u, std::uintptr_t delta, std::uintptr_t A,
+                        std::uintptr_t B, std::uintptr_t C, std::uintptr_t Dw, std::uintptr_t z, std::uintptr_t bias,
+                        std::uintptr_t du, std::uintptr_t ddelta, std::uintptr_t dA, std::uintptr_t dB,
+                        std::uintptr_t dC, std::uintptr_t dD, std::uintptr_t dz, std::uintptr_t dbias, int64_t bsz,
+                        int64_t D, int64_t L, int64_t N, int64_t G, bool varB, bool varC, int dt, bool softplus,
+                        int nthreads) {
+  const Dims s = check_dims(bsz, D, L, N, G, dt);
+  if (doutdt != kF32 && doutdt != kF16 && doutdt != kBF16)
+    throw std::invalid_argument("selective_scan_bwd: unknown dtype code for dout " + std::to_string(doutdt));
+  const Inputs in = make_inputs(u, delta, A, B, C, Dw, z, bias, dt, softplus, varB, varC);
+  for (auto [ptr, name] : {std::pair{dout, "dout"}, {du, "du"}, {ddelta, "ddelta"}, {dA, "dA"}, {dB, "dB"},
+                           {dC, "dC"}, {dD, "dD"}, {dbias, "ddelta_bias"}})
+    require(ptr, name);
+  if (z) require(dz, "dz");
+  const Launch lc = launch(s, nthreads);
+  const int team = lc.team;
+  const int64_t nB = varB ? s.bsz * G * L * N : D * N, nC = varC ? s.bsz * G * L * N : D * N;
+  const int64_t per_thread = partial_floats(s, varB, varC);
+  std::vector<float> partial(team * per_thread, 0.0f);
+#pragma omp parallel num_threads(team)
+  {
+    int tid = 0;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+#endif
+    float* base = partial.data() + tid * per_thread;
+    const Partials p{base, base + nB, base + nB + nC, base + nB + nC + D * N, base + nB + nC + D * N + D};
+    const Grads g{as_ptr<const void>(dout), doutdt, as_ptr<void>(du), as_ptr<void>(ddelta), as_ptr<void>(dz)};
+    BwdWork w;
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < lc.items; ++k) bwd_block(in, s, lc.item(k, s), g, p, w);
+    // Reduce the per-thread partials in one pass (fixed order over threads: deterministic for a team size).
+    // Variable dB/dC partials are (b, G, L, N) and are written out as (b, G, N, L).
+    const int64_t ends[5] = {nB, nB + nC, nB + nC + D * N, nB + nC + D * N + D, per_thread};
+    void* outs[5] = {as_ptr<void>(dB), as_ptr<void>(dC), as_ptr<void>(dA), as_ptr<void>(dD), as_ptr<void>(dbias)};
+    const int odts[5] = {varB ? dt : kF32, varC ? dt : kF32, kF32, kF32, kF32};
+    const bool transposed[5] = {varB, varC, false, false, false};
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < per_thread; ++i) {
+      float acc = 0.0f;
+      for (int t = 0; t < team; ++t) acc += partial[t * per_thread + i];
+      int which = 0;
+      while (i >= ends[which]) ++which;
+      int64_t j = i - (which ? ends[which - 1] : 0);
+      if (transposed[which]) {  // j = (bg * L + t) * N + n  ->  (bg * N + n) * L + t
+        const int64_t n = j % N, t = (j / N) % L, bgi = j / (N * L);
+        j = (bgi * N + n) * L + t;
+      }
+      store_from_f32(outs[which], j, odts[which], acc);
+    }
+  }
+}
+
+// Bytes the backward allocates besides its outputs: per-thread partials and BwdWork buffers.
+int64_t selective_scan_bwd_workspace_bytes(int64_t bsz, int64_t D, int64_t L, int64_t N, int64_t G, bool varB,
+                                           bool varC, bool has_z, int nthreads) {
+  const Dims s = check_dims(bsz, D, L, N, G, kF32);
+  const Launch lc = launch(s, nthreads);
+  const int nv = static_cast<int>((lc.cb + VL - 1) / VL);
+  const int64_t SN = nv * N, T = chunk_steps(L, N, nv), nc = (L + T - 1) / T;
+  const int64_t vectors = (2 + !varB + !varC) * SN + 2 * nv     // BlockParams
+                          + nc * SN + 2 * T * SN                  // checkpoints, chunk decays and states
+                          + (6 + 3 * has_z) * T * nv              // chunk tiles
+                          + (2 + !varB + !varC) * SN + 2 * N;     // carry, dA, constant dB/dC, dB/dC lanes
+  const int64_t bc_rows = (varB + varC) * T * N * 4;
+  return lc.team * (vectors * static_cast<int64_t>(sizeof(vf)) + bc_rows + partial_floats(s, varB, varC) * 4);
+}
+
+}  // namespace
+}  // namespace dhkd
+
+void bind_selective_scan_cpu(py::module_& m) {
+  using namespace pybind11::literals;
+  m.def("selective_scan_fwd", &dhkd::selective_scan_fwd, py::call_guard<py::gil_scoped_release>(),
+        "Selective scan forward; writes out and last_state. Pointers are data_ptr() ints (Dw, z, delta_bias "
+        "may be 0 for None); var_B / var_C tell whether B / C are (b, G, N, L) (else (D, N) fp32).",
+        "u"_a, "delta"_a, "A"_a, "B"_a, "C"_a, "Dw"_a, "z"_a, "delta_bias"_a, "out"_a, "last_state"_a, "batch"_a,
+        "D"_a, "L"_a, "N"_a, "G"_a, "var_B"_a, "var_C"_a, "dtype"_a, "delta_softplus"_a, "num_threads"_a = 0);
+  m.def("selective_scan_bwd", &dhkd::selective_scan_bwd, py::call_guard<py::gil_scoped_release>(),
+        "Selective scan backward with chunked recomputation; writes du, ddelta, dA, dB, dC, dD, dz (if z), "
+        "ddelta_bias.",
+        "dout"_a, "dout_dtype"_a, "u"_a, "delta"_a, "A"_a, "B"_a, "C"_a, "Dw"_a, "z"_a, "delta_bias"_a, "du"_a,
+        "ddelta"_a, "dA"_a, "dB"_a, "dC"_a, "dD"_a, "dz"_a, "ddelta_bias"_a, "batch"_a, "D"_a, "L"_a, "N"_a,
+        "G"_a, "var_B"_a, "var_C"_a, "dtype"_a, "delta_softplus"_a, "num_threads"_a = 0);
+  m.def("selective_scan_bwd_workspace_bytes", &dhkd::selective_scan_bwd_workspace_bytes,
+        "Bytes selective_scan_bwd allocates for itself (besides its outputs) for these sizes and threads.",
+        "batch"_a, "D"_a, "L"_a, "N"_a, "G"_a, "var_B"_a, "var_C"_a, "has_z"_a, "num_threads"_a = 0);
+}
