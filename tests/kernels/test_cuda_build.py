@@ -51,10 +51,11 @@ def test_cuda_module_built_with_ss2d():
 
 
 @needs_nvcc
-def test_ss2d_kernels_compile_for_sm80_and_sm90(tmp_path):
-    out = tmp_path / "ss2d.fatbin"
+@pytest.mark.parametrize("source", ["ss2d/ss2d_cuda.cu", "selective_scan/selective_scan_cuda.cu"])
+def test_kernels_compile_for_sm80_and_sm90(tmp_path, source):
+    out = tmp_path / "kernels.fatbin"
     cmd = [NVCC, "-fatbin", "--no-compress", "-std=c++17", "--use_fast_math", f"-I{ROOT / 'csrc'}",
-           str(ROOT / "csrc" / "ss2d" / "ss2d_cuda.cu"), "-o", str(out),
+           str(ROOT / "csrc" / source), "-o", str(out),
            "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr

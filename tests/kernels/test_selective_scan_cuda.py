@@ -1,0 +1,308 @@
+"""selective_scan CUDA backend.
+
+Three parts:
+* CPU (always): a float64 PyTorch emulation of exactly the decomposition in
+  csrc/selective_scan/selective_scan_cuda.cu (chunks of 32 lanes x kItems steps, each lane's composed affine map,
+  the shuffle-up Hillis-Steele warp scan with the carry held per state, the re-walk from the exclusive prefix; in
+  the backward the chunk-entry states, the shuffle-down suffix scan of the adjoint with its carry, and the
+  per-step gradient formulas and reductions) checked against the reference's autograd gradients. This catches
+  algebra mistakes in the scans, carries and gradient formulas without a GPU.
+* nvcc (when present): the kernels compile for sm_90 with no register spills (``-Xptxas -v``).
+* GPU (skipped without one): the compiled kernels against the reference through the public op.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dhkd_kernels import _ext, use_backend
+from dhkd_kernels.selective_scan.ops import selective_scan
+
+from selective_scan_gpu_cases import Case, check_backend, make_inputs, opcheck_args, run_reference
+
+ROOT = Path(__file__).resolve().parents[2]
+ITEMS, LANES = 8, 32  # kItems and the warp width in selective_scan_cuda.cu
+LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Emulation of the kernels' decomposition (float64, vectorised over batch, channels and states)
+# ----------------------------------------------------------------------------------------------------------
+
+def _shift(x: torch.Tensor, off: int, fill: float, up: bool) -> torch.Tensor:
+    """__shfl_up_sync / __shfl_down_sync over the last (lane) axis; lanes without a source get ``fill``
+    (the kernel keeps its own value there and masks it out, which the callers mirror)."""
+    out = torch.full_like(x, fill)
+    if up:
+        out[..., off:] = x[..., :-off]
+    else:
+        out[..., :-off] = x[..., off:]
+    return out
+
+
+def _scan_up(pa, px):
+    """scan_up: inclusive Hillis-Steele scan over lanes of the affine maps h -> pa h + px, earlier lanes first."""
+    lane = torch.arange(pa.shape[-1])
+    off = 1
+    while off < pa.shape[-1]:
+        qa, qx = _shift(pa, off, 1.0, True), _shift(px, off, 0.0, True)
+        m = lane >= off
+        pa, px = torch.where(m, pa * qa, pa), torch.where(m, pa * qx + px, px)
+        off *= 2
+    return pa, px
+
+
+def _scan_down(pp, pq):
+    """scan_down: inclusive suffix scan over lanes of g -> pp g + pq, later lanes first."""
+    lanes = pp.shape[-1]
+    lane = torch.arange(lanes)
+    off = 1
+    while off < lanes:
+        rp, rq = _shift(pp, off, 1.0, False), _shift(pq, off, 0.0, False)
+        m = lane + off < lanes
+        pp, pq = torch.where(m, pp * rp, pp), torch.where(m, pp * rq + pq, pq)
+        off *= 2
+    return pp, pq
+
+
+def _expand_proj(t, bsz, Dch, L):
+    """B or C as (batch, D, N, L): a variable (batch, G, N, L) repeated over each group's channels, or a
+    constant (D, N) broadcast over batch and steps."""
+    if t.dim() == 4:
+        return t.repeat_interleave(Dch // t.shape[1], dim=1)
+    return t[None, :, :, None].expand(bsz, Dch, t.shape[1], L)
+
+
+def _reduce_proj(g, like):
+    """The gradient of a B/C input from per-channel, per-step contributions (batch, D, N, L)."""
+    if like.dim() == 4:
+        bsz, Dch, N, L = g.shape
+        return g.reshape(bsz, like.shape[1], Dch // like.shape[1], N, L).sum(2)
+    return g.sum((0, 3))
+
+
+def emulate(u, delta, A, B, C, D, z, bias, softplus, dout, items=ITEMS, lanes=LANES):
+    """float64 (out, last_state, grads) computed the kernels' way; grads in NAMES order (None for absent inputs)."""
+    bsz, Dch, L = u.shape
+    N = A.shape[1]
+    T = items * lanes
+    nc = math.ceil(L / T)
+    pad = nc * T - L
+    valid = F.pad(torch.ones(L, dtype=torch.bool), (0, pad))
+    zr = delta + (bias[:, None] if bias is not None else 0.0)
+    dt = torch.where(zr <= 20, torch.log1p(torch.exp(zr)), zr) if softplus else zr
+    dt, uu, dout_p = (F.pad(t, (0, pad)) for t in (dt, u, dout))
+    Bx, Cx = (F.pad(_expand_proj(t, bsz, Dch, L), (0, pad)) for t in (B, C))
+    zp = F.pad(z, (0, pad)) if z is not None else None
+    Dd = D[:, None] if D is not None else torch.zeros(Dch, 1, dtype=u.dtype)
+    a2 = (A * LOG2E)[None, :, :, None, None]  # (1, D, N, 1, 1)
+
+    def view(t, c):  # chunk c of a (..., L) tensor as (..., lanes, items): lane l owns steps l*items ..
+        return t[..., c * T:(c + 1) * T].reshape(*t.shape[:-1], lanes, items)
+
+    def chunk_states(c, h_in):
+        """Per-step a, a*h_{t-1}, h of chunk c from the state entering it (the kernels' forward over a chunk)."""
+        dtc, uc, Bc = view(dt, c), view(uu, c), view(Bx, c)
+        a = torch.exp2(dtc[:, :, None] * a2)
+        x = (dtc * uc)[:, :, None] * Bc
+        pa, px = torch.ones_like(a[..., 0]), torch.zeros_like(a[..., 0])
+        for k in range(items):
+            pa, px = pa * a[..., k], a[..., k] * px + x[..., k]
+        pa, px = _scan_up(pa, px)
+        ea, ex = _shift(pa, 1, 1.0, True), _shift(px, 1, 0.0, True)  # lane 0: the identity map
+        h = ea * h_in[..., None] + ex
+        ah, hs = [], []
+        for k in range(items):
+            ah.append(a[..., k] * h)
+            h = ah[-1] + x[..., k]
+            hs.append(h)
+        return a, torch.stack(ah, -1), torch.stack(hs, -1)
+
+    # forward
+    carry = torch.zeros(bsz, Dch, N, dtype=u.dtype)
+    entry, ys = [], []
+    for c in range(nc):
+        entry.append(carry)
+        _, _, h = chunk_states(c, carry)
+        ys.append((view(Cx, c) * h).sum(2).reshape(bsz, Dch, T))
+        carry = h[..., -1, -1]  # lane 31's last step
+    y = torch.cat(ys, -1) + Dd * uu
+    out = y * F.silu(zp) if z is not None else y
+
+    # backward
+    dy = dout_p * F.silu(zp) if z is not None else dout_p
+    gcarry = torch.zeros(bsz, Dch, N, dtype=u.dtype)
+    gB, gAh = torch.zeros_like(dt), torch.zeros_like(dt)
+    dA = torch.zeros(bsz, Dch, N, dtype=u.dtype)
+    dBx, dCx = torch.zeros_like(Bx), torch.zeros_like(Cx)
+    for c in reversed(range(nc)):
+        a, ah, h = chunk_states(c, entry[c])
+        dyC = view(dy, c)[:, :, None] * view(Cx, c)
+        pp, pq = torch.ones_like(a[..., 0]), torch.zeros_like(a[..., 0])
+        for k in reversed(range(items)):
+            pq, pp = a[..., k] * (dyC[..., k] + pq), a[..., k] * pp
+        pp, pq = _scan_down(pp, pq)
+        sp, sq = _shift(pp, 1, 1.0, False), _shift(pq, 1, 0.0, False)  # lane 31: the identity map
+        gnext = sp * gcarry[..., None] + sq
+        gcarry = pp[..., 0] * gcarry + pq[..., 0]  # lane 0's inclusive map applied to the carry
+        gs = [None] * items
+        for k in reversed(range(items)):
+            gs[k] = dyC[..., k] + gnext
+            gnext = a[..., k] * gs[k]
+        g = torch.stack(gs, -1)  # (b, D, N, lanes, items)
+        flat = lambda t: t.reshape(*t.shape[:-2], T)  # noqa: E731
+        sl = slice(c * T, (c + 1) * T)
+        gB[..., sl] = flat((g * view(Bx, c)).sum(2))
+        gAh[..., sl] = flat((g * A[None, :, :, None, None] * ah).sum(2))
+        dA += (g * view(dt, c)[:, :, None] * ah).sum((-1, -2))
+        dBx[..., sl] = flat(g * (view(dt, c) * view(uu, c))[:, :, None])
+        dCx[..., sl] = flat(view(dy, c)[:, :, None] * h)
+    ddt = uu * gB + gAh
+    if softplus:
+        zp_r = F.pad(zr, (0, pad))
+        ddt = torch.where(zp_r <= 20, ddt * torch.sigmoid(zp_r), ddt)
+    ddt = torch.where(valid, ddt, 0.0)
+    du = dt * gB + Dd * dy
+    cut = lambda t: t[..., :L]  # noqa: E731
+    grads = {
+        "u": cut(du), "delta": cut(ddt), "A": dA.sum(0),
+        "B": _reduce_proj(cut(dBx), B), "C": _reduce_proj(cut(dCx), C),
+        "D": (dy * uu).sum((0, 2)) if D is not None else None,
+        "z": cut(dout_p * y * torch.sigmoid(zp) * (1 + zp * (1 - torch.sigmoid(zp)))) if z is not None else None,
+        "delta_bias": ddt.sum((0, 2)) if bias is not None else None,
+    }
+    return cut(out), carry, [grads[n] for n in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+
+
+EMULATION_CASES = [
+    (Case(batch=2, dim=3, seqlen=21, dstate=3, groups=1), 2, 4),          # 3 chunks of 8, the last partial
+    (Case(dim=4, seqlen=37, dstate=2, groups=2, C_var=False, softplus=False), 2, 4),
+    (Case(dim=3, seqlen=16, B_var=False, has_z=False, has_bias=False), 4, 4),  # exactly one full chunk
+    (Case(dim=2, seqlen=300, dstate=2, groups=0, has_D=False), ITEMS, LANES),  # the kernel's geometry, 2 chunks
+]
+
+
+@pytest.mark.parametrize("case,items,lanes", EMULATION_CASES, ids=lambda v: str(v))
+def test_emulation_matches_reference(case, items, lanes):
+    inputs = [None if t is None else t.double() for t in make_inputs(case, torch.float32)]
+    if inputs[3].dim() == 3:  # the op hands the kernels mamba's 3-D B/C as one group
+        inputs[3], inputs[4] = inputs[3].unsqueeze(1), inputs[4].unsqueeze(1)
+    dout = torch.randn(case.batch, case.dim, case.seqlen, generator=torch.Generator().manual_seed(1)).double()
+    out, last, grads = emulate(*inputs, case.softplus, dout, items=items, lanes=lanes)
+    out_ref, last_ref, grads_ref = run_reference(inputs, dout, case.softplus)
+    torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(last, last_ref, rtol=1e-10, atol=1e-10)
+    names = [n for n, t in zip(("u", "delta", "A", "B", "C", "D", "z", "delta_bias"), inputs) if t is not None]
+    for name, got, want in zip(names, [g for g in grads if g is not None], grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=lambda m: f"d{name}: {m}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Compilation: registers and spills for sm_90
+# ----------------------------------------------------------------------------------------------------------
+
+def _nvcc() -> str | None:
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and os.path.exists(os.path.join(root, "bin", "nvcc")):
+            return os.path.join(root, "bin", "nvcc")
+    return shutil.which("nvcc")
+
+
+def ptxas_report(source: Path, arch: str = "sm_90") -> dict[str, tuple[int, int, int]]:
+    """{kernel entry: (registers, spill store bytes, spill load bytes)} from ``nvcc -Xptxas -v`` on ``source``."""
+    cmd = [_nvcc(), "-cubin", "-std=c++17", "--use_fast_math", "-O3", f"-I{ROOT / 'csrc'}", f"-arch={arch}",
+           "-Xptxas", "-v", str(source), "-o", os.devnull]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    report, name, spills = {}, None, (0, 0)
+    for line in res.stderr.splitlines():
+        if m := re.search(r"Compiling entry function '(\w+)'", line):
+            name = m.group(1)
+        elif m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line):
+            spills = (int(m.group(1)), int(m.group(2)))
+        elif (m := re.search(r"Used (\d+) registers", line)) and name:
+            report[name] = (int(m.group(1)), *spills)
+            name = None
+    return report
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="no nvcc")
+def test_kernels_compile_for_sm90_without_spills():
+    report = ptxas_report(ROOT / "csrc" / "selective_scan" / "selective_scan_cuda.cu")
+    for kernel in ("selective_scan_fwd_kernel", "selective_scan_bwd_kernel"):
+        entries = {k: v for k, v in report.items() if kernel in k}
+        assert len(entries) >= 3, f"{kernel}: expected one entry per io dtype, got {sorted(report)}"
+        spilling = {k: v for k, v in entries.items() if v[1] or v[2]}
+        assert not spilling, f"{kernel} spills registers (registers, store bytes, load bytes): {spilling}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# GPU
+# ----------------------------------------------------------------------------------------------------------
+
+needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and _ext.has("_cuda", "selective_scan_fwd")),
+                               reason="needs a CUDA GPU and the selective-scan CUDA kernels")
+
+GPU_CASES = [
+    Case(),
+    Case(batch=2, dim=6, seqlen=300, dstate=3, groups=2, has_z=False),      # 2 chunks, 2 groups, partial block
+    Case(dim=5, seqlen=17, dstate=2, groups=0, B_var=False, has_D=False, has_bias=False, softplus=False),
+    Case(batch=2, dim=20, seqlen=513, dstate=16, groups=4, C_var=False),   # 3 chunks, 5 channels per group
+    Case(dim=3, seqlen=1, B_var=False, C_var=False),                       # L = 1, both constant
+    Case(batch=3, dim=33, seqlen=700, dstate=32, groups=1),                # largest state, dead warps
+]
+
+
+@needs_gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+def test_fp32_matches_reference(case):
+    check_backend("cuda", case, torch.float32, "cuda")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("case", [GPU_CASES[0], GPU_CASES[3]], ids=str)
+def test_half_precision_io(case, dtype):
+    check_backend("cuda", case, dtype, "cuda")
+
+
+@needs_gpu
+def test_mamba_shape():
+    """A Mamba-LM layer's shape (D = 1536 channels, N = 16, L = 2048, z gate, delta_bias, softplus) at batch 1;
+    fp32 forward and backward against the reference (loose: long sequences accumulate rounding)."""
+    check_backend("cuda", Case(batch=1, dim=1536, seqlen=2048, dstate=16, groups=0), torch.float32, "cuda",
+                  tol=1e-3)
+
+
+@needs_gpu
+def test_vmamba_layout_and_non_contiguous():
+    """VMamba's (B, K*D, L) layout with K = 4 groups of B/C, from a non-contiguous view."""
+    case = Case(batch=2, dim=4 * 24, seqlen=64 * 64, dstate=16, groups=4, has_z=False)
+    u, delta, A, B, C, D, _, bias = make_inputs(case, torch.float32, "cuda")
+    u_nc = u.transpose(1, 2).contiguous().transpose(1, 2)
+    with use_backend("cuda"):
+        out = selective_scan(u_nc, delta, A, B, C, D=D, delta_bias=bias, delta_softplus=True)
+    ref, _, _ = run_reference([t.cpu() for t in (u, delta, A, B, C, D)] + [None, bias.cpu()],
+                              torch.zeros(u.shape, dtype=torch.float64), True)
+    torch.testing.assert_close(out.double().cpu(), ref, atol=1e-3, rtol=1e-3)
+
+
+@needs_gpu
+def test_opcheck():
+    torch.library.opcheck(torch.ops.dhkd.selective_scan.default, opcheck_args(Case(dim=3, seqlen=40), "cuda", "cuda"))
+
+
+@needs_gpu
+def test_large_state_is_a_clear_error():
+    case = Case(dim=2, seqlen=8, dstate=64)
+    inputs = make_inputs(case, torch.float32, "cuda")
+    with use_backend("cuda"), pytest.raises(ValueError, match="d_state"):
+        selective_scan(*inputs[:5], D=inputs[5], z=inputs[6], delta_bias=inputs[7])
