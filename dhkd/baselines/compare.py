@@ -14,12 +14,14 @@ steps as DHKD), ``dhkd`` (the preset's full model) and its ablations ``dhkd-no-h
 """
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..data import build_dataset
@@ -64,6 +66,7 @@ class CompareConfig:
     seed: int = 0
     timed_images: int = 20
     knn_bank_size: int = 20000
+    save_grids: bool = False    # also save the validation and test maps at the scorer's own resolution
 
 
 @dataclass
@@ -98,6 +101,19 @@ def time_per_image(map_fn: Callable, dataset, n: int) -> float:
     for x in images:
         map_fn(x)
     return 1000 * (time.perf_counter() - t0) / len(images)
+
+
+@torch.no_grad()
+def save_grid_maps(map_fn: Callable, dataset, path: Path, batch_size: int = 8) -> None:
+    """Save ``map_fn``'s maps of every image of ``dataset`` (dataset order) as one (n, 1, h, w) .npy file."""
+    maps = []
+    for i in range(0, len(dataset), batch_size):
+        x = torch.stack([dataset[j]["image"] for j in range(i, min(i + batch_size, len(dataset)))])
+        maps.append(map_fn(x).float().numpy())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, np.concatenate(maps))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _fit_knn(spec: DataSpec, cfg: CompareConfig, out: Path):
@@ -170,6 +186,10 @@ def run_method(method: str, spec: DataSpec, cfg: CompareConfig) -> MethodResult:
     out = Path(cfg.output) / spec.key / method
     map_fn, fit_s, steps, teacher, notes = METHODS[method](spec, cfg, out)
     test = build_dataset(spec.dataset, spec.root, spec.category, "test", cfg.image_size, cfg.seed)
+    if cfg.save_grids:
+        val = build_dataset(spec.dataset, spec.root, spec.category, "validation", cfg.image_size, cfg.seed)
+        for name, ds in (("validation", val), ("test", test)):
+            save_grid_maps(map_fn, ds, out / f"grids_{name}_grid.npy")
     ms = time_per_image(map_fn, test, cfg.timed_images)
     res = evaluate_scorer(map_fn, test, out, source=method, seed=cfg.seed,
                           extra={"method": method, "fit_seconds": round(fit_s, 1), "ms_per_image": round(ms, 1),
