@@ -153,8 +153,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     backend = _registry.choose(OP, u.device)
     if backend == "reference" or u.dtype == torch.float64:
         out, last_state = reference.selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        last_state = last_state.detach()
     else:
         out, last_state = _selective_scan_op(*_normalise(u, delta, A, B, C, D, z, delta_bias), delta_softplus,
                                              backend)
-    return (out, last_state) if return_last_state else out
+    return (out, last_state.detach()) if return_last_state else out
