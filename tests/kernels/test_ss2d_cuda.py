@@ -1,11 +1,12 @@
 """SS2D CUDA backend.
 
 Two parts:
-* CPU (always): a float64 PyTorch emulation of exactly the decomposition in csrc/ss2d/ss2d_cuda.cu
-  (chunks of 4 steps, chunk-local scans, the lane-segmented prefix combine over chunks, the backward's
-  reverse chunk-local g scans, reverse combine and per-chunk recomputation) checked against the reference
-  and its autograd gradients. This catches algebra mistakes in the chunk combine and gradient formulas
-  without a GPU.
+* CPU (always): a float64 PyTorch emulation of exactly the decompositions in csrc/ss2d/ss2d_cuda.cu, checked
+  against the reference and its autograd gradients. Forward: segments of 64 steps, threads of 4 steps with
+  the running decay products kept for the fix-up, the in-order fold of a segment's threads, and the decoupled
+  look-back over earlier segments (through inclusive states or aggregates). Backward: chunks of 4 steps,
+  chunk-local scans, the lane-segmented prefix combine over chunks, the reverse chunk-local g scans, reverse
+  combine and per-chunk recomputation. This catches algebra mistakes without a GPU.
 * GPU (skipped without one): the compiled kernels against the reference.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from dhkd_kernels import _ext, use_backend
 from dhkd_kernels.ss2d import ops, reference
 
-CHUNK = 4  # kChunk in ss2d_cuda.cu
+CHUNK = 4  # kChunk of the backward kernel in ss2d_cuda.cu
 LOG2E = 1.4426950408889634
 
 
@@ -84,19 +85,73 @@ def _local_scans(dt, us, Bs, a2):
     return torch.stack(cs, 1), torch.stack(cS, 1)
 
 
-def emulate_forward(u, delta, A, B, C, D, delta_bias, softplus, G):
+SEG_ROWS, SEG_ITEMS = 16, 4  # kRows, kItems of the forward kernel
+SEG = SEG_ROWS * SEG_ITEMS  # kSeg: steps per forward CTA
+
+
+def _segment_local(dt, us, Bs, Cs, a2, Dk, t0, L):
+    """Steps 2-3 of ss2d_fwd_kernel for the segment starting at t0: per thread row r, the zero-state scan of
+    its SEG_ITEMS steps (ylocal, Q = C * running product of a), then the in-order fold of the rows into
+    exclusive prefixes (Pex, Hex) and the segment aggregate (P, H). Padding steps (t >= L) have dt = u = B = C = 0.
+    """
+    bsz, _, Dch = dt.shape
+    N = a2.shape[1]
+    rows = []
+    for r in range(SEG_ROWS):
+        h = torch.zeros(bsz, Dch, N, dtype=dt.dtype)
+        P = torch.ones_like(h)
+        Q, ylocal = [], []
+        for i in range(SEG_ITEMS):
+            t = t0 + r * SEG_ITEMS + i
+            if t < L:
+                dtt, uu, Bt, Ct = dt[:, t], us[:, t], Bs[:, t], Cs[:, t]
+            else:
+                dtt, uu = torch.zeros(bsz, Dch, dtype=dt.dtype), torch.zeros(bsz, Dch, dtype=dt.dtype)
+                Bt = Ct = torch.zeros(bsz, N, dtype=dt.dtype)
+            a = torch.exp2(a2 * dtt[..., None])  # the only exp of (t, d, n)
+            h = a * h + (dtt * uu)[..., None] * Bt[:, None, :]
+            P = P * a
+            ylocal.append((Ct[:, None, :] * h).sum(-1) + Dk * uu)
+            Q.append(Ct[:, None, :] * P)
+        rows.append((P, h, Q, ylocal))
+    segP, segH = torch.ones_like(rows[0][0]), torch.zeros_like(rows[0][1])
+    prefixes = []
+    for P, h, _, _ in rows:
+        prefixes.append((segP, segH))
+        segH = P * segH + h
+        segP = segP * P
+    return rows, prefixes, segP, segH
+
+
+def emulate_forward(u, delta, A, B, C, D, delta_bias, softplus, depth=1):
+    """ss2d_fwd_kernel's algebra: segments of SEG steps, thread rows of SEG_ITEMS steps with Q kept for the
+    fix-up, the fold of rows, and the decoupled look-back, which finds an inclusive state ``depth`` segments
+    back (or segment 0) and composes the aggregates in between (depth=1: the predecessor's inclusive state)."""
     bsz, H, W, Dch = u.shape
-    acc = torch.zeros(bsz, H * W, Dch, dtype=u.dtype)
+    L = H * W
+    acc = torch.zeros(bsz, L, Dch, dtype=u.dtype)
     for k, px, _, dt, us, Bs, Cs in _directions(u, delta, B, C, delta_bias, softplus):
         a2 = A[k] * LOG2E
         Dk = D[k] if D is not None else torch.zeros(Dch, dtype=u.dtype)
-        cs, cS = _local_scans(dt, us, Bs, a2)
-        cs = _combine(cs, cS, a2, G, reverse=False)
-        for c, (t0, t1) in enumerate(_chunks(H * W)):
-            h = cs[:, c]
-            for t in range(t0, t1):
-                h = torch.exp2(a2 * dt[:, t, :, None]) * h + (dt[:, t] * us[:, t])[..., None] * Bs[:, t, None, :]
-                acc[:, px[t]] += (Cs[:, t, None, :] * h).sum(-1) + Dk * us[:, t]
+        aggregates, inclusive = [], []
+        for s in range(math.ceil(L / SEG)):
+            rows, prefixes, segP, segH = _segment_local(dt, us, Bs, Cs, a2, Dk, s * SEG, L)
+            aggregates.append((segP, segH))
+            hin = torch.zeros_like(segH)
+            if s > 0:
+                js = max(0, s - depth)
+                accP, accH = torch.ones_like(segP), torch.zeros_like(segH)
+                for j in range(s - 1, js, -1):  # newest first, as the look-back walks
+                    accH = accP * aggregates[j][1] + accH
+                    accP = accP * aggregates[j][0]
+                hin = accP * inclusive[js] + accH
+            inclusive.append(segP * hin + segH)
+            for r, ((_, _, Q, ylocal), (Pex, Hex)) in enumerate(zip(rows, prefixes)):
+                h0 = Hex + Pex * hin
+                for i in range(SEG_ITEMS):
+                    t = s * SEG + r * SEG_ITEMS + i
+                    if t < L:
+                        acc[:, px[t]] += ylocal[i] + (Q[i] * h0).sum(-1)
     return acc.reshape(u.shape)
 
 
@@ -187,7 +242,7 @@ def rel_err(x, ref):
     return ((x - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
-EMU_CASES = [  # (bsz, H, W, D, N, G, with_d, with_bias, softplus)
+EMU_CASES = [  # backward: (bsz, H, W, D, N, G, with_d, with_bias, softplus)
     (1, 1, 1, 2, 3, 1, True, True, True),
     (2, 3, 5, 3, 4, 4, True, False, True),
     (1, 6, 4, 2, 2, 32, False, True, False),
@@ -196,11 +251,20 @@ EMU_CASES = [  # (bsz, H, W, D, N, G, with_d, with_bias, softplus)
 ]
 
 
-@pytest.mark.parametrize("bsz,H,W,Dch,N,G,with_d,with_bias,softplus", EMU_CASES)
-def test_emulated_forward_matches_reference(bsz, H, W, Dch, N, G, with_d, with_bias, softplus):
+FWD_EMU_CASES = [  # (bsz, H, W, D, N, depth, with_d, with_bias, softplus)
+    (1, 1, 1, 2, 3, 1, True, True, True),  # one step: 63 padding steps in the only segment
+    (2, 3, 5, 3, 4, 1, True, False, False),  # no softplus (dt < 0 grows the state: kept short)
+    (1, 9, 17, 2, 3, 1, True, True, True),  # L = 153: three segments, the last partial
+    (1, 13, 20, 2, 2, 2, False, True, True),  # five segments; look-back over one aggregate
+    (1, 20, 13, 1, 16, 99, True, True, True),  # look-back over every aggregate down to segment 0
+]
+
+
+@pytest.mark.parametrize("bsz,H,W,Dch,N,depth,with_d,with_bias,softplus", FWD_EMU_CASES)
+def test_emulated_forward_matches_reference(bsz, H, W, Dch, N, depth, with_d, with_bias, softplus):
     args = make_inputs(bsz, H, W, Dch, N, with_d=with_d, with_bias=with_bias)
     want = reference.ss2d_scan_reference(*args, delta_softplus=softplus, out_float=True)
-    got = emulate_forward(*args, softplus=softplus, G=G)
+    got = emulate_forward(*args, softplus=softplus, depth=depth)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
@@ -305,12 +369,25 @@ def test_cuda_without_d_bias_softplus():
 
 
 @gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("bsz", [1, 16])
+def test_cuda_dhkd_shape_forward(dtype, bsz):
+    """DHKD's largest scan (64x64, D=128, N=16): 64 segments per (direction, channel tile), so most CTAs take
+    their entering state through the look-back; batch 16 puts 32,768 CTAs in flight."""
+    args = _cuda_inputs((bsz, 64, 64, 128, 16), dtype)
+    with use_backend("cuda"):
+        y = ops.ss2d_scan(*args, out_float=True)
+    want = reference.ss2d_scan_reference(*[None if t is None else t.double() for t in args], out_float=True)
+    assert rel_err(y, want) < (1e-4 if dtype == torch.float32 else 1e-2)
+
+
+@gpu
 def test_cuda_global_workspace_path():
-    """A map too long for shared memory runs with the scratch in a global workspace."""
+    """A map too long for shared memory runs the backward with its scratch in a global workspace."""
     mod = _ext.load("_cuda")
     shape = (1, 110, 110, 2, 16)
-    if mod.ss2d_workspace_floats(False, *shape) == 0 or mod.ss2d_workspace_floats(True, *shape) == 0:
-        pytest.skip("this GPU's shared memory holds the whole scratch for this shape")
+    if mod.ss2d_workspace_floats(True, *shape) == 0:
+        pytest.skip("this GPU's shared memory holds the whole backward scratch for this shape")
     args = _cuda_inputs(shape, torch.float32)
     leaves = [None if t is None else t.clone().requires_grad_() for t in args]
     with use_backend("cuda"):
