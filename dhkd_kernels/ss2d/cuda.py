@@ -1,8 +1,11 @@
 """CUDA backend of the fused SS2D scan: allocation and launch of ``dhkd_kernels._cuda.ss2d_fwd/ss2d_bwd``.
 
 Calling convention as in :mod:`dhkd_kernels.ss2d.ops` (contiguous channels-last tensors on one CUDA device).
-Kernels run on the device's current stream. dB and dC are accumulated with atomics in fp32 buffers and
-converted to the I/O dtype here; dA, dD and ddelta_bias come back in fp32.
+Kernels run on the device's current stream. The forward always takes a global workspace (look-back state of
+its segment chains and, for fp16/bf16 outputs, the fp32 accumulator of the four directions); its size comes
+from ``ss2d_workspace_floats``. The four directions are added into y with fp32 atomics, so the last bits of
+y may differ between runs. dB and dC are accumulated with atomics in fp32 buffers and converted to the I/O
+dtype here; dA, dD and ddelta_bias come back in fp32.
 """
 from __future__ import annotations
 
