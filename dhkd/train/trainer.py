@@ -203,7 +203,8 @@ class Trainer:
                 save_checkpoint(self.run_dir, step + 1, model, optimizer, scheduler, cfg.to_dict())
         bar.close()
         train_time = time.time() - t0
-        save_checkpoint(self.run_dir, done, model, optimizer, scheduler, cfg.to_dict())
+        if done > start:  # (a resumed run that had nothing left to do keeps its checkpoint as it is)
+            save_checkpoint(self.run_dir, done, model, optimizer, scheduler, cfg.to_dict())
         summary = {"run_dir": str(self.run_dir), "steps": done, "planned_steps": cfg.steps,
                    "train_seconds": round(train_time, 1),
                    "seconds_per_step": round(train_time / max(1, done - start), 4), "final_losses": last,

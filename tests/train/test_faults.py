@@ -1,0 +1,214 @@
+"""Faults during training: a kill at every point of a checkpoint write, NaN losses, bad data, bad teachers,
+concurrent runs, failed runs, checkpoint files from elsewhere."""
+import json
+import os
+import pathlib
+import shutil
+import threading
+
+import pytest
+import torch
+
+import dhkd.persistence.atomic as atomic
+import dhkd.train.trainer as trainer_module
+from dhkd.data import DatasetError
+from dhkd.persistence import CheckpointError, load_model
+from dhkd.train import TrainConfig, Trainer
+from dhkd.train.trainer import TrainingDiverged
+
+SYNTH = {"dataset": "synthetic", "category": "synthetic", "preset": "tiny", "image_size": 64, "teacher": "random",
+         "lr": 1e-3, "dataset_options": {"size": 64, "n_train": 4, "n_test_good": 2, "n_test_defect": 2},
+         "checkpoint_every": 2, "evaluate": False, "log_every": 1}
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    from dhkd.data import synthetic
+
+    root = tmp_path_factory.mktemp("data")
+    synthetic.ensure(root, "synthetic", size=64, n_train=4, n_test_good=2, n_test_defect=2)
+    return root
+
+
+def _config(root, **kw):
+    return TrainConfig(**{**SYNTH, "root": str(root), **kw})
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: raised at the chosen file operation and at every one after it."""
+
+
+class Killer:
+    """Counts file-system operations; at operation number ``at`` the 'process' dies: that operation and every
+    later one (including the clean-up in ``except`` blocks, which a real kill never runs) raise Killed."""
+
+    def __init__(self, at: int | None):
+        self.at, self.count, self.armed, self.dead = at, 0, False, False
+
+    def wrap(self, fn):
+        def op(*args, **kwargs):
+            if self.armed:
+                if self.dead or self.count == self.at:
+                    self.dead = True
+                    raise Killed
+                self.count += 1
+            return fn(*args, **kwargs)
+        return op
+
+    def install(self, monkeypatch):
+        import dhkd.persistence.weights as weights
+
+        for owner, name in ((atomic.tempfile, "mkstemp"), (atomic, "_fsync"), (atomic.os, "chmod"),
+                            (atomic.os, "replace"), (atomic.os, "unlink"), (pathlib.Path, "unlink"),
+                            (pathlib.Path, "write_bytes"), (weights, "save_file")):
+            monkeypatch.setattr(owner, name, self.wrap(getattr(owner, name)))
+        save = trainer_module.save_checkpoint
+
+        def armed_save(*args, **kwargs):  # only the final checkpoint write of the run is attacked
+            self.armed = args[1] == 4
+            return save(*args, **kwargs)
+        monkeypatch.setattr(trainer_module, "save_checkpoint", armed_save)
+
+
+def _weights(run_dir):
+    return load_model(run_dir / "model.safetensors").state_dict()
+
+
+def test_kill_between_every_file_operation_of_a_checkpoint_write(synth_root, tmp_path, monkeypatch):
+    """A run checkpointed at step 2 is killed while writing its step-4 checkpoint, at each file operation in
+    turn; resuming must give exactly the weights of an uninterrupted run and leave no temporaries."""
+    Trainer(_config(synth_root, steps=4, run_dir=str(tmp_path / "straight"))).run()
+    reference = _weights(tmp_path / "straight")
+    Trainer(_config(synth_root, steps=2, run_dir=str(tmp_path / "base"))).run()
+    (tmp_path / "base" / "model.safetensors").unlink()
+
+    counter = Killer(at=None)  # count the operations of one complete write
+    with monkeypatch.context() as m:
+        counter.install(m)
+        shutil.copytree(tmp_path / "base", tmp_path / "count")
+        Trainer(_config(synth_root, steps=4, run_dir=str(tmp_path / "count"))).run()
+    assert counter.count >= 10  # two files x (create, write, sync, chmod, rename, sync folder) + clean-up
+
+    for at in range(counter.count):
+        run = tmp_path / f"kill{at}"
+        shutil.copytree(tmp_path / "base", run)
+        killer = Killer(at)
+        with monkeypatch.context() as m:
+            killer.install(m)
+            with pytest.raises(Killed):
+                Trainer(_config(synth_root, steps=4, run_dir=str(run))).run()
+        assert killer.dead
+        summary = Trainer(_config(synth_root, steps=4, run_dir=str(run))).run()
+        assert summary["steps"] == 4
+        got = _weights(run)
+        assert all(torch.equal(got[k], reference[k]) for k in reference), f"killed at operation {at}"
+        names = sorted(p.name for p in run.iterdir())
+        assert not [n for n in names if n.endswith(".tmp")], (at, names)
+        assert [n for n in names if n.startswith("checkpoint")] == ["checkpoint-00000004.safetensors",
+                                                                    "checkpoint.json"], (at, names)
+
+
+def test_nan_loss_stops_at_that_step(synth_root, tmp_path, monkeypatch):
+    from dhkd.models import DHKD
+
+    losses, calls = DHKD.losses, []
+
+    def poisoned(self, *args, **kwargs):
+        out = losses(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            out = {k: v * float("nan") for k, v in out.items()}
+        return out
+    monkeypatch.setattr(DHKD, "losses", poisoned)
+    run = tmp_path / "r"
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3 .*lower learning rate.*checkpoint in"):
+        Trainer(_config(synth_root, steps=6, run_dir=str(run))).run()
+    assert len(calls) == 3  # stopped at once, not at the end
+    assert json.loads((run / "checkpoint.json").read_text())["step"] == 2
+    assert "TrainingDiverged" in json.loads((run / "failed.json").read_text())["error"]
+
+
+def test_nan_weights_are_refused_at_load(synth_root, tmp_path):
+    from dhkd.models import DHKD
+    from dhkd.persistence import save_model
+
+    model = DHKD.from_preset("tiny", image_size=64)
+    name, param = next((n, p) for n, p in model.named_parameters() if not n.startswith("teacher."))
+    with torch.no_grad():
+        param.view(-1)[3] = float("nan")
+    save_model(model, tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match=rf"m\.safetensors: tensor '{name}' holds 1 NaN"):
+        load_model(tmp_path / "m.safetensors")
+
+
+def test_training_without_a_teacher_is_an_error(synth_root, tmp_path):
+    with pytest.raises(ValueError, match=r"--teacher FILE.*docs/teacher\.md.*--teacher random"):
+        Trainer(_config(synth_root, teacher="", steps=1, run_dir=str(tmp_path / "r")))
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(FileNotFoundError, match="no.such.pth"):
+        Trainer(_config(synth_root, teacher=str(tmp_path / "no.such.pth"), steps=1, output=str(tmp_path))).run()
+    assert not (tmp_path / "synthetic").exists()  # refused before a run folder was made
+
+
+def test_corrupt_images_are_listed_before_training(synth_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    train_img = sorted((root / "synthetic" / "train" / "good").iterdir())[0]
+    test_img = sorted((root / "synthetic" / "test" / "blob").iterdir())[0]
+    train_img.write_bytes(train_img.read_bytes()[:200])  # truncated PNG
+    test_img.write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match=rf"2 of \d+ image files are unreadable") as exc:
+        Trainer(_config(root, steps=1, evaluate=True, output=str(tmp_path / "runs"))).run()
+    assert train_img.name in str(exc.value) and test_img.name in str(exc.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_concurrent_runs_get_distinct_folders(synth_root, tmp_path):
+    results, errors = [], []
+
+    def train():
+        try:
+            results.append(Trainer(_config(synth_root, steps=1, output=str(tmp_path)), timestamp="same").run())
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=train) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    dirs = sorted(r["run_dir"] for r in results)
+    assert [os.path.basename(d) for d in dirs] == ["same", "same-2"]
+    for d in dirs:
+        assert {"config.yaml", "model.safetensors", "summary.json"} <= set(os.listdir(d))
+
+
+def test_failed_run_leaves_no_half_folder(synth_root, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(trainer_module, "teacher_statistics", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        Trainer(_config(synth_root, steps=1, output=str(tmp_path))).run()
+    assert list((tmp_path / "synthetic" / "synthetic").iterdir()) == []
+
+
+def test_files_follow_the_umask(synth_root, tmp_path):
+    old = os.umask(0o022)
+    try:
+        Trainer(_config(synth_root, steps=1, run_dir=str(tmp_path / "r"))).run()
+    finally:
+        os.umask(old)
+    for p in (tmp_path / "r").iterdir():
+        assert p.stat().st_mode & 0o777 == 0o644, p.name
+
+
+def test_checkpoint_json_damaged_or_from_another_model(synth_root, tmp_path):
+    run = tmp_path / "r"
+    Trainer(_config(synth_root, steps=2, run_dir=str(run))).run()
+    saved = (run / "checkpoint.json").read_text()
+    (run / "checkpoint.json").write_text(saved[: len(saved) // 2])
+    with pytest.raises(CheckpointError, match=r"checkpoint\.json is unreadable \(truncated.*checkpoint-00000002"):
+        Trainer(_config(synth_root, steps=3, run_dir=str(run))).run()
+    (run / "checkpoint.json").write_text(saved)
+    with pytest.raises(CheckpointError, match=r"another model \(preset: 'tiny' in the checkpoint, 'small' now"):
+        Trainer(_config(synth_root, steps=3, preset="small", run_dir=str(run))).run()
