@@ -5,6 +5,8 @@ stride-8 and stride-16 blocks, each 3×3-aggregated and channel-pooled to 192 va
 the image at ``image_size``² (32×32 descriptors of 384 values at 256²). Memory bank: ``bank_size`` descriptors
 drawn uniformly at random (seeded) from all training images' descriptors. Map: the Euclidean distance of each
 test descriptor to its nearest bank descriptor, at feature resolution; the evaluator resizes it to the image.
+With ``teacher`` set, the descriptors are a PDN teacher's outputs instead (64×64×384 at 256²): the same
+scorer then measures how much a distilled teacher keeps of what the backbone can tell apart.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from ..teacher.backbones import build_backbone
 class KNNConfig:
     """Settings of :class:`KNNScorer`."""
     backbone: str = "efficientnet-lite0"
+    teacher: str = ""            # a PDN teacher file: use its (padded) output as descriptors instead of the backbone
+    teacher_size: str = "small"  # that teacher's PDN size
     image_size: int = 256
     bank_size: int = 20000
     seed: int = 0
@@ -38,7 +42,12 @@ class KNNScorer(nn.Module):
         self.config = config or KNNConfig()
         if self.config.bank_size < 1:
             raise ValueError(f"bank_size must be positive, got {self.config.bank_size}")
-        self.backbone = build_backbone(self.config.backbone, backbone_weights)
+        if self.config.teacher:
+            from ..models import load_teacher
+
+            self.backbone = load_teacher(self.config.teacher, size=self.config.teacher_size, padding=True)
+        else:
+            self.backbone = build_backbone(self.config.backbone, backbone_weights)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("bank", torch.zeros(0, 0))
@@ -51,6 +60,8 @@ class KNNScorer(nn.Module):
     @torch.no_grad()
     def descriptors(self, images: torch.Tensor) -> torch.Tensor:
         """(b, C, h, w) patch descriptors of an ImageNet-normalised batch."""
+        if self.config.teacher:
+            return self.backbone(images)  # a PDN takes the ImageNet-normalised image
         return self.backbone(images * self.std + self.mean)
 
     @torch.no_grad()

@@ -42,6 +42,16 @@ def test_knn_distances(syn_root):
         KNNScorer(KNNConfig(bank_size=0))
 
 
+def test_knn_on_teacher_descriptors(syn_root, tmp_path):
+    from dhkd.baselines import KNNConfig, KNNScorer
+
+    save_teacher(PDN("small", 384, padding=True), tmp_path / "t.safetensors")
+    knn = KNNScorer(KNNConfig(image_size=64, bank_size=100, teacher=str(tmp_path / "t.safetensors")))
+    knn.fit(split(syn_root, "train", 64))
+    assert knn.bank.shape == (100, 384)
+    assert knn.anomaly_map(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 16, 16)
+
+
 def test_efficientad_trains_and_calibrates(syn_root):
     teacher = PDN("small", 384, padding=False)
     model = EfficientAD(EfficientADConfig(size="small", steps=2), teacher)
