@@ -8,9 +8,10 @@ inference time per image at batch 1 (mean over the timed test images after one w
 threads). ``compare(...)`` writes ``<output>/<dataset>_<category>/<method>/results.json`` and
 ``<output>/compare.md`` / ``compare.json``.
 
-Methods (:data:`METHODS`): ``knn`` (training-free), ``efficientad-s`` / ``efficientad-m`` (same teacher and
-steps as DHKD), ``dhkd`` (the preset's full model) and its ablations ``dhkd-no-hstm``, ``dhkd-no-scmm``,
-``dhkd-no-fccm``.
+Methods (:data:`METHODS`): ``knn`` (training-free, on the backbone's descriptors), ``knn-teacher`` (the
+same on the DHKD teacher's descriptors: how much the teacher keeps), ``efficientad-s`` / ``efficientad-m``
+(same teacher and steps as DHKD), ``dhkd`` (the preset's full model) and its ablations ``dhkd-no-hstm``,
+``dhkd-no-scmm``, ``dhkd-no-fccm``.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from ..data import build_dataset
 from ..eval.evaluator import evaluate_scorer
 from ..persistence import atomic_write_bytes
 
+_PRESET_TEACHER = {"paper": "medium", "small": "small", "tiny": "small"}
 DHKD_ABLATIONS = {"dhkd": {}, "dhkd-no-hstm": {"use_hstm": False}, "dhkd-no-scmm": {"use_scmm": False},
                   "dhkd-no-fccm": {"use_fccm": False}}
 
@@ -116,13 +118,19 @@ def save_grid_maps(map_fn: Callable, dataset, path: Path, batch_size: int = 8) -
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _fit_knn(spec: DataSpec, cfg: CompareConfig, out: Path):
-    from .knn import KNNConfig, KNNScorer
+def _fit_knn(on_teacher: bool):
+    def fit(spec: DataSpec, cfg: CompareConfig, out: Path):
+        from .knn import KNNConfig, KNNScorer
 
-    scorer = KNNScorer(KNNConfig(image_size=cfg.image_size, bank_size=cfg.knn_bank_size, seed=cfg.seed))
-    t0 = time.time()
-    scorer.fit(build_dataset(spec.dataset, spec.root, spec.category, "train", cfg.image_size, cfg.seed))
-    return scorer.anomaly_map, time.time() - t0, None, None, f"memory bank {scorer.bank.shape[0]} patches"
+        teacher = _teacher_for(spec, cfg) if on_teacher else ""
+        scorer = KNNScorer(KNNConfig(image_size=cfg.image_size, bank_size=cfg.knn_bank_size, seed=cfg.seed,
+                                     teacher=teacher, teacher_size=_PRESET_TEACHER.get(cfg.preset, "small")))
+        t0 = time.time()
+        scorer.fit(build_dataset(spec.dataset, spec.root, spec.category, "train", cfg.image_size, cfg.seed))
+        what = "teacher" if on_teacher else "backbone"
+        return (scorer.anomaly_map, time.time() - t0, None, teacher or None,
+                f"{what} descriptors, memory bank {scorer.bank.shape[0]} patches")
+    return fit
 
 
 def _fit_efficientad(size: str):
@@ -174,7 +182,7 @@ def _fit_dhkd(overrides: dict):
     return fit
 
 
-METHODS: dict[str, Callable] = {"knn": _fit_knn, "efficientad-s": _fit_efficientad("small"),
+METHODS: dict[str, Callable] = {"knn": _fit_knn(False), "knn-teacher": _fit_knn(True), "efficientad-s": _fit_efficientad("small"),
                                 "efficientad-m": _fit_efficientad("medium"),
                                 **{name: _fit_dhkd(o) for name, o in DHKD_ABLATIONS.items()}}
 
