@@ -29,6 +29,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "common/cuda_helpers.cuh"
@@ -68,7 +69,7 @@ struct Params {
   float* dC;
   float* dD;     // (Dch,), zero on entry
   float* dbias;  // (Dch,), zero on entry
-  int Dch, L, N, groups, B_var, C_var, softplus;
+  int Dch, L, N, groups, softplus;
   int warps, blocks_per_group, nchunks;
 };
 
@@ -171,14 +172,15 @@ __host__ __device__ inline int smem_floats(bool bwd, int N, bool B_var, bool C_v
 }
 
 // Forward. kStatesOnly: store the state entering each chunk into p.chunk_states instead of producing out.
-template <typename T, bool kStatesOnly>
-__global__ void __launch_bounds__(kMaxThreads) selective_scan_fwd_kernel(Params p) {
+// kBVar / kCVar: B / C variable (staged rows) or input-independent (one value per channel and state).
+template <typename T, bool kStatesOnly, bool kBVar, bool kCVar>
+__global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_fwd_kernel(Params p) {
   extern __shared__ float smem[];
   const Place w = place(p);
   const int L = p.L, N = p.N, lane = w.lane;
-  const bool C_var = !kStatesOnly && p.C_var;
+  constexpr bool C_var = !kStatesOnly && kCVar;
   float* Bs = smem;
-  float* Cs = Bs + (p.B_var ? N * kChunk : 0);
+  float* Cs = Bs + (kBVar ? N * kChunk : 0);
   float* us = Cs + (C_var ? N * kChunk : 0) + w.warp * 3 * kChunk;
   float* ds = us + kChunk;
   float* zs = ds + kChunk;
@@ -197,7 +199,7 @@ __global__ void __launch_bounds__(kMaxThreads) selective_scan_fwd_kernel(Params 
     const int t0 = c * kChunk;
     if (kStatesOnly && w.live && lane < N) states[(long long)c * N + lane] = carry;
     __syncthreads();  // the previous chunk's readers of the staged rows are done
-    if (p.B_var) stage_rows(Bs, static_cast<const T*>(p.B) + rows0, N, L, t0);
+    if (kBVar) stage_rows(Bs, static_cast<const T*>(p.B) + rows0, N, L, t0);
     if (C_var) stage_rows(Cs, static_cast<const T*>(p.C) + rows0, N, L, t0);
     stage_seq(us, u, L, t0, lane);
     stage_seq(ds, delta, L, t0, lane);
@@ -215,13 +217,13 @@ __global__ void __launch_bounds__(kMaxThreads) selective_scan_fwd_kernel(Params 
     }
     for (int n = 0; n < N; ++n) {
       const float a2 = Arow[n] * kLog2e;
-      const float Bn = p.B_var ? 0.f : static_cast<const float*>(p.B)[(long long)w.d * N + n];
+      const float Bn = kBVar ? 0.f : static_cast<const float*>(p.B)[(long long)w.d * N + n];
       float a[kItems], x[kItems];
       float pa = 1.f, px = 0.f;
 #pragma unroll
       for (int k = 0; k < kItems; ++k) {
         a[k] = exp2f(dt[k] * a2);
-        x[k] = dtu[k] * (p.B_var ? Bs[n * kChunk + k * 32 + lane] : Bn);
+        x[k] = dtu[k] * (kBVar ? Bs[n * kChunk + k * 32 + lane] : Bn);
         pa *= a[k];
         px = a[k] * px + x[k];
       }
@@ -263,18 +265,18 @@ __global__ void __launch_bounds__(kMaxThreads) selective_scan_fwd_kernel(Params 
   if (!kStatesOnly && w.live && lane < N) p.last_state[(w.b * p.Dch + w.d) * N + lane] = carry;
 }
 
-// Backward: reverse walk over the chunks; p.chunk_states from selective_scan_fwd_kernel<T, true>.
-template <typename T>
-__global__ void __launch_bounds__(kMaxThreads) selective_scan_bwd_kernel(Params p) {
+// Backward: reverse walk over the chunks; p.chunk_states from selective_scan_fwd_kernel<T, true, kBVar, false>.
+template <typename T, bool kBVar, bool kCVar>
+__global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Params p) {
   extern __shared__ float smem[];
   const Place w = place(p);
   const int L = p.L, N = p.N, lane = w.lane;
   const int rowsN = N * kChunk;
   float* Bs = smem;
-  float* Cs = Bs + (p.B_var ? rowsN : 0);
-  float* dBs = Cs + (p.C_var ? rowsN : 0);
-  float* dCs = dBs + (p.B_var ? rowsN : 0);
-  float* us = dCs + (p.C_var ? rowsN : 0) + w.warp * 4 * kChunk;
+  float* Cs = Bs + (kBVar ? rowsN : 0);
+  float* dBs = Cs + (kCVar ? rowsN : 0);
+  float* dCs = dBs + (kBVar ? rowsN : 0);
+  float* us = dCs + (kCVar ? rowsN : 0) + w.warp * 4 * kChunk;
   float* ds = us + kChunk;
   float* zs = ds + kChunk;
   float* gs = zs + kChunk;  // dout
@@ -295,11 +297,11 @@ __global__ void __launch_bounds__(kMaxThreads) selective_scan_bwd_kernel(Params 
   for (int c = p.nchunks - 1; c >= 0; --c) {
     const int t0 = c * kChunk;
     __syncthreads();  // the previous chunk's readers of the staged rows and gradient sums are done
-    if (p.B_var) {
+    if (kBVar) {
       stage_rows(Bs, static_cast<const T*>(p.B) + rows0, N, L, t0);
       for (int i = threadIdx.x; i < rowsN; i += blockDim.x) dBs[i] = 0.f;
     }
-    if (p.C_var) {
+    if (kCVar) {
       stage_rows(Cs, static_cast<const T*>(p.C) + rows0, N, L, t0);
       for (int i = threadIdx.x; i < rowsN; i += blockDim.x) dCs[i] = 0.f;
     }
@@ -328,8 +330,8 @@ __global__ void __launch_bounds__(kMaxThreads) selective_scan_bwd_kernel(Params 
     }
     for (int n = 0; n < N; ++n) {
       const float An = Arow[n], a2 = An * kLog2e;
-      const float Bn = p.B_var ? 0.f : static_cast<const float*>(p.B)[(long long)w.d * N + n];
-      const float Cn = p.C_var ? 0.f : static_cast<const float*>(p.C)[(long long)w.d * N + n];
+      const float Bn = kBVar ? 0.f : static_cast<const float*>(p.B)[(long long)w.d * N + n];
+      const float Cn = kCVar ? 0.f : static_cast<const float*>(p.C)[(long long)w.d * N + n];
       const float* Brow = Bs + n * kChunk + lane;
       const float* Crow = Cs + n * kChunk + lane;
       float a[kItems], ah[kItems], h[kItems];
@@ -338,7 +340,7 @@ __global__ void __launch_bounds__(kMaxThreads) selective_scan_bwd_kernel(Params 
 #pragma unroll
       for (int k = 0; k < kItems; ++k) {
         a[k] = exp2f(dt[k] * a2);
-        h[k] = dt[k] * uu[k] * (p.B_var ? Brow[k * 32] : Bn);  // x_t for now
+        h[k] = dt[k] * uu[k] * (kBVar ? Brow[k * 32] : Bn);  // x_t for now
         pa *= a[k];
         px = a[k] * px + h[k];
       }
@@ -354,13 +356,13 @@ __global__ void __launch_bounds__(kMaxThreads) selective_scan_bwd_kernel(Params 
         ah[k] = a[k] * hv;
         hv = ah[k] + h[k];
         h[k] = hv;
-        y[k] += (p.C_var ? Crow[k * 32] : Cn) * hv;
+        y[k] += (kCVar ? Crow[k * 32] : Cn) * hv;
       }
       // Reverse adjoint scan: lane map g_in -> pp g_in + pq gives a_{first} g_{first} from the carry into its last step.
       float pp = 1.f, pq = 0.f;
 #pragma unroll
       for (int k = kItems - 1; k >= 0; --k) {
-        pq = a[k] * (dy[k] * (p.C_var ? Crow[k * 32] : Cn) + pq);
+        pq = a[k] * (dy[k] * (kCVar ? Crow[k * 32] : Cn) + pq);
         pp = a[k] * pp;
       }
       scan_down(pp, pq, lane);
@@ -376,28 +378,28 @@ __global__ void __launch_bounds__(kMaxThreads) selective_scan_bwd_kernel(Params 
       float dA_part = 0.f, dB_part = 0.f, dC_part = 0.f;
 #pragma unroll
       for (int k = kItems - 1; k >= 0; --k) {
-        const float Bk = p.B_var ? Brow[k * 32] : Bn;
-        const float Ck = p.C_var ? Crow[k * 32] : Cn;
+        const float Bk = kBVar ? Brow[k * 32] : Bn;
+        const float Ck = kCVar ? Crow[k * 32] : Cn;
         const float g = dy[k] * Ck + gnext;
         gnext = a[k] * g;
         gB[k] += g * Bk;
         gAh[k] += g * An * ah[k];
         dA_part += g * dt[k] * ah[k];
         const float dBv = g * dt[k] * uu[k], dCv = dy[k] * h[k];
-        if (p.B_var) {
+        if (kBVar) {
           if (w.live) atomicAdd(dBs + n * kChunk + k * 32 + lane, dBv);
         } else {
           dB_part += dBv;
         }
-        if (p.C_var) {
+        if (kCVar) {
           if (w.live) atomicAdd(dCs + n * kChunk + k * 32 + lane, dCv);
         } else {
           dC_part += dCv;
         }
       }
       dA_part = warp_sum(dA_part);
-      if (!p.B_var) dB_part = warp_sum(dB_part);
-      if (!p.C_var) dC_part = warp_sum(dC_part);
+      if (!kBVar) dB_part = warp_sum(dB_part);
+      if (!kCVar) dC_part = warp_sum(dC_part);
       if (lane == n) {
         dA_acc += dA_part;
         dB_acc += dB_part;
@@ -426,15 +428,15 @@ __global__ void __launch_bounds__(kMaxThreads) selective_scan_bwd_kernel(Params 
       store_seq(static_cast<T*>(p.ddelta) + seq0, ds, L, t0, lane);
       if (z) store_seq(static_cast<T*>(p.dz) + seq0, zs, L, t0, lane);
     }
-    if (p.B_var || p.C_var) {
+    if (kBVar || kCVar) {
       __syncthreads();  // every warp's shared-memory atomics for this chunk are in
       const int t_len = min(kChunk, L - t0);
       for (int i = threadIdx.x; i < N * kChunk; i += blockDim.x) {
         const int n = i / kChunk, q = i % kChunk;
         if (q >= t_len) continue;
         const long long o = rows0 + (long long)n * L + t0 + q;
-        if (p.B_var) atomicAdd(p.dB + o, dBs[n * kChunk + slot(q)]);
-        if (p.C_var) atomicAdd(p.dC + o, dCs[n * kChunk + slot(q)]);
+        if (kBVar) atomicAdd(p.dB + o, dBs[n * kChunk + slot(q)]);
+        if (kCVar) atomicAdd(p.dC + o, dCs[n * kChunk + slot(q)]);
       }
     }
   }
@@ -444,8 +446,8 @@ __global__ void __launch_bounds__(kMaxThreads) selective_scan_bwd_kernel(Params 
   if (lane < N) {
     const long long o = (long long)w.d * N + lane;
     atomicAdd(p.dA + o, dA_acc);
-    if (!p.B_var) atomicAdd(p.dB + o, dB_acc);
-    if (!p.C_var) atomicAdd(p.dC + o, dC_acc);
+    if (!kBVar) atomicAdd(p.dB + o, dB_acc);
+    if (!kCVar) atomicAdd(p.dC + o, dC_acc);
   }
   if (lane == 0) {
     atomicAdd(p.dD + w.d, dD_acc);
@@ -521,12 +523,23 @@ void launch(K kernel, const Plan& pl, int batch, int groups, const Params& prm, 
   check_cuda(cudaGetLastError(), "kernel launch");
 }
 
+// Calls f(bool constants) with the B/C variability as compile-time flags of the kernels.
+template <typename F>
+void with_flags(bool B_var, bool C_var, F&& f) {
+  using yes = std::true_type;
+  using no = std::false_type;
+  if (B_var && C_var) f(yes{}, yes{});
+  else if (B_var) f(yes{}, no{});
+  else if (C_var) f(no{}, yes{});
+  else f(no{}, no{});
+}
+
 Params base_params(const void* u, const void* delta, const float* A, const void* B, const void* C,
                    const float* Dw, const void* z, const float* bias, int Dch, int L, int N, int groups,
-                   bool B_var, bool C_var, bool softplus, const Plan& pl) {
+                   bool softplus, const Plan& pl) {
   Params prm{};
   prm.u = u; prm.delta = delta; prm.A = A; prm.B = B; prm.C = C; prm.Dw = Dw; prm.z = z; prm.bias = bias;
-  prm.Dch = Dch; prm.L = L; prm.N = N; prm.groups = groups; prm.B_var = B_var; prm.C_var = C_var;
+  prm.Dch = Dch; prm.L = L; prm.N = N; prm.groups = groups;
   prm.softplus = softplus; prm.warps = pl.warps; prm.blocks_per_group = pl.blocks_per_group;
   prm.nchunks = pl.nchunks;
   return prm;
@@ -543,11 +556,13 @@ void selective_scan_cuda_forward(const void* u, const void* delta, const float* 
                                  int batch, int Dch, int L, int N, int groups, bool B_var, bool C_var, int dtype,
                                  bool softplus, cudaStream_t stream) {
   const Plan pl = make_plan(false, batch, Dch, L, N, groups, B_var, C_var);
-  Params prm = base_params(u, delta, A, B, C, Dw, z, bias, Dch, L, N, groups, B_var, C_var, softplus, pl);
+  Params prm = base_params(u, delta, A, B, C, Dw, z, bias, Dch, L, N, groups, softplus, pl);
   prm.out = out;
   prm.last_state = last_state;
   dispatch_dtype(dtype, "selective_scan CUDA", [&](auto t) {
-    launch(selective_scan_fwd_kernel<decltype(t), false>, pl, batch, groups, prm, stream);
+    with_flags(B_var, C_var, [&](auto bv, auto cv) {
+      launch(selective_scan_fwd_kernel<decltype(t), false, bv.value, cv.value>, pl, batch, groups, prm, stream);
+    });
   });
 }
 
@@ -563,14 +578,16 @@ void selective_scan_cuda_backward(const void* dout, const void* u, const void* d
   if (chunk_states == nullptr || chunk_state_floats < need)
     throw std::invalid_argument("selective_scan CUDA: the chunk-state buffer must hold " + std::to_string(need) +
                                 " floats");
-  Params prm = base_params(u, delta, A, B, C, Dw, z, bias, Dch, L, N, groups, B_var, C_var, softplus, fpl);
+  Params prm = base_params(u, delta, A, B, C, Dw, z, bias, Dch, L, N, groups, softplus, fpl);
   prm.chunk_states = chunk_states;
-  Params bprm = base_params(u, delta, A, B, C, Dw, z, bias, Dch, L, N, groups, B_var, C_var, softplus, bpl);
+  Params bprm = base_params(u, delta, A, B, C, Dw, z, bias, Dch, L, N, groups, softplus, bpl);
   bprm.chunk_states = chunk_states;
   bprm.dout = dout; bprm.du = du; bprm.ddelta = ddelta; bprm.dz = dz;
   bprm.dA = dA; bprm.dB = dB; bprm.dC = dC; bprm.dD = dD; bprm.dbias = dbias;
   dispatch_dtype(dtype, "selective_scan CUDA", [&](auto t) {
-    launch(selective_scan_fwd_kernel<decltype(t), true>, fpl, batch, groups, prm, stream);
-    launch(selective_scan_bwd_kernel<decltype(t)>, bpl, batch, groups, bprm, stream);
+    with_flags(B_var, C_var, [&](auto bv, auto cv) {
+      launch(selective_scan_fwd_kernel<decltype(t), true, bv.value, false>, fpl, batch, groups, prm, stream);
+      launch(selective_scan_bwd_kernel<decltype(t), bv.value, cv.value>, bpl, batch, groups, bprm, stream);
+    });
   });
 }
