@@ -51,16 +51,10 @@ def _adjoint_combine(fa_r, p_r, g_r, fa_l, p_l, g_l):
 
 
 @triton.jit
-def _pixel_index(t, L, H, W, k: tl.constexpr):
-    """Pixel (row-major index in the H×W map) visited at step t of direction k."""
-    if k >= 2:
-        s = L - 1 - t
-    else:
-        s = t
-    if k % 2 == 1:
-        p = (s % H) * W + s // H
-    else:
-        p = s
+def _pixel_index(t, L, H, W, k):
+    """Pixel (row-major index in the H×W map) visited at step t of direction k (0 for steps outside 0..L-1)."""
+    s = tl.where(k >= 2, L - 1 - t, t)
+    p = tl.where(k % 2 == 1, (s % H) * W + s // H, s)
     return tl.where((t >= 0) & (t < L), p, 0)
 
 
@@ -76,7 +70,7 @@ def _softplus(z):
 
 @triton.jit
 def _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n, row_ok, d_ok, n_ok,
-                D, N, k: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+                D, N, k, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Gather one chunk of direction k: u, z = delta + bias, dt (zero on padding), B, C as fp32."""
     m_td = row_ok[:, None] & d_ok[None, :]
     m_tn = row_ok[:, None] & n_ok[None, :]
@@ -109,150 +103,231 @@ def _row(x, rows, r):
     return tl.sum(tl.where((rows == r)[:, None, None], x, 0.0), axis=0)
 
 
+
 @triton.jit
-def _ss2d_fwd_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bias_ptr, yacc_ptr, y_ptr,
-                     L, H, W, D, N,
-                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_b = tl.program_id(0).to(tl.int64)
+def _program_setup(a_ptr, bias_ptr, dskip_ptr, D, N, n_chunks, seg_chunks,
+                   HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Indices of a program of grid (batch·4, channel tiles, segments) and its direction's parameters."""
+    pid_bk = tl.program_id(0)
+    seg = tl.program_id(2)
+    k = pid_bk % K
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    rows = tl.arange(0, BLOCK_T)
-    d_ok = offs_d < D
-    n_ok = offs_n < N
-    u_ptr += pid_b * L * D
-    yacc_ptr += pid_b * L * D
-    y_ptr += pid_b * L * D
-    delta_ptr += pid_b * L * K * D
-    b_ptr += pid_b * L * K * N
-    c_ptr += pid_b * L * K * N
-    n_chunks = tl.cdiv(L, BLOCK_T)
-    for k in tl.static_range(K):
-        m_dn = d_ok[:, None] & n_ok[None, :]
-        a2 = tl.load(a_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0) * LOG2E
-        bias = tl.load(bias_ptr + k * D + offs_d, mask=d_ok, other=0.0) if HAS_BIAS else offs_d * 0.0
-        dskip = tl.load(dskip_ptr + k * D + offs_d, mask=d_ok, other=0.0) if HAS_D else offs_d * 0.0
-        h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-        for c in range(n_chunks):
-            t = c * BLOCK_T + rows
-            row_ok = t < L
-            p = _pixel_index(t, L, H, W, k)
-            u, _, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n,
-                                           row_ok, d_ok, n_ok, D, N, k, HAS_BIAS, SOFTPLUS)
-            _, _, hs = _chunk_states(h, dt, u, bm, a2)
-            h = _row(hs, rows, BLOCK_T - 1)  # padded rows only repeat the last real state
-            y = tl.sum(hs * cm[:, None, :], axis=2)
-            if HAS_D:
-                y += u * dskip[None, :]
-            y_offs = p[:, None] * D + offs_d[None, :]
-            m_td = row_ok[:, None] & d_ok[None, :]
-            if k > 0:
-                y += tl.load(yacc_ptr + y_offs, mask=m_td, other=0.0)
-            if k == K - 1:
-                tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=m_td)
-            else:
-                tl.store(yacc_ptr + y_offs, y, mask=m_td)
-        tl.debug_barrier()  # direction k's y stores are visible to every thread before k + 1 reads them
-
-
-@triton.jit
-def _ss2d_bwd_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bias_ptr, ckpt_ptr,
-                     duacc_ptr, du_ptr, ddelta_ptr, da_ptr, db_ptr, dc_ptr, dd_ptr, dbias_ptr,
-                     L, H, W, D, N,
-                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1)
-    n_batch = tl.num_programs(0)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    rows = tl.arange(0, BLOCK_T)
     d_ok = offs_d < D
     n_ok = offs_n < N
     m_dn = d_ok[:, None] & n_ok[None, :]
-    n_chunks = tl.cdiv(L, BLOCK_T)
-    dy_ptr += pid_b * L * D
-    u_ptr += pid_b * L * D
-    duacc_ptr += pid_b * L * D
-    du_ptr += pid_b * L * D
-    delta_ptr += pid_b * L * K * D
-    ddelta_ptr += pid_b * L * K * D
-    b_ptr += pid_b * L * K * N
-    c_ptr += pid_b * L * K * N
-    db_ptr += (pid_d * n_batch + pid_b) * L * K * N  # partials (n_dtiles, batch, L, K, N)
-    dc_ptr += (pid_d * n_batch + pid_b) * L * K * N
-    ckpt_ptr += pid_b * n_chunks * D * N
-    da_ptr += pid_b * K * D * N  # per-batch partials (batch, K, D, N) and (batch, K, D)
-    dd_ptr += pid_b * K * D
-    dbias_ptr += pid_b * K * D
-    ckpt_offs = offs_d[:, None] * N + offs_n[None, :]
-    for k in tl.static_range(K):
-        a_raw = tl.load(a_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0)
-        a2 = a_raw * LOG2E
-        bias = tl.load(bias_ptr + k * D + offs_d, mask=d_ok, other=0.0) if HAS_BIAS else offs_d * 0.0
-        dskip = tl.load(dskip_ptr + k * D + offs_d, mask=d_ok, other=0.0) if HAS_D else offs_d * 0.0
-        # 1) forward recompute, keeping the state that enters every chunk
-        h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-        for c in range(n_chunks):
-            tl.store(ckpt_ptr + c * D * N + ckpt_offs, h, mask=m_dn)
-            t = c * BLOCK_T + rows
-            p = _pixel_index(t, L, H, W, k)
-            u, _, dt, bm, _ = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n,
-                                          t < L, d_ok, n_ok, D, N, k, HAS_BIAS, SOFTPLUS)
-            _, _, hs = _chunk_states(h, dt, u, bm, a2)
-            h = _row(hs, rows, BLOCK_T - 1)
-        tl.debug_barrier()  # checkpoints visible to all threads
-        # 2) reverse walk over the chunks
-        g_in = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # a_{t+1}·g_{t+1} flowing into the chunk's last step
-        d_a = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-        d_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
-        d_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for ci in range(n_chunks):
-            c = n_chunks - 1 - ci
+    a_raw = tl.load(a_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0)
+    bias = tl.load(bias_ptr + k * D + offs_d, mask=d_ok, other=0.0) if HAS_BIAS else offs_d * 0.0
+    dskip = tl.load(dskip_ptr + k * D + offs_d, mask=d_ok, other=0.0) if HAS_D else offs_d * 0.0
+    c0 = seg * seg_chunks
+    c1 = tl.minimum(c0 + seg_chunks, n_chunks)
+    return pid_bk, seg, k, offs_d, offs_n, d_ok, n_ok, m_dn, a_raw, bias, dskip, c0, c1
+
+
+@triton.jit
+def _segment_summary_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, bias_ptr, dy_ptr, hend_ptr, dtsum_ptr, gout_ptr,
+                            L, H, W, D, N, n_chunks, seg_chunks, n_seg,
+                            HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, WITH_ADJOINT: tl.constexpr,
+                            BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Pass 1: per (batch, direction, channel tile, segment), the segment's state from a zero entering state
+    (hend), its sum of dt (the decay across it is exp(A·sum dt)) and, for the backward, the adjoint it passes
+    to the previous segment from a zero carry (gout = a_first·g_first)."""
+    pid_bk, seg, k, offs_d, offs_n, d_ok, n_ok, m_dn, a_raw, bias, no_skip, c0, c1 = _program_setup(
+        a_ptr, bias_ptr, bias_ptr, D, N, n_chunks, seg_chunks, HAS_BIAS, False, BLOCK_D, BLOCK_N)
+    b = (pid_bk // K).to(tl.int64)
+    a2 = a_raw * LOG2E
+    rows = tl.arange(0, BLOCK_T)
+    u_ptr += b * L * D
+    dy_ptr += b * L * D
+    delta_ptr += b * L * K * D
+    b_ptr += b * L * K * N
+    c_ptr += b * L * K * N
+    h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for c in range(c0, c1):
+        t = c * BLOCK_T + rows
+        p = _pixel_index(t, L, H, W, k)
+        u, z, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n, t < L, d_ok, n_ok,
+                                       D, N, k, HAS_BIAS, SOFTPLUS)
+        hs = _chunk_states(h, dt, u, bm, a2)[2]
+        h = _row(hs, rows, BLOCK_T - 1)  # padded rows only repeat the last real state
+        dt_sum += tl.sum(dt, axis=0)
+    out = (pid_bk * n_seg + seg).to(tl.int64)
+    tl.store(hend_ptr + out * D * N + offs_d[:, None] * N + offs_n[None, :], h, mask=m_dn)
+    tl.store(dtsum_ptr + out * D + offs_d, dt_sum, mask=d_ok)
+    if WITH_ADJOINT:
+        g_in = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        for ci in range(c1 - c0):
+            c = c1 - 1 - ci
             t = c * BLOCK_T + rows
             row_ok = t < L
-            m_td = row_ok[:, None] & d_ok[None, :]
-            m_tn = row_ok[:, None] & n_ok[None, :]
             p = _pixel_index(t, L, H, W, k)
-            u, z, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n,
-                                           row_ok, d_ok, n_ok, D, N, k, HAS_BIAS, SOFTPLUS)
-            h0 = tl.load(ckpt_ptr + c * D * N + ckpt_offs, mask=m_dn, other=0.0)
-            a, bx, hs = _chunk_states(h0, dt, u, bm, a2)
-            pix_d = p[:, None] * D + offs_d[None, :]
-            dy = tl.load(dy_ptr + pix_d, mask=m_td, other=0.0).to(tl.float32)
+            u, z, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n, row_ok, d_ok,
+                                           n_ok, D, N, k, HAS_BIAS, SOFTPLUS)
+            dy = tl.load(dy_ptr + p[:, None] * D + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                         other=0.0).to(tl.float32)
+            a = tl.exp2(dt[:, :, None] * a2[None, :, :])
             x = dy[:, :, None] * cm[:, None, :] + tl.where((rows == BLOCK_T - 1)[:, None, None], g_in[None], 0.0)
-            _, _, g = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), x), 0, _adjoint_combine,
-                                          reverse=True)
+            g = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), x), 0, _adjoint_combine,
+                                    reverse=True)[2]
             g_in = _row(a * g, rows, 0)
-            pix_n = (p[:, None] * K + k) * N + offs_n[None, :]
-            tl.store(dc_ptr + pix_n, tl.sum(dy[:, :, None] * hs, axis=1), mask=m_tn)
-            tl.store(db_ptr + pix_n, tl.sum(g * (dt * u)[:, :, None], axis=1), mask=m_tn)
-            decay = g * (hs - bx)  # g_t·a_t·h_{t-1}, with a_t·h_{t-1} = h_t - b_t
-            d_a += tl.sum(decay * dt[:, :, None], axis=0)
-            gb = tl.sum(g * bm[:, None, :], axis=2)
-            ddt = gb * u + tl.sum(decay * a_raw[None, :, :], axis=2)
-            du = gb * dt
-            if HAS_D:
-                du += dy * dskip[None, :]
-            d_skip += tl.sum(dy * u, axis=0)
-            if SOFTPLUS:
-                zc = tl.minimum(tl.maximum(z, -80.0), 20.0)  # sigmoid(-80) ~ 2e-35: no exp overflow below
-                sig = 1.0 / (1.0 + tl.exp2(-zc * LOG2E))
-                ddt = tl.where(z > 20.0, ddt, ddt * sig)
-            ddt = tl.where(m_td, ddt, 0.0)
-            d_bias += tl.sum(ddt, axis=0)
-            tl.store(ddelta_ptr + (p[:, None] * K + k) * D + offs_d[None, :],
-                     ddt.to(ddelta_ptr.dtype.element_ty), mask=m_td)
-            if k > 0:
-                du += tl.load(duacc_ptr + pix_d, mask=m_td, other=0.0)
-            if k == K - 1:
-                tl.store(du_ptr + pix_d, du.to(du_ptr.dtype.element_ty), mask=m_td)
-            else:
-                tl.store(duacc_ptr + pix_d, du, mask=m_td)
-        tl.store(da_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], d_a, mask=m_dn)
-        tl.store(dd_ptr + k * D + offs_d, d_skip, mask=d_ok)
-        tl.store(dbias_ptr + k * D + offs_d, d_bias, mask=d_ok)
-        tl.debug_barrier()  # du accumulation and checkpoint reuse by the next direction
+        tl.store(gout_ptr + out * D * N + offs_d[:, None] * N + offs_n[None, :], g_in, mask=m_dn)
+
+
+@triton.jit
+def _segment_carry_kernel(a_ptr, dtsum_ptr, val_ptr, out_ptr, D, N, n_seg, REVERSE: tl.constexpr,
+                          BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Pass 2: per (batch, direction, channel tile), the value entering every segment of the recurrence
+    s_next = exp(A·dtsum[seg])·s + val[seg] taken over the segments in order (REVERSE: from the last one),
+    from s = 0: out[seg] = the state entering seg (forward h) or the adjoint carried into seg's last step.
+    One associative scan over the (at most BLOCK_S) segments."""
+    pid_bk = tl.program_id(0)
+    k = pid_bk % K
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    e = tl.arange(0, BLOCK_S)  # position in scan order
+    d_ok = offs_d < D
+    m_dn = d_ok[:, None] & (offs_n < N)[None, :]
+    a2 = tl.load(a_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0) * LOG2E
+    seg = n_seg - 1 - e if REVERSE else e
+    e_ok = e < n_seg
+    rows = (pid_bk * n_seg + seg).to(tl.int64)
+    m_sd = e_ok[:, None] & d_ok[None, :]
+    m_sdn = e_ok[:, None, None] & m_dn[None, :, :]
+    dn = offs_d[:, None] * N + offs_n[None, :]
+    dts = tl.load(dtsum_ptr + rows[:, None] * D + offs_d[None, :], mask=m_sd, other=0.0)
+    val = tl.load(val_ptr + rows[:, None, None] * D * N + dn[None, :, :], mask=m_sdn, other=0.0)
+    decay = tl.exp2(dts[:, :, None] * a2[None, :, :])
+    incl = tl.associative_scan((decay, val), 0, _linear_combine)[1]  # state after each segment, from 0
+    # the state entering position e is the state after position e - 1; position 0 enters with 0
+    nxt = tl.where(REVERSE, seg - 1, seg + 1)
+    nxt_rows = (pid_bk * n_seg + nxt).to(tl.int64)
+    m_next = ((e + 1) < n_seg)[:, None, None] & m_dn[None, :, :]
+    tl.store(out_ptr + nxt_rows[:, None, None] * D * N + dn[None, :, :], incl, mask=m_next)
+    first = (pid_bk * n_seg + tl.where(REVERSE, n_seg - 1, 0)).to(tl.int64)
+    tl.store(out_ptr + first * D * N + dn, tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32), mask=m_dn)
+
+
+@triton.jit
+def _ss2d_fwd_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bias_ptr, hin_ptr, ys_ptr,
+                     L, H, W, D, N, n_chunks, seg_chunks, n_seg,
+                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Pass 3 of the forward: the segment's outputs from its true entering state, written per direction into
+    ys (batch·4, L, D) in pixel order (summed over directions afterwards: deterministic, no atomics)."""
+    pid_bk, seg, k, offs_d, offs_n, d_ok, n_ok, m_dn, a_raw, bias, dskip, c0, c1 = _program_setup(
+        a_ptr, bias_ptr, dskip_ptr, D, N, n_chunks, seg_chunks, HAS_BIAS, HAS_D, BLOCK_D, BLOCK_N)
+    b = (pid_bk // K).to(tl.int64)
+    a2 = a_raw * LOG2E
+    rows = tl.arange(0, BLOCK_T)
+    u_ptr += b * L * D
+    delta_ptr += b * L * K * D
+    b_ptr += b * L * K * N
+    c_ptr += b * L * K * N
+    ys_ptr += pid_bk.to(tl.int64) * L * D
+    h = tl.load(hin_ptr + (pid_bk * n_seg + seg).to(tl.int64) * D * N + offs_d[:, None] * N + offs_n[None, :],
+                mask=m_dn, other=0.0)
+    for c in range(c0, c1):
+        t = c * BLOCK_T + rows
+        row_ok = t < L
+        p = _pixel_index(t, L, H, W, k)
+        u, z, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n, row_ok, d_ok,
+                                       n_ok, D, N, k, HAS_BIAS, SOFTPLUS)
+        hs = _chunk_states(h, dt, u, bm, a2)[2]
+        h = _row(hs, rows, BLOCK_T - 1)
+        y = tl.sum(hs * cm[:, None, :], axis=2)
+        if HAS_D:
+            y += u * dskip[None, :]
+        tl.store(ys_ptr + p[:, None] * D + offs_d[None, :], y, mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _ss2d_bwd_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bias_ptr, hin_ptr, gin_ptr,
+                     ckpt_ptr, dus_ptr, ddelta_ptr, da_ptr, db_ptr, dc_ptr, dd_ptr, dbias_ptr,
+                     L, H, W, D, N, n_chunks, seg_chunks, n_seg,
+                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Pass 3 of the backward, per (batch, direction, channel tile, segment): recompute the states of the
+    segment's chunks from its true entering state (chunk checkpoints in ckpt), then walk the chunks backwards
+    from the true adjoint carry, forming every gradient. du is written per direction (dus, summed afterwards);
+    dB/dC per channel tile, dA/dD/ddelta_bias per segment as partials summed with torch: deterministic."""
+    pid_bk, seg, k, offs_d, offs_n, d_ok, n_ok, m_dn, a_raw, bias, dskip, c0, c1 = _program_setup(
+        a_ptr, bias_ptr, dskip_ptr, D, N, n_chunks, seg_chunks, HAS_BIAS, HAS_D, BLOCK_D, BLOCK_N)
+    pid_d = tl.program_id(1)
+    b = (pid_bk // K).to(tl.int64)
+    n_batch = tl.num_programs(0) // K
+    a2 = a_raw * LOG2E
+    rows = tl.arange(0, BLOCK_T)
+    dy_ptr += b * L * D
+    u_ptr += b * L * D
+    dus_ptr += pid_bk.to(tl.int64) * L * D
+    delta_ptr += b * L * K * D
+    ddelta_ptr += b * L * K * D
+    b_ptr += b * L * K * N
+    c_ptr += b * L * K * N
+    db_ptr += (pid_d * n_batch + b) * L * K * N  # partials (n_dtiles, batch, L, K, N)
+    dc_ptr += (pid_d * n_batch + b) * L * K * N
+    ckpt_ptr += pid_bk.to(tl.int64) * n_chunks * D * N
+    part = (pid_bk * n_seg + seg).to(tl.int64)  # partials (batch·4, n_seg, D[, N])
+    dn = offs_d[:, None] * N + offs_n[None, :]
+    # 1) forward recompute from the segment's entering state, keeping the state that enters every chunk
+    h = tl.load(hin_ptr + part * D * N + dn, mask=m_dn, other=0.0)
+    for c in range(c0, c1):
+        tl.store(ckpt_ptr + c * D * N + dn, h, mask=m_dn)
+        t = c * BLOCK_T + rows
+        p = _pixel_index(t, L, H, W, k)
+        u, z, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n, t < L, d_ok, n_ok,
+                                       D, N, k, HAS_BIAS, SOFTPLUS)
+        hs = _chunk_states(h, dt, u, bm, a2)[2]
+        h = _row(hs, rows, BLOCK_T - 1)
+    tl.debug_barrier()  # checkpoints visible to all threads
+    # 2) reverse walk over the chunks from the adjoint carried into the segment's last step
+    g_in = tl.load(gin_ptr + part * D * N + dn, mask=m_dn, other=0.0)
+    d_a = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    d_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
+    d_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for ci in range(c1 - c0):
+        c = c1 - 1 - ci
+        t = c * BLOCK_T + rows
+        row_ok = t < L
+        m_td = row_ok[:, None] & d_ok[None, :]
+        m_tn = row_ok[:, None] & n_ok[None, :]
+        p = _pixel_index(t, L, H, W, k)
+        u, z, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n, row_ok, d_ok,
+                                       n_ok, D, N, k, HAS_BIAS, SOFTPLUS)
+        h0 = tl.load(ckpt_ptr + c * D * N + dn, mask=m_dn, other=0.0)
+        a, bx, hs = _chunk_states(h0, dt, u, bm, a2)
+        pix_d = p[:, None] * D + offs_d[None, :]
+        dy = tl.load(dy_ptr + pix_d, mask=m_td, other=0.0).to(tl.float32)
+        x = dy[:, :, None] * cm[:, None, :] + tl.where((rows == BLOCK_T - 1)[:, None, None], g_in[None], 0.0)
+        g = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), x), 0, _adjoint_combine, reverse=True)[2]
+        g_in = _row(a * g, rows, 0)
+        pix_n = (p[:, None] * K + k) * N + offs_n[None, :]
+        tl.store(dc_ptr + pix_n, tl.sum(dy[:, :, None] * hs, axis=1), mask=m_tn)
+        tl.store(db_ptr + pix_n, tl.sum(g * (dt * u)[:, :, None], axis=1), mask=m_tn)
+        decay = g * (hs - bx)  # g_t·a_t·h_{t-1}, with a_t·h_{t-1} = h_t - b_t
+        d_a += tl.sum(decay * dt[:, :, None], axis=0)
+        gb = tl.sum(g * bm[:, None, :], axis=2)
+        ddt = gb * u + tl.sum(decay * a_raw[None, :, :], axis=2)
+        du = gb * dt
+        if HAS_D:
+            du += dy * dskip[None, :]
+        d_skip += tl.sum(dy * u, axis=0)
+        if SOFTPLUS:
+            zc = tl.minimum(tl.maximum(z, -80.0), 20.0)  # sigmoid(-80) ~ 2e-35: no exp overflow below
+            sig = 1.0 / (1.0 + tl.exp2(-zc * LOG2E))
+            ddt = tl.where(z > 20.0, ddt, ddt * sig)
+        ddt = tl.where(m_td, ddt, 0.0)
+        d_bias += tl.sum(ddt, axis=0)
+        tl.store(ddelta_ptr + (p[:, None] * K + k) * D + offs_d[None, :], ddt.to(ddelta_ptr.dtype.element_ty),
+                 mask=m_td)
+        tl.store(dus_ptr + pix_d, du, mask=m_td)
+    tl.store(da_ptr + part * D * N + dn, d_a, mask=m_dn)
+    tl.store(dd_ptr + part * D + offs_d, d_skip, mask=d_ok)
+    tl.store(dbias_ptr + part * D + offs_d, d_bias, mask=d_ok)
+
+
+MAX_SEGMENTS = 16  # segments per (batch, direction, channel tile): the carry pass scans them in one tile
 
 
 def _blocks(L: int, Dch: int, N: int) -> tuple[int, int, int]:
@@ -265,54 +340,104 @@ def _blocks(L: int, Dch: int, N: int) -> tuple[int, int, int]:
     return block_t, block_d, block_n
 
 
+def _plan(L: int, Dch: int, N: int) -> dict:
+    """Blocks and the segmentation of the scan: n_chunks chunks of BLOCK_T steps, grouped into n_seg ≤
+    MAX_SEGMENTS segments of seg_chunks chunks (one program each per batch, direction and channel tile)."""
+    block_t, block_d, block_n = _blocks(L, Dch, N)
+    n_chunks = triton.cdiv(L, block_t)
+    seg_chunks = triton.cdiv(n_chunks, MAX_SEGMENTS)
+    n_seg = triton.cdiv(n_chunks, seg_chunks)
+    return dict(BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n, n_chunks=n_chunks, seg_chunks=seg_chunks,
+                n_seg=n_seg, n_dtiles=triton.cdiv(Dch, block_d))
+
+
 def _launch_options() -> dict:
     return {} if _INTERPRET else {"num_warps": 4}
 
 
+def _carry(A, dtsum, val, bsz, Dch, N, plan, reverse: bool) -> torch.Tensor:
+    """Pass 2 on the summaries: the value entering every segment (see ``_segment_carry_kernel``)."""
+    out = torch.empty_like(val)
+    _segment_carry_kernel[(bsz * K.value, plan["n_dtiles"])](
+        A, dtsum, val, out, Dch, N, plan["n_seg"], REVERSE=reverse, BLOCK_S=MAX_SEGMENTS,
+        BLOCK_D=plan["BLOCK_D"], BLOCK_N=plan["BLOCK_N"], **_launch_options())
+    return out
+
+
+def _summaries(u, delta, A, B, C, bias, dy, plan, softplus: bool):
+    """Pass 1: (hend, dtsum, gout) per (batch·4, segment); gout only when dy is given (backward)."""
+    bsz, H, W, Dch = u.shape
+    N = A.shape[2]
+    f32 = dict(dtype=torch.float32, device=u.device)
+    n_seg = plan["n_seg"]
+    hend = torch.empty((bsz * K.value, n_seg, Dch, N), **f32)
+    dtsum = torch.empty((bsz * K.value, n_seg, Dch), **f32)
+    gout = torch.empty_like(hend) if dy is not None else hend
+    grid = (bsz * K.value, plan["n_dtiles"], n_seg)
+    _segment_summary_kernel[grid](
+        u, delta, A, B, C, A if bias is None else bias, u if dy is None else dy, hend, dtsum, gout,
+        H * W, H, W, Dch, N, plan["n_chunks"], plan["seg_chunks"], n_seg,
+        HAS_BIAS=bias is not None, SOFTPLUS=softplus, WITH_ADJOINT=dy is not None,
+        BLOCK_T=plan["BLOCK_T"], BLOCK_D=plan["BLOCK_D"], BLOCK_N=plan["BLOCK_N"], **_launch_options())
+    return hend, dtsum, (gout if dy is not None else None)
+
+
 def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float):
-    """y (batch, H, W, D) of the fused SS2D scan; see the calling convention in ``ops.py``."""
+    """y (batch, H, W, D) of the fused SS2D scan; see the calling convention in ``ops.py``.
+
+    Three launches, each parallel over batch × direction × channel tile (× segment): segment summaries from a
+    zero state, the carries between segments, and the segments' outputs from their true entering states."""
     bsz, H, W, Dch = u.shape
     L, N = H * W, A.shape[2]
-    block_t, block_d, block_n = _blocks(L, Dch, N)
-    out_dtype = torch.float32 if out_float else u.dtype
-    y = torch.empty(u.shape, dtype=out_dtype, device=u.device)
-    yacc = y if out_dtype == torch.float32 else torch.empty(u.shape, dtype=torch.float32, device=u.device)
+    plan = _plan(L, Dch, N)
     A = A.float().contiguous()
     dskip = A if D is None else D.float().contiguous()
-    bias = A if delta_bias is None else delta_bias.float().contiguous()
-    grid = (bsz, triton.cdiv(Dch, block_d))
+    bias = None if delta_bias is None else delta_bias.float().contiguous()
+    ys = torch.empty((bsz, K.value, H, W, Dch), dtype=torch.float32, device=u.device)
     with device_guard(u):
-        _ss2d_fwd_kernel[grid](u, delta, A, B, C, dskip, bias, yacc, y, L, H, W, Dch, N,
-                               HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-                               BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n, **_launch_options())
-    return y
+        hend, dtsum, _ = _summaries(u, delta, A, B, C, bias, None, plan, bool(delta_softplus))
+        hin = _carry(A, dtsum, hend, bsz, Dch, N, plan, reverse=False)
+        _ss2d_fwd_kernel[(bsz * K.value, plan["n_dtiles"], plan["n_seg"])](
+            u, delta, A, B, C, dskip, A if bias is None else bias, hin, ys, L, H, W, Dch, N,
+            plan["n_chunks"], plan["seg_chunks"], plan["n_seg"],
+            HAS_D=D is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus),
+            BLOCK_T=plan["BLOCK_T"], BLOCK_D=plan["BLOCK_D"], BLOCK_N=plan["BLOCK_N"], **_launch_options())
+    y = ys.sum(1)
+    return y if out_float else y.to(u.dtype)
 
 
 def backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus):
-    """(du, ddelta, dA, dB, dC, dD, ddelta_bias) of the fused SS2D scan; see ``ops.py``."""
+    """(du, ddelta, dA, dB, dC, dD, ddelta_bias) of the fused SS2D scan; see ``ops.py``.
+
+    Pass 1 summarises every segment forwards (state from zero) and backwards (adjoint from a zero carry),
+    pass 2 turns both into true entering values, pass 3 forms the gradients per segment."""
     bsz, H, W, Dch = u.shape
     L, N = H * W, A.shape[2]
-    block_t, block_d, block_n = _blocks(L, Dch, N)
-    n_dtiles = triton.cdiv(Dch, block_d)
+    plan = _plan(L, Dch, N)
+    n_seg, n_dtiles = plan["n_seg"], plan["n_dtiles"]
     dev, f32 = u.device, torch.float32
     dy = dy.contiguous()
     A = A.float().contiguous()
     dskip = A if D is None else D.float().contiguous()
-    bias = A if delta_bias is None else delta_bias.float().contiguous()
-    ckpt = torch.empty((bsz, triton.cdiv(L, block_t), Dch, N), dtype=f32, device=dev)
-    du = torch.empty_like(u)
-    duacc = du if u.dtype == f32 else torch.empty(u.shape, dtype=f32, device=dev)
+    bias = None if delta_bias is None else delta_bias.float().contiguous()
+    bk = bsz * K.value
+    ckpt = torch.empty((bk, plan["n_chunks"], Dch, N), dtype=f32, device=dev)
+    dus = torch.empty((bsz, K.value, H, W, Dch), dtype=f32, device=dev)
     ddelta = torch.empty_like(delta)
     db_part = torch.empty((n_dtiles,) + tuple(B.shape), dtype=f32, device=dev)
     dc_part = torch.empty((n_dtiles,) + tuple(C.shape), dtype=f32, device=dev)
-    da_part = torch.empty((bsz, K.value, Dch, N), dtype=f32, device=dev)
-    dd_part = torch.empty((bsz, K.value, Dch), dtype=f32, device=dev)
-    dbias_part = torch.empty((bsz, K.value, Dch), dtype=f32, device=dev)
-    grid = (bsz, n_dtiles)
+    da_part = torch.empty((bsz, K.value, n_seg, Dch, N), dtype=f32, device=dev)
+    dd_part = torch.empty((bsz, K.value, n_seg, Dch), dtype=f32, device=dev)
+    dbias_part = torch.empty((bsz, K.value, n_seg, Dch), dtype=f32, device=dev)
     with device_guard(u):
-        _ss2d_bwd_kernel[grid](dy, u, delta, A, B, C, dskip, bias, ckpt, duacc, du, ddelta,
-                               da_part, db_part, dc_part, dd_part, dbias_part, L, H, W, Dch, N,
-                               HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-                               BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n, **_launch_options())
-    return (du, ddelta, da_part.sum(0), db_part.sum(0).to(B.dtype), dc_part.sum(0).to(C.dtype),
-            dd_part.sum(0), dbias_part.sum(0))
+        hend, dtsum, gout = _summaries(u, delta, A, B, C, bias, dy, plan, bool(delta_softplus))
+        hin = _carry(A, dtsum, hend, bsz, Dch, N, plan, reverse=False)
+        gin = _carry(A, dtsum, gout, bsz, Dch, N, plan, reverse=True)
+        _ss2d_bwd_kernel[(bk, n_dtiles, n_seg)](
+            dy, u, delta, A, B, C, dskip, A if bias is None else bias, hin, gin, ckpt, dus, ddelta,
+            da_part, db_part, dc_part, dd_part, dbias_part, L, H, W, Dch, N,
+            plan["n_chunks"], plan["seg_chunks"], n_seg,
+            HAS_D=D is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus),
+            BLOCK_T=plan["BLOCK_T"], BLOCK_D=plan["BLOCK_D"], BLOCK_N=plan["BLOCK_N"], **_launch_options())
+    return (dus.sum(1).to(u.dtype), ddelta, da_part.sum((0, 2)), db_part.sum(0).to(B.dtype),
+            dc_part.sum(0).to(C.dtype), dd_part.sum((0, 2)), dbias_part.sum((0, 2)))

@@ -1,8 +1,9 @@
 """Triton backend of ss2d_scan against the float64 PyTorch reference, through the public op.
 
 Without a GPU the kernels run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), which is
-slow, so the CPU shapes are tiny; L = 21 and L = 35 span several 16-step chunks and so exercise the chunk
-carry of the forward and the checkpoints and adjoint carry of the backward.
+slow, so the CPU shapes are tiny; L = 21 and L = 35 span several 16-step chunks, i.e. several segments, and so
+exercise the three passes (segment summaries, the carries between segments, the segments' outputs and
+gradients from their true entering values).
 """
 from __future__ import annotations
 
@@ -100,6 +101,15 @@ def test_multi_chunk_half_precision():
     check_against_reference((1, 5, 7, 3, 2), torch.bfloat16, has_d=False)  # L = 35: three chunks
 
 
+def test_segments_of_several_chunks(monkeypatch):
+    """With at most 2 segments, L = 35 (three 16-step chunks) makes a segment of two chunks and a partial one:
+    the chunk carry inside a segment and the segment carry between programs both run."""
+    from dhkd_kernels.ss2d import triton as tri
+    monkeypatch.setattr(tri, "MAX_SEGMENTS", 2)
+    assert tri._plan(35, 3, 2)["seg_chunks"] == 2
+    check_against_reference((1, 5, 7, 3, 2), torch.float32)
+
+
 def test_extreme_delta_stays_finite_and_matches():
     """delta + bias of +100 / -100 (exp overflows fp32 there) gives the reference's values, no inf/nan."""
     inputs = make_inputs(1, 2, 2, 3, 2, torch.float32)
@@ -159,19 +169,18 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from dhkd_kernels.ss2d import triton as tri
 
-blocks = tri._blocks(64 * 64, 128, 16)
-const = dict(HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_T=blocks[0], BLOCK_D=blocks[1], BLOCK_N=blocks[2])
-io = "*bf16"
-fwd = dict(u_ptr=io, delta_ptr=io, a_ptr="*fp32", b_ptr=io, c_ptr=io, dskip_ptr="*fp32", bias_ptr="*fp32",
-           yacc_ptr="*fp32", y_ptr=io)
-bwd = dict(dy_ptr=io, u_ptr=io, delta_ptr=io, a_ptr="*fp32", b_ptr=io, c_ptr=io, dskip_ptr="*fp32",
-           bias_ptr="*fp32", ckpt_ptr="*fp32", duacc_ptr="*fp32", du_ptr=io, ddelta_ptr=io, da_ptr="*fp32",
-           db_ptr="*fp32", dc_ptr="*fp32", dd_ptr="*fp32", dbias_ptr="*fp32")
-for fn, sig in ((tri._ss2d_fwd_kernel, fwd), (tri._ss2d_bwd_kernel, bwd)):
-    sig.update({n: "i32" for n in ("L", "H", "W", "D", "N")}, **{n: "constexpr" for n in const})
+plan = tri._plan(64 * 64, 128, 16)
+blocks = {n: plan[n] for n in ("BLOCK_T", "BLOCK_D", "BLOCK_N")}
+flags = dict(HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, WITH_ADJOINT=True, REVERSE=True, BLOCK_S=tri.MAX_SEGMENTS)
+io = {"u_ptr", "delta_ptr", "b_ptr", "c_ptr", "dy_ptr", "ddelta_ptr"}  # bf16 I/O; every other pointer is fp32
+for fn in (tri._segment_summary_kernel, tri._segment_carry_kernel, tri._ss2d_fwd_kernel, tri._ss2d_bwd_kernel):
+    const = {n: v for n, v in {**flags, **blocks}.items() if n in fn.arg_names}
+    sig = {n: "constexpr" if n in const else ("*bf16" if n in io else "*fp32") if n.endswith("_ptr") else "i32"
+           for n in fn.arg_names}
     kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
                             options=dict(num_warps=4))
     assert "ex2.approx" in kernel.asm["ptx"] and kernel.asm["cubin"], fn.__name__
+    print(fn.__name__, "shared bytes", kernel.metadata.shared)
 print("compiled")
 """
 
