@@ -7,6 +7,8 @@
 #include <string>
 #include <type_traits>
 
+#include "common/strided.h"  // transitional: as_ptr for code that still takes it from here
+
 namespace dhkd {
 
 enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
@@ -110,12 +112,6 @@ void dispatch_dtype(int dt, const char* op, F&& f) {
     case kBF16: f(std::integral_constant<int, kBF16>{}); break;
     default: throw std::invalid_argument(std::string(op) + ": unknown dtype code " + std::to_string(dt));
   }
-}
-
-// A tensor's data_ptr() as passed from Python, as a typed pointer.
-template <class T>
-T* as_ptr(std::uintptr_t p) {
-  return reinterpret_cast<T*>(p);
 }
 
 }  // namespace dhkd

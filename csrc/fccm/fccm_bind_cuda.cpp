@@ -3,34 +3,17 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <array>
 #include <cstdint>
+
+#include "fccm/fccm.h"
 
 namespace py = pybind11;
 
-typedef struct CUstream_st* cudaStream_t;
-
-extern int fccm_cuda_blocks(int H, int W);
-extern void fccm_cuda_pool_relu_fwd(const void* z, const float* bias, void* out, int dtype, int B, int C, int H,
-                                    int W, const long long* zs, const long long* os, cudaStream_t stream);
-extern void fccm_cuda_pool_relu_bwd(const void* dout, const void* z, const float* bias, void* dz, float* part,
-                                    int dtype, int B, int C, int H, int W, const long long* ds, const long long* zs,
-                                    const long long* dzs, cudaStream_t stream);
-extern void fccm_cuda_bias_gelu_fwd(const void* h, const float* bias, void* out, int dtype, int B, int C, int H,
-                                    int W, const long long* hs, const long long* os, cudaStream_t stream);
-extern void fccm_cuda_bias_gelu_bwd(const void* dout, const void* h, const float* bias, void* dh, float* part,
-                                    int dtype, int B, int C, int H, int W, const long long* ds, const long long* hs,
-                                    const long long* dhs, cudaStream_t stream);
-
 namespace {
 
-using Strides = std::array<long long, 4>;
+using dhkd::as_ptr;
+using dhkd::Strides;
 using U = std::uintptr_t;
-
-template <typename P>
-P* as_ptr(U v) {
-  return reinterpret_cast<P*>(v);
-}
 
 }  // namespace
 

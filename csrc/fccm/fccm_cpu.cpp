@@ -5,9 +5,6 @@
 // vectorised inner loop; anything else runs per (batch, channel) plane through (batch, channel, row,
 // column) element strides (NCHW and views without copies). Biases fp32; I/O fp32/fp16/bf16 with fp32
 // math. Bias gradients come back as fp32 partials (B, rows, C) for the caller to sum.
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
-
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -18,31 +15,12 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "common/simd.h"
+#include "common/strided.h"
+#include "fccm/fccm.h"
 
-namespace py = pybind11;
-
-
+namespace dhkd {
 namespace {
-
-using Strides = std::array<int64_t, 4>;
-
-using dhkd::ld;
-using dhkd::st;
-using dhkd::as_ptr;
-using dhkd::dispatch_dtype;
-
-// Hot fp32 loops get AVX-512 and AVX2/FMA clones chosen at load time next to the baseline build.
-#define DHKD_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
-                                   optimize("no-trapping-math")))
-
-inline int64_t off(const Strides& s, int64_t b, int64_t c, int64_t y, int64_t x) {
-  return b * s[0] + c * s[1] + y * s[2] + x * s[3];
-}
-
-// Dense channels-last (NHWC) storage: channels are the contiguous innermost axis.
-bool nhwc(const Strides& s, int64_t C, int64_t H, int64_t W) {
-  return s[1] == 1 && s[3] == C && s[2] == W * C && s[0] == H * W * C;
-}
 
 // Contiguous (H, W) planes: a whole plane is one run.
 bool dense_planes(const Strides& s, int64_t H, int64_t W) { return s[3] == 1 && s[2] == W; }
@@ -55,7 +33,7 @@ inline float window_max(const void* z, const Strides& zs, int64_t b, int64_t c, 
   float m = -INFINITY;
   *k = 0;
   for (int t = 0; t < 4; ++t) {
-    const float v = ld<DT>(z, off(zs, b, c, 2 * i + t / 2, 2 * j + t % 2)) + bias;
+    const float v = ld<DT>(z, offset(zs, b, c, 2 * i + t / 2, 2 * j + t % 2)) + bias;
     if (v > m || v != v) {
       m = v;
       *k = t;
@@ -84,7 +62,7 @@ template <int DT>
 void pool_relu_fwd(const void* z, const float* bias, void* out, int64_t B, int64_t C, int64_t H, int64_t W,
                    const Strides& zs, const Strides& os) {
   const int64_t oh = H / 2, ow = W / 2;
-  if (nhwc(zs, C, H, W) && nhwc(os, C, oh, ow)) {  // channels innermost: one SIMD call per output pixel
+  if (is_nhwc(zs, C, H, W) && is_nhwc(os, C, oh, ow)) {  // channels innermost: one SIMD call per output pixel
     constexpr bool f32 = DT == dhkd::kF32;
 #pragma omp parallel
     {
@@ -93,9 +71,9 @@ void pool_relu_fwd(const void* z, const float* bias, void* out, int64_t B, int64
       for (int64_t it = 0; it < B * oh; ++it) {
         const int64_t b = it / oh, i = it % oh;
         for (int64_t j = 0; j < ow; ++j) {
-          const int64_t o = off(os, b, 0, i, j);
+          const int64_t o = offset(os, b, 0, i, j);
           int64_t src[4];
-          for (int t = 0; t < 4; ++t) src[t] = off(zs, b, 0, 2 * i + t / 2, 2 * j + t % 2);
+          for (int t = 0; t < 4; ++t) src[t] = offset(zs, b, 0, 2 * i + t / 2, 2 * j + t % 2);
           if constexpr (f32) {
             const float* zf = static_cast<const float*>(z);
             pool4_relu_channels(zf + src[0], zf + src[1], zf + src[2], zf + src[3], bias, static_cast<float*>(out) + o,
@@ -119,7 +97,7 @@ void pool_relu_fwd(const void* z, const float* bias, void* out, int64_t B, int64
       for (int64_t j = 0; j < ow; ++j) {
         int k;
         const float m = window_max<DT>(z, zs, b, c, i, j, bias[c], &k);
-        st<DT>(out, off(os, b, c, i, j), (m > 0.f || m != m) ? m : 0.f);
+        st<DT>(out, offset(os, b, c, i, j), (m > 0.f || m != m) ? m : 0.f);
       }
   }
 }
@@ -129,7 +107,7 @@ template <int DT>
 void pool_relu_bwd(const void* dout, const void* z, const float* bias, void* dz, float* db_part, int64_t B,
                    int64_t C, int64_t H, int64_t W, const Strides& ds, const Strides& zs, const Strides& dzs) {
   const int64_t oh = H / 2, ow = W / 2, rows = oh > 0 ? oh : 1;
-  if (nhwc(ds, C, oh, ow) && nhwc(zs, C, H, W) && nhwc(dzs, C, H, W)) {
+  if (is_nhwc(ds, C, oh, ow) && is_nhwc(zs, C, H, W) && is_nhwc(dzs, C, H, W)) {
 #pragma omp parallel
     {
       std::vector<float> acc(C);
@@ -140,10 +118,10 @@ void pool_relu_bwd(const void* dout, const void* z, const float* bias, void* dz,
         for (int64_t j = 0; j < ow; ++j) {
           int64_t src[4], dst[4];
           for (int t = 0; t < 4; ++t) {
-            src[t] = off(zs, b, 0, 2 * i + t / 2, 2 * j + t % 2);
-            dst[t] = off(dzs, b, 0, 2 * i + t / 2, 2 * j + t % 2);
+            src[t] = offset(zs, b, 0, 2 * i + t / 2, 2 * j + t % 2);
+            dst[t] = offset(dzs, b, 0, 2 * i + t / 2, 2 * j + t % 2);
           }
-          const int64_t o = off(ds, b, 0, i, j);
+          const int64_t o = offset(ds, b, 0, i, j);
           for (int64_t c = 0; c < C; ++c) {
             float m = -INFINITY;
             int k = 0;
@@ -159,11 +137,11 @@ void pool_relu_bwd(const void* dout, const void* z, const float* bias, void* dz,
           }
           if (j == ow - 1 && W > 2 * ow)  // the column floor-mode pooling never reads
             for (int64_t y = 2 * i; y < 2 * i + 2; ++y)
-              for (int64_t c = 0; c < C; ++c) st<DT>(dz, off(dzs, b, 0, y, W - 1) + c, 0.f);
+              for (int64_t c = 0; c < C; ++c) st<DT>(dz, offset(dzs, b, 0, y, W - 1) + c, 0.f);
         }
         if (i == oh - 1 && H > 2 * oh)  // the row floor-mode pooling never reads
           for (int64_t x = 0; x < W; ++x)
-            for (int64_t c = 0; c < C; ++c) st<DT>(dz, off(dzs, b, 0, H - 1, x) + c, 0.f);
+            for (int64_t c = 0; c < C; ++c) st<DT>(dz, offset(dzs, b, 0, H - 1, x) + c, 0.f);
         for (int64_t c = 0; c < C; ++c) db_part[it * C + c] = acc[c];
       }
     }
@@ -174,16 +152,16 @@ void pool_relu_bwd(const void* dout, const void* z, const float* bias, void* dz,
     const int64_t b = p / C, c = p % C;
     double acc = 0.0;
     for (int64_t y = 2 * oh; y < H; ++y)  // rows and columns the floor-mode pooling never reads
-      for (int64_t x = 0; x < W; ++x) st<DT>(dz, off(dzs, b, c, y, x), 0.f);
+      for (int64_t x = 0; x < W; ++x) st<DT>(dz, offset(dzs, b, c, y, x), 0.f);
     for (int64_t y = 0; y < 2 * oh; ++y)
-      for (int64_t x = 2 * ow; x < W; ++x) st<DT>(dz, off(dzs, b, c, y, x), 0.f);
+      for (int64_t x = 2 * ow; x < W; ++x) st<DT>(dz, offset(dzs, b, c, y, x), 0.f);
     for (int64_t i = 0; i < oh; ++i)
       for (int64_t j = 0; j < ow; ++j) {
         int k;
         const float m = window_max<DT>(z, zs, b, c, i, j, bias[c], &k);
-        const float g = m > 0.f ? ld<DT>(dout, off(ds, b, c, i, j)) : 0.f;
+        const float g = m > 0.f ? ld<DT>(dout, offset(ds, b, c, i, j)) : 0.f;
         acc += g;
-        for (int t = 0; t < 4; ++t) st<DT>(dz, off(dzs, b, c, 2 * i + t / 2, 2 * j + t % 2), t == k ? g : 0.f);
+        for (int t = 0; t < 4; ++t) st<DT>(dz, offset(dzs, b, c, 2 * i + t / 2, 2 * j + t % 2), t == k ? g : 0.f);
       }
     db_part[(b * rows) * C + c] = static_cast<float>(acc);
   }
@@ -278,7 +256,7 @@ inline void run_at(const Runs& R, const Strides& s, int64_t r, int64_t C, int64_
 template <int DT>
 void bias_gelu_fwd(const void* h, const float* bias, void* out, int64_t B, int64_t C, int64_t H, int64_t W,
                    const Strides& hs, const Strides& os) {
-  const Runs R = plan_runs(nhwc(hs, C, H, W) && nhwc(os, C, H, W),
+  const Runs R = plan_runs(is_nhwc(hs, C, H, W) && is_nhwc(os, C, H, W),
                            dense_planes(hs, H, W) && dense_planes(os, H, W), B, C, H, W);
 #pragma omp parallel
   {
@@ -305,7 +283,7 @@ void bias_gelu_fwd(const void* h, const float* bias, void* out, int64_t B, int64
 template <int DT>
 void bias_gelu_bwd(const void* dout, const void* h, const float* bias, void* dh, float* db_part, int64_t B,
                    int64_t C, int64_t H, int64_t W, const Strides& ds, const Strides& hs, const Strides& dhs) {
-  const bool by_pixel = nhwc(ds, C, H, W) && nhwc(hs, C, H, W) && nhwc(dhs, C, H, W);
+  const bool by_pixel = is_nhwc(ds, C, H, W) && is_nhwc(hs, C, H, W) && is_nhwc(dhs, C, H, W);
   const Runs R = plan_runs(by_pixel, dense_planes(ds, H, W) && dense_planes(hs, H, W) && dense_planes(dhs, H, W),
                            B, C, H, W);
   // Work items: one image row (NHWC: W runs of C channels) or one plane (all of its runs).
@@ -361,51 +339,42 @@ void check_sizes(int64_t B, int64_t C, int64_t H, int64_t W, int64_t min_hw) {
 
 }  // namespace
 
-void bind_fccm_cpu(py::module_& m) {
-  m.def(
-      "fccm_pool_relu_fwd",
-      [](uintptr_t z, uintptr_t bias, uintptr_t out, int dt, int64_t B, int64_t C, int64_t H, int64_t W, Strides zs,
-         Strides os) {
-        check_sizes(B, C, H, W, 2);
-        dispatch_dtype(dt, "fccm", [&](auto D) {
-          pool_relu_fwd<decltype(D)::value>(as_ptr<const void>(z), as_ptr<const float>(bias), as_ptr<void>(out), B, C,
-                                            H, W, zs, os);
-        });
-      },
-      py::call_guard<py::gil_scoped_release>(), "out = relu(maxpool2x2(z + bias)) (strided, fp32 bias)");
-  m.def(
-      "fccm_pool_relu_bwd",
-      [](uintptr_t dout, uintptr_t z, uintptr_t bias, uintptr_t dz, uintptr_t db_part, int dt, int64_t B, int64_t C,
-         int64_t H, int64_t W, Strides ds, Strides zs, Strides dzs) {
-        check_sizes(B, C, H, W, 2);
-        dispatch_dtype(dt, "fccm", [&](auto D) {
-          pool_relu_bwd<decltype(D)::value>(as_ptr<const void>(dout), as_ptr<const void>(z),
-                                            as_ptr<const float>(bias), as_ptr<void>(dz), as_ptr<float>(db_part), B, C,
-                                            H, W, ds, zs, dzs);
-        });
-      },
-      py::call_guard<py::gil_scoped_release>(), "dz and fp32 bias-gradient partials (B, max(H/2, 1), C), zero on entry, of pool_relu");
-  m.def(
-      "fccm_bias_gelu_fwd",
-      [](uintptr_t h, uintptr_t bias, uintptr_t out, int dt, int64_t B, int64_t C, int64_t H, int64_t W, Strides hs,
-         Strides os) {
-        check_sizes(B, C, H, W, 1);
-        dispatch_dtype(dt, "fccm", [&](auto D) {
-          bias_gelu_fwd<decltype(D)::value>(as_ptr<const void>(h), as_ptr<const float>(bias), as_ptr<void>(out), B, C,
-                                            H, W, hs, os);
-        });
-      },
-      py::call_guard<py::gil_scoped_release>(), "out = gelu(h + bias), exact erf (strided, fp32 bias)");
-  m.def(
-      "fccm_bias_gelu_bwd",
-      [](uintptr_t dout, uintptr_t h, uintptr_t bias, uintptr_t dh, uintptr_t db_part, int dt, int64_t B, int64_t C,
-         int64_t H, int64_t W, Strides ds, Strides hs, Strides dhs) {
-        check_sizes(B, C, H, W, 1);
-        dispatch_dtype(dt, "fccm", [&](auto D) {
-          bias_gelu_bwd<decltype(D)::value>(as_ptr<const void>(dout), as_ptr<const void>(h),
-                                            as_ptr<const float>(bias), as_ptr<void>(dh), as_ptr<float>(db_part), B, C,
-                                            H, W, ds, hs, dhs);
-        });
-      },
-      py::call_guard<py::gil_scoped_release>(), "dh and fp32 bias-gradient partials (B, H, C), zero on entry, of bias_gelu");
+void fccm_cpu_pool_relu_fwd(std::uintptr_t z, std::uintptr_t bias, std::uintptr_t out, int dtype, int64_t B,
+                            int64_t C, int64_t H, int64_t W, const Strides& zs, const Strides& os) {
+  check_sizes(B, C, H, W, 2);
+  dispatch_dtype(dtype, "fccm", [&](auto D) {
+    pool_relu_fwd<decltype(D)::value>(as_ptr<const void>(z), as_ptr<const float>(bias), as_ptr<void>(out), B, C, H,
+                                      W, zs, os);
+  });
 }
+
+void fccm_cpu_pool_relu_bwd(std::uintptr_t dout, std::uintptr_t z, std::uintptr_t bias, std::uintptr_t dz,
+                            std::uintptr_t db_part, int dtype, int64_t B, int64_t C, int64_t H, int64_t W,
+                            const Strides& ds, const Strides& zs, const Strides& dzs) {
+  check_sizes(B, C, H, W, 2);
+  dispatch_dtype(dtype, "fccm", [&](auto D) {
+    pool_relu_bwd<decltype(D)::value>(as_ptr<const void>(dout), as_ptr<const void>(z), as_ptr<const float>(bias),
+                                      as_ptr<void>(dz), as_ptr<float>(db_part), B, C, H, W, ds, zs, dzs);
+  });
+}
+
+void fccm_cpu_bias_gelu_fwd(std::uintptr_t h, std::uintptr_t bias, std::uintptr_t out, int dtype, int64_t B,
+                            int64_t C, int64_t H, int64_t W, const Strides& hs, const Strides& os) {
+  check_sizes(B, C, H, W, 1);
+  dispatch_dtype(dtype, "fccm", [&](auto D) {
+    bias_gelu_fwd<decltype(D)::value>(as_ptr<const void>(h), as_ptr<const float>(bias), as_ptr<void>(out), B, C, H,
+                                      W, hs, os);
+  });
+}
+
+void fccm_cpu_bias_gelu_bwd(std::uintptr_t dout, std::uintptr_t h, std::uintptr_t bias, std::uintptr_t dh,
+                            std::uintptr_t db_part, int dtype, int64_t B, int64_t C, int64_t H, int64_t W,
+                            const Strides& ds, const Strides& hs, const Strides& dhs) {
+  check_sizes(B, C, H, W, 1);
+  dispatch_dtype(dtype, "fccm", [&](auto D) {
+    bias_gelu_bwd<decltype(D)::value>(as_ptr<const void>(dout), as_ptr<const void>(h), as_ptr<const float>(bias),
+                                      as_ptr<void>(dh), as_ptr<float>(db_part), B, C, H, W, ds, hs, dhs);
+  });
+}
+
+}  // namespace dhkd

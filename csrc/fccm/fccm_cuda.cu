@@ -5,6 +5,7 @@
 // One thread per output (forward) or input (backward) pixel; bias gradients as per-block partials
 // (planes, blocks) summed by the caller.
 #include "common/cuda_helpers.cuh"
+#include "fccm/fccm.h"
 
 using namespace dhkd_cuda;
 

@@ -3,36 +3,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <array>
 #include <cstdint>
+
+#include "scmm/scmm.h"
 
 namespace py = pybind11;
 
-typedef struct CUstream_st* cudaStream_t;
-
-extern int scmm_cuda_blocks_full(int H, int W);
-extern int scmm_cuda_blocks_half(int H, int W);
-extern void scmm_cuda_two_scale_fwd(const void* x, void* s, const float* wa, const float* ba, const float* wb,
-                                    const float* bb, int dtype, int B, int C, int H, int W, const long long* xs,
-                                    const long long* ss, cudaStream_t stream);
-extern void scmm_cuda_two_scale_bwd(const void* ds, const void* x, void* dx, const float* wa, const float* wb,
-                                    float* gsum, float* dpool, float* part_a, float* part_b, int dtype, int B, int C,
-                                    int H, int W, const long long* dss, const long long* xs, const long long* dxs,
-                                    cudaStream_t stream);
-extern void scmm_cuda_gate_fwd(const void* G, const void* x, void* y, int dtype, long long n, cudaStream_t stream);
-extern void scmm_cuda_gate_bwd(const void* dy, const void* G, const void* x, void* dG, void* dx, int dtype,
-                               long long n, cudaStream_t stream);
-
-namespace {
-
-using Strides = std::array<long long, 4>;
-
-template <typename P>
-P* as_ptr(std::uintptr_t v) {
-  return reinterpret_cast<P*>(v);
-}
-
-}  // namespace
+using dhkd::as_ptr;
+using dhkd::Strides;
 
 void bind_scmm_cuda(py::module_& m) {
   m.def("scmm_blocks_full", &scmm_cuda_blocks_full, "partial-sum blocks per full-resolution plane");

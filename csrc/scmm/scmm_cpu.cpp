@@ -10,9 +10,6 @@
 // (batch, channel, row, column) element strides, so NCHW, channels_last and strided views need no copy.
 // Depth-wise weights are fp32 (C/2, 9); I/O dtype is fp32/fp16/bf16 with fp32 math. Weight/bias gradients come back per plane (B, C, 9) and (B, C) in
 // fp32 for the caller to sum over the batch (deterministic, no atomics).
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
-
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -23,24 +20,14 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "common/simd.h"
+#include "common/strided.h"
+#include "scmm/scmm.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // vector arguments only cross always_inline helpers
 
-namespace py = pybind11;
-
-
+namespace dhkd {
 namespace {
-
-using Strides = std::array<int64_t, 4>;
-
-// Hot fp32 loops get AVX-512 and AVX2/FMA clones chosen at load time next to the baseline build.
-#define DHKD_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
-                                   optimize("no-trapping-math")))
-
-using dhkd::ld;
-using dhkd::st;
-using dhkd::as_ptr;
-using dhkd::dispatch_dtype;
 
 struct Geometry {
   int64_t B, C, H, W, half, oh, ow;
@@ -223,13 +210,8 @@ void adaptive_maxpool(const float* plane, const Geometry& g, float* pooled, int3
 // channel's weight gradient is summed by one work item in a fixed order, so the partials are deterministic
 // and independent of the thread count.
 
-bool nhwc(const Strides& s, int64_t C, int64_t H, int64_t W) {
-  return s[1] == 1 && s[3] == C && s[2] == W * C && s[0] == H * W * C;
-}
-
 constexpr int kLanes = 16, kGroup = 4;
 typedef float vf __attribute__((vector_size(kLanes * 4)));
-#define DHKD_INLINE static inline __attribute__((always_inline))
 
 DHKD_INLINE vf ldv(const float* p) {
   vf v;
@@ -551,7 +533,7 @@ void two_scale_bwd_nhwc(const void* ds, const void* x, void* dx, const float* wa
 template <int DT>
 void two_scale_fwd(const void* x, void* s, const float* wa, const float* ba, const float* wb, const float* bb,
                    const Geometry& g, const Strides& xs, const Strides& ss) {
-  if (nhwc(xs, g.C, g.H, g.W) && nhwc(ss, g.C, g.H, g.W)) return two_scale_fwd_nhwc<DT>(x, s, wa, ba, wb, bb, g);
+  if (is_nhwc(xs, g.C, g.H, g.W) && is_nhwc(ss, g.C, g.H, g.W)) return two_scale_fwd_nhwc<DT>(x, s, wa, ba, wb, bb, g);
   const int64_t planes = g.B * g.C;
 #pragma omp parallel
   {
@@ -582,7 +564,7 @@ void two_scale_fwd(const void* x, void* s, const float* wa, const float* ba, con
 template <int DT>
 void two_scale_bwd(const void* ds, const void* x, void* dx, const float* wa, const float* wb, float* dw_part,
                    float* db_part, const Geometry& g, const Strides& dss, const Strides& xs, const Strides& dxs) {
-  if (nhwc(dss, g.C, g.H, g.W) && nhwc(xs, g.C, g.H, g.W) && nhwc(dxs, g.C, g.H, g.W))
+  if (is_nhwc(dss, g.C, g.H, g.W) && is_nhwc(xs, g.C, g.H, g.W) && is_nhwc(dxs, g.C, g.H, g.W))
     return two_scale_bwd_nhwc<DT>(ds, x, dx, wa, wb, dw_part, db_part, g);
   const int64_t planes = g.B * g.C;
 #pragma omp parallel
@@ -709,48 +691,41 @@ Geometry checked_geometry(int64_t B, int64_t C, int64_t H, int64_t W) {
 
 }  // namespace
 
-void bind_scmm_cpu(py::module_& m) {
-  m.def(
-      "scmm_two_scale_fwd",
-      [](uintptr_t x, uintptr_t s, uintptr_t wa, uintptr_t ba, uintptr_t wb, uintptr_t bb, int dt, int64_t B,
-         int64_t C, int64_t H, int64_t W, Strides xs, Strides ss) {
-        const Geometry g = checked_geometry(B, C, H, W);
-        dispatch_dtype(dt, "scmm", [&](auto D) {
-          two_scale_fwd<decltype(D)::value>(as_ptr<const void>(x), as_ptr<void>(s), as_ptr<const float>(wa),
-                                            as_ptr<const float>(ba), as_ptr<const float>(wb), as_ptr<const float>(bb),
-                                            g, xs, ss);
-        });
-      },
-      py::call_guard<py::gil_scoped_release>(),
-      "s = concat(dw3x3_a(x_a), up(dw3x3_b(adaptive_maxpool(x_b)))): one pass, strided I/O, fp32 weights (C/2, 9)");
-  m.def(
-      "scmm_two_scale_bwd",
-      [](uintptr_t ds, uintptr_t x, uintptr_t dx, uintptr_t wa, uintptr_t wb, uintptr_t dw_part, uintptr_t db_part,
-         int dt, int64_t B, int64_t C, int64_t H, int64_t W, Strides dss, Strides xs, Strides dxs) {
-        const Geometry g = checked_geometry(B, C, H, W);
-        dispatch_dtype(dt, "scmm", [&](auto D) {
-          two_scale_bwd<decltype(D)::value>(as_ptr<const void>(ds), as_ptr<const void>(x), as_ptr<void>(dx),
-                                            as_ptr<const float>(wa), as_ptr<const float>(wb), as_ptr<float>(dw_part),
-                                            as_ptr<float>(db_part), g, dss, xs, dxs);
-        });
-      },
-      py::call_guard<py::gil_scoped_release>(),
-      "dx and per-plane fp32 weight/bias gradient partials (B, C, 9), (B, C) of the two-scale branch");
-  m.def(
-      "scmm_gate_fwd",
-      [](uintptr_t G, uintptr_t x, uintptr_t y, int dt, int64_t n) {
-        dispatch_dtype(dt, "scmm", [&](auto D) {
-          gate_fwd<decltype(D)::value>(as_ptr<const void>(G), as_ptr<const void>(x), as_ptr<void>(y), n);
-        });
-      },
-      py::call_guard<py::gil_scoped_release>(), "y = relu(G) * x + x (flat, same layout)");
-  m.def(
-      "scmm_gate_bwd",
-      [](uintptr_t dy, uintptr_t G, uintptr_t x, uintptr_t dG, uintptr_t dx, int dt, int64_t n) {
-        dispatch_dtype(dt, "scmm", [&](auto D) {
-          gate_bwd<decltype(D)::value>(as_ptr<const void>(dy), as_ptr<const void>(G), as_ptr<const void>(x),
-                                       as_ptr<void>(dG), as_ptr<void>(dx), n);
-        });
-      },
-      py::call_guard<py::gil_scoped_release>(), "dG = dy * x * [G > 0], dx = dy * (relu(G) + 1)");
+void scmm_cpu_two_scale_fwd(std::uintptr_t x, std::uintptr_t s, std::uintptr_t wa, std::uintptr_t ba,
+                            std::uintptr_t wb, std::uintptr_t bb, int dtype, int64_t B, int64_t C, int64_t H,
+                            int64_t W, const Strides& xs, const Strides& ss) {
+  const Geometry g = checked_geometry(B, C, H, W);
+  dispatch_dtype(dtype, "scmm", [&](auto D) {
+    two_scale_fwd<decltype(D)::value>(as_ptr<const void>(x), as_ptr<void>(s), as_ptr<const float>(wa),
+                                      as_ptr<const float>(ba), as_ptr<const float>(wb), as_ptr<const float>(bb), g,
+                                      xs, ss);
+  });
 }
+
+void scmm_cpu_two_scale_bwd(std::uintptr_t ds, std::uintptr_t x, std::uintptr_t dx, std::uintptr_t wa,
+                            std::uintptr_t wb, std::uintptr_t dw_part, std::uintptr_t db_part, int dtype, int64_t B,
+                            int64_t C, int64_t H, int64_t W, const Strides& dss, const Strides& xs,
+                            const Strides& dxs) {
+  const Geometry g = checked_geometry(B, C, H, W);
+  dispatch_dtype(dtype, "scmm", [&](auto D) {
+    two_scale_bwd<decltype(D)::value>(as_ptr<const void>(ds), as_ptr<const void>(x), as_ptr<void>(dx),
+                                      as_ptr<const float>(wa), as_ptr<const float>(wb), as_ptr<float>(dw_part),
+                                      as_ptr<float>(db_part), g, dss, xs, dxs);
+  });
+}
+
+void scmm_cpu_gate_fwd(std::uintptr_t G, std::uintptr_t x, std::uintptr_t y, int dtype, int64_t n) {
+  dispatch_dtype(dtype, "scmm", [&](auto D) {
+    gate_fwd<decltype(D)::value>(as_ptr<const void>(G), as_ptr<const void>(x), as_ptr<void>(y), n);
+  });
+}
+
+void scmm_cpu_gate_bwd(std::uintptr_t dy, std::uintptr_t G, std::uintptr_t x, std::uintptr_t dG, std::uintptr_t dx,
+                       int dtype, int64_t n) {
+  dispatch_dtype(dtype, "scmm", [&](auto D) {
+    gate_bwd<decltype(D)::value>(as_ptr<const void>(dy), as_ptr<const void>(G), as_ptr<const void>(x),
+                                 as_ptr<void>(dG), as_ptr<void>(dx), n);
+  });
+}
+
+}  // namespace dhkd

@@ -7,6 +7,7 @@
 //            argmax (first max in scan order, last NaN, as PyTorch) and does the full-scale half.
 // Weight/bias gradients are per-block partials (planes, blocks, 10) summed by the caller.
 #include "common/cuda_helpers.cuh"
+#include "scmm/scmm.h"
 
 using namespace dhkd_cuda;
 

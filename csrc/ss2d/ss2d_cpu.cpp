@@ -9,8 +9,6 @@
 // The backward never holds anything of size L·D·N: a forward pass stores the state every T steps, then the
 // chunks are walked in reverse, each recomputing its states and decays into a T·N·block buffer and running
 // the reverse recurrence. dB/dC/dA/dD/ddelta_bias are summed in per-thread fp32 partials, then reduced.
-#include <pybind11/pybind11.h>
-
 #include <algorithm>
 #include <cstring>
 #include <cstdint>
@@ -22,18 +20,10 @@
 #endif
 
 #include "common/dtype.h"
+#include "common/simd.h"
+#include "common/strided.h"
+#include "ss2d/ss2d.h"
 #include "ss2d/ss2d_cpu_simd.h"
-
-// Hot loops are compiled for AVX-512, AVX2+FMA and baseline x86-64, picked at load time (ifunc). Defining
-// SS2D_CLONES empty (-DSS2D_CLONES=) builds one version for the -march given, e.g. to test the AVX2 path.
-#if defined(SS2D_CLONES)
-#elif defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define SS2D_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SS2D_CLONES
-#endif
-
-namespace py = pybind11;
 
 namespace dhkd {
 namespace {
@@ -98,7 +88,7 @@ struct Inputs {
 };
 
 // out[0:N] = fp32 values of B or C at element `off` (whole vectors converted at once, the tail per element).
-SS2D_INLINE void load_bc(const void* base, int64_t off, int64_t N, int dt, float* out) {
+DHKD_INLINE void load_bc(const void* base, int64_t off, int64_t N, int dt, float* out) {
   if (dt == kF32) {
     std::memcpy(out, static_cast<const float*>(base) + off, N * sizeof(float));
     return;
@@ -123,7 +113,7 @@ struct FwdWork {
 
 // y (dtype ydt) for channels [c0, c0 + cb) of batch b. If y is fp32 it accumulates in place, else in
 // w.yacc (L × nv vectors) and is converted at the end.
-SS2D_CLONES void fwd_block(const Inputs& in, const Dims& s, const int64_t* ord, void* y, int ydt, int64_t b,
+DHKD_CLONES void fwd_block(const Inputs& in, const Dims& s, const int64_t* ord, void* y, int ydt, int64_t b,
                            int64_t c0, int cb, FwdWork& w) {
   const int64_t L = s.L, Dc = s.Dc, N = s.N;
   const int nv = (cb + VL - 1) / VL;
@@ -197,7 +187,7 @@ int64_t chunk_steps(int64_t L, int64_t N, int nv) {
   return std::max<int64_t>(4, std::min<int64_t>(L, (256 * 1024) / per_step));
 }
 
-SS2D_CLONES void bwd_block(const Inputs& in, const Dims& s, const int64_t* ord, const Grads& g, int64_t b,
+DHKD_CLONES void bwd_block(const Inputs& in, const Dims& s, const int64_t* ord, const Grads& g, int64_t b,
                            int64_t c0, int cb, BwdWork& w) {
   const int64_t L = s.L, Dc = s.Dc, N = s.N;
   const int nv = (cb + VL - 1) / VL;
@@ -395,6 +385,8 @@ int64_t bwd_partial_floats(const Dims& s) {
   return 2 * s.bsz * s.L * kDirs * s.N + kDirs * s.Dc * s.N + 2 * kDirs * s.Dc;
 }
 
+}  // namespace
+
 // Bytes the backward allocates besides its outputs: scan orders, per-thread partials and BwdWork buffers.
 int64_t ss2d_bwd_workspace_bytes(int64_t bsz, int64_t H, int64_t W, int64_t Dc, int64_t N, int dt,
                                  int nthreads) {
@@ -488,21 +480,4 @@ void ss2d_bwd(std::uintptr_t dy, int dydt, std::uintptr_t u, std::uintptr_t delt
   }
 }
 
-}  // namespace
 }  // namespace dhkd
-
-void bind_ss2d_cpu(py::module_& m) {
-  using namespace pybind11::literals;
-  m.def("ss2d_fwd", &dhkd::ss2d_fwd, py::call_guard<py::gil_scoped_release>(),
-        "Fused SS2D forward. Pointers are data_ptr() ints (Dw, delta_bias may be 0 for None).", "u"_a,
-        "delta"_a, "A"_a, "B"_a, "C"_a, "Dw"_a, "delta_bias"_a, "y"_a, "batch"_a, "H"_a, "W"_a, "D"_a, "N"_a,
-        "dtype"_a, "y_dtype"_a, "delta_softplus"_a, "num_threads"_a = 0);
-  m.def("ss2d_bwd", &dhkd::ss2d_bwd, py::call_guard<py::gil_scoped_release>(),
-        "Fused SS2D backward with chunked recomputation; writes du, ddelta, dA, dB, dC, dD, ddelta_bias.",
-        "dy"_a, "dy_dtype"_a, "u"_a, "delta"_a, "A"_a, "B"_a, "C"_a, "Dw"_a, "delta_bias"_a, "du"_a,
-        "ddelta"_a, "dA"_a, "dB"_a, "dC"_a, "dD"_a, "ddelta_bias"_a, "batch"_a, "H"_a, "W"_a, "D"_a, "N"_a,
-        "dtype"_a, "delta_softplus"_a, "num_threads"_a = 0);
-  m.def("ss2d_bwd_workspace_bytes", &dhkd::ss2d_bwd_workspace_bytes,
-        "Bytes ss2d_bwd allocates for itself (besides its outputs) for these sizes and threads.", "batch"_a,
-        "H"_a, "W"_a, "D"_a, "N"_a, "dtype"_a, "num_threads"_a = 0);
-}

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "common/simd.h"
 
 namespace dhkd {
 namespace ss2d_simd {
@@ -39,17 +40,17 @@ struct Aligned64 {
 };
 using vbuf = std::vector<vf, Aligned64<vf>>;
 
-#define SS2D_INLINE static inline __attribute__((always_inline))
+#define SS2D_INLINE DHKD_INLINE  // transitional alias for code not yet moved to DHKD_INLINE
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-SS2D_INLINE vf splat(float s) { return vf{} + s; }
-SS2D_INLINE vf as_vf(vu bits) { vf f; std::memcpy(&f, &bits, sizeof f); return f; }
+DHKD_INLINE vf splat(float s) { return vf{} + s; }
+DHKD_INLINE vf as_vf(vu bits) { vf f; std::memcpy(&f, &bits, sizeof f); return f; }
 
 // 2^x with rel. error ~1e-7: round-to-nearest split x = n + f, |f| <= 1/2, degree-7 Taylor polynomial of
 // 2^f in Horner form, 2^n built in the exponent bits. x is clamped to [-126, 127] (2^-126 ~ 1e-38 stands
 // in for smaller results); NaN propagates through the polynomial.
-SS2D_INLINE vf exp2v(vf x) {
+DHKD_INLINE vf exp2v(vf x) {
   x = x < -126.0f ? splat(-126.0f) : x;
   x = x > 127.0f ? splat(127.0f) : x;
   const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding and subtracting it rounds to an integer
@@ -70,7 +71,7 @@ SS2D_INLINE vf exp2v(vf x) {
 
 // log1p(w) for w in [0, 1]: 2·atanh(s) with s = w / (2 + w) <= 1/3, odd series to s^17 (rel. err < 1e-9
 // before rounding). No cancellation for tiny w.
-SS2D_INLINE vf log1p_unit(vf w) {
+DHKD_INLINE vf log1p_unit(vf w) {
   vf s = w / (w + 2.0f);
   vf s2 = s * s;
   vf q = splat(1.0f / 17.0f);
@@ -87,7 +88,7 @@ SS2D_INLINE vf log1p_unit(vf w) {
 
 // softplus(z) = max(z, 0) + log1p(exp(-|z|)), identity above 20 (as torch.nn.functional.softplus).
 // Also returns w = exp(-|z|) for the derivative.
-SS2D_INLINE vf softplus_v(vf z, vf& w) {
+DHKD_INLINE vf softplus_v(vf z, vf& w) {
   vf az = z < 0.0f ? -z : z;
   w = exp2v(az * -kLog2e);
   vf pos = z > 0.0f ? z : splat(0.0f);
@@ -96,13 +97,13 @@ SS2D_INLINE vf softplus_v(vf z, vf& w) {
 }
 
 // d softplus / dz = sigmoid(z) (1 above the threshold 20), from w = exp(-|z|).
-SS2D_INLINE vf softplus_grad_v(vf z, vf w) {
+DHKD_INLINE vf softplus_grad_v(vf z, vf w) {
   vf inv = 1.0f / (w + 1.0f);
   vf sig = z >= 0.0f ? inv : w * inv;
   return z > 20.0f ? splat(1.0f) : sig;
 }
 
-SS2D_INLINE float hsum(vf v) {
+DHKD_INLINE float hsum(vf v) {
   vf8 a, b;
   std::memcpy(&a, &v, 32);
   std::memcpy(&b, reinterpret_cast<const char*>(&v) + 32, 32);
@@ -122,7 +123,7 @@ SS2D_INLINE float hsum(vf v) {
 
 // out[n] += sum of the lanes of x[n], n < count. Groups of 16 rows use a transposing tree (15 adds and 30
 // two-source shuffles instead of 16 separate horizontal sums).
-SS2D_INLINE void add_row_sums(const vf* x, int64_t count, float* out) {
+DHKD_INLINE void add_row_sums(const vf* x, int64_t count, float* out) {
   int64_t n = 0;
 #ifdef SS2D_HAVE_SHUFFLE
   static_assert(VL == 16, "the tree reduction is written for 16 lanes");
@@ -149,11 +150,11 @@ SS2D_INLINE void add_row_sums(const vf* x, int64_t count, float* out) {
   for (; n < count; ++n) out[n] += hsum(x[n]);
 }
 
-SS2D_INLINE vf bf16_to_vf(vh h) { return as_vf(__builtin_convertvector(h, vu) << 16); }
+DHKD_INLINE vf bf16_to_vf(vh h) { return as_vf(__builtin_convertvector(h, vu) << 16); }
 
 // IEEE half -> float without branches: shift exponent+mantissa into place and rescale the exponent bias
 // by 2^112 (exact, also for subnormals); inf/NaN get the all-ones exponent; the sign is OR-ed back.
-SS2D_INLINE vf f16_to_vf(vh h) {
+DHKD_INLINE vf f16_to_vf(vh h) {
   vu w = __builtin_convertvector(h, vu);
   vu sign = (w & 0x8000u) << 16;
   vu em = w & 0x7fffu;
@@ -165,7 +166,7 @@ SS2D_INLINE vf f16_to_vf(vh h) {
 }
 
 // Load `cnt` (1..VL) consecutive elements of a dtype-`dt` buffer from element `off`; missing lanes are 0.
-SS2D_INLINE vf loadv(const void* base, int64_t off, int cnt, int dt) {
+DHKD_INLINE vf loadv(const void* base, int64_t off, int cnt, int dt) {
   if (cnt == VL) {
     if (dt == kF32) {
       vf v;
@@ -184,7 +185,7 @@ SS2D_INLINE vf loadv(const void* base, int64_t off, int cnt, int dt) {
 }
 
 // Store the first `cnt` lanes of v to a dtype-`dt` buffer from element `off`.
-SS2D_INLINE void storev(void* base, int64_t off, int cnt, int dt, vf v) {
+DHKD_INLINE void storev(void* base, int64_t off, int cnt, int dt, vf v) {
   if (dt == kF32 && cnt == VL) {
     std::memcpy(static_cast<float*>(base) + off, &v, sizeof v);
     return;
@@ -193,7 +194,7 @@ SS2D_INLINE void storev(void* base, int64_t off, int cnt, int dt, vf v) {
 }
 
 // fp32 accumulator row: dst[0:cnt] (+)= v.
-SS2D_INLINE void accumulate(float* dst, int cnt, vf v, bool first) {
+DHKD_INLINE void accumulate(float* dst, int cnt, vf v, bool first) {
   if (cnt == VL) {
     if (!first) {
       vf old;
