@@ -6,7 +6,7 @@
 //     variable B and C rows of a chunk are staged in shared memory once per block and read by every warp.
 //   * The sequence is walked in chunks of kChunk = 32 * kItems steps; lane l owns the kItems consecutive steps
 //     l*kItems .. l*kItems+kItems-1 of the chunk. Per-chunk arrays live in shared memory in "lane-major" order
-//     (step q at slot (q % kItems) * 32 + q / kItems), so loads from global memory are coalesced along L and
+//     (step q at slot (q % kItems) * kRow + q / kItems), so loads from global memory are coalesced along L and
 //     the lanes' reads of their own steps hit 32 distinct banks.
 //   * Per chunk and state n: a_t = exp2(dt_t * A_n * log2 e) (the only exp of (t, d, n)), x_t = dt_t u_t B_nt;
 //     each lane composes its steps' affine maps h -> a h + x, an inclusive warp shuffle scan composes the lanes',
@@ -38,6 +38,8 @@ namespace {
 
 constexpr int kItems = 8;                 // consecutive steps per lane
 constexpr int kChunk = 32 * kItems;       // steps per chunk
+constexpr int kRow = 36;                  // slot row stride (kItems rows of 32 lanes + 4 pad: see slot())
+constexpr int kSlots = kItems * kRow;     // floats of one per-chunk array in shared memory
 constexpr int kMaxWarps = 8;              // channels per block
 constexpr int kMaxThreads = 32 * kMaxWarps;
 constexpr int kMaxState = 32;             // lane n holds the carries of state n
@@ -73,8 +75,10 @@ struct Params {
   int warps, blocks_per_group, nchunks;
 };
 
-// Slot of chunk step q in the lane-major per-chunk arrays.
-__device__ __forceinline__ int slot(int q) { return (q % kItems) * 32 + q / kItems; }
+// Slot of chunk step q in the lane-major per-chunk arrays: row q % kItems, column q / kItems (the lane). A lane
+// reading its step k (row k) and 32 consecutive steps being written (4 columns of 8 rows; row stride 36 = 4 mod
+// 32 banks) both hit 32 distinct banks.
+__device__ __forceinline__ int slot(int q) { return (q % kItems) * kRow + q / kItems; }
 
 __device__ __forceinline__ float softplus_dt(float zr, int softplus) {
   return (softplus && zr <= 20.f) ? log1pf(__expf(zr)) : zr;
@@ -104,12 +108,12 @@ __device__ __forceinline__ Place place(const Params& p) {
 }
 
 // All threads of the block: rows n = 0..N-1 of a variable B or C (this block's batch item and group), steps
-// t0 .. t0+kChunk-1, into dst[n * kChunk + slot(q)] as fp32 (zero past L).
+// t0 .. t0+kChunk-1, into dst[n * kSlots + slot(q)] as fp32 (zero past L).
 template <typename T>
 __device__ void stage_rows(float* dst, const T* rows, int N, int L, int t0) {
   for (int i = threadIdx.x; i < N * kChunk; i += blockDim.x) {
     const int n = i / kChunk, q = i % kChunk, t = t0 + q;
-    dst[n * kChunk + slot(q)] = t < L ? to_f32(rows[(long long)n * L + t]) : 0.f;
+    dst[n * kSlots + slot(q)] = t < L ? to_f32(rows[(long long)n * L + t]) : 0.f;
   }
 }
 
@@ -168,7 +172,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 // the staged sequences (forward: u, delta, z; backward: u, delta, z, dout).
 __host__ __device__ inline int smem_floats(bool bwd, int N, bool B_var, bool C_var, int warps) {
   const int rows = (B_var ? N : 0) + (C_var ? N : 0);
-  return (bwd ? 2 : 1) * rows * kChunk + warps * (bwd ? 4 : 3) * kChunk;
+  return (bwd ? 2 : 1) * rows * kSlots + warps * (bwd ? 4 : 3) * kSlots;
 }
 
 // Forward. kStatesOnly: store the state entering each chunk into p.chunk_states instead of producing out.
@@ -180,10 +184,10 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_fwd_kernel(Para
   const int L = p.L, N = p.N, lane = w.lane;
   constexpr bool C_var = !kStatesOnly && kCVar;
   float* Bs = smem;
-  float* Cs = Bs + (kBVar ? N * kChunk : 0);
-  float* us = Cs + (C_var ? N * kChunk : 0) + w.warp * 3 * kChunk;
-  float* ds = us + kChunk;
-  float* zs = ds + kChunk;
+  float* Cs = Bs + (kBVar ? N * kSlots : 0);
+  float* us = Cs + (C_var ? N * kSlots : 0) + w.warp * 3 * kSlots;
+  float* ds = us + kSlots;
+  float* zs = ds + kSlots;
   const long long seq0 = (w.b * p.Dch + w.d) * (long long)L;
   const T* u = static_cast<const T*>(p.u) + seq0;
   const T* delta = static_cast<const T*>(p.delta) + seq0;
@@ -209,9 +213,9 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_fwd_kernel(Para
     float dt[kItems], dtu[kItems], y[kItems];
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {
-      const float uu = us[k * 32 + lane];
+      const float uu = us[k * kRow + lane];
       const bool valid = t0 + lane * kItems + k < L;
-      dt[k] = valid ? softplus_dt(ds[k * 32 + lane] + bias, p.softplus) : 0.f;  // padding: a = 1, x = 0
+      dt[k] = valid ? softplus_dt(ds[k * kRow + lane] + bias, p.softplus) : 0.f;  // padding: a = 1, x = 0
       dtu[k] = dt[k] * uu;
       y[k] = Dd * uu;
     }
@@ -223,7 +227,7 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_fwd_kernel(Para
 #pragma unroll
       for (int k = 0; k < kItems; ++k) {
         a[k] = exp2f(dt[k] * a2);
-        x[k] = dtu[k] * (kBVar ? Bs[n * kChunk + k * 32 + lane] : Bn);
+        x[k] = dtu[k] * (kBVar ? Bs[n * kSlots + k * kRow + lane] : Bn);
         pa *= a[k];
         px = a[k] * px + x[k];
       }
@@ -243,7 +247,7 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_fwd_kernel(Para
 #pragma unroll
         for (int k = 0; k < kItems; ++k) {
           h = a[k] * h + x[k];
-          y[k] += (C_var ? Cs[n * kChunk + k * 32 + lane] : Cn) * h;
+          y[k] += (C_var ? Cs[n * kSlots + k * kRow + lane] : Cn) * h;
         }
       }
       const float h_out = __shfl_sync(kFull, h, 31);
@@ -254,10 +258,10 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_fwd_kernel(Para
       for (int k = 0; k < kItems; ++k) {
         float o = y[k];
         if (z) {
-          const float zv = zs[k * 32 + lane];
+          const float zv = zs[k * kRow + lane];
           o *= zv * sigmoid(zv);
         }
-        us[k * 32 + lane] = o;  // the lane's own slots: the staged u is no longer needed
+        us[k * kRow + lane] = o;  // the lane's own slots: the staged u is no longer needed
       }
       if (w.live) store_seq(static_cast<T*>(p.out) + seq0, us, L, t0, lane);
     }
@@ -271,15 +275,15 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Para
   extern __shared__ float smem[];
   const Place w = place(p);
   const int L = p.L, N = p.N, lane = w.lane;
-  const int rowsN = N * kChunk;
+  const int rowsN = N * kSlots;
   float* Bs = smem;
   float* Cs = Bs + (kBVar ? rowsN : 0);
   float* dBs = Cs + (kCVar ? rowsN : 0);
   float* dCs = dBs + (kBVar ? rowsN : 0);
-  float* us = dCs + (kCVar ? rowsN : 0) + w.warp * 4 * kChunk;
-  float* ds = us + kChunk;
-  float* zs = ds + kChunk;
-  float* gs = zs + kChunk;  // dout
+  float* us = dCs + (kCVar ? rowsN : 0) + w.warp * 4 * kSlots;
+  float* ds = us + kSlots;
+  float* zs = ds + kSlots;
+  float* gs = zs + kSlots;  // dout
   const long long seq0 = (w.b * p.Dch + w.d) * (long long)L;
   const T* u = static_cast<const T*>(p.u) + seq0;
   const T* delta = static_cast<const T*>(p.delta) + seq0;
@@ -315,7 +319,7 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Para
     float dt[kItems], uu[kItems], dy[kItems], y[kItems], gB[kItems], gAh[kItems];
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {
-      const int s = k * 32 + lane;
+      const int s = k * kRow + lane;
       const bool valid = t0 + lane * kItems + k < L;
       uu[k] = us[s];
       dt[k] = valid ? softplus_dt(ds[s] + bias, p.softplus) : 0.f;
@@ -332,15 +336,15 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Para
       const float An = Arow[n], a2 = An * kLog2e;
       const float Bn = kBVar ? 0.f : static_cast<const float*>(p.B)[(long long)w.d * N + n];
       const float Cn = kCVar ? 0.f : static_cast<const float*>(p.C)[(long long)w.d * N + n];
-      const float* Brow = Bs + n * kChunk + lane;
-      const float* Crow = Cs + n * kChunk + lane;
+      const float* Brow = Bs + n * kSlots + lane;
+      const float* Crow = Cs + n * kSlots + lane;
       float a[kItems], ah[kItems], h[kItems];
       // Forward over the chunk from its entry state.
       float pa = 1.f, px = 0.f;
 #pragma unroll
       for (int k = 0; k < kItems; ++k) {
         a[k] = exp2f(dt[k] * a2);
-        h[k] = dt[k] * uu[k] * (kBVar ? Brow[k * 32] : Bn);  // x_t for now
+        h[k] = dt[k] * uu[k] * (kBVar ? Brow[k * kRow] : Bn);  // x_t for now
         pa *= a[k];
         px = a[k] * px + h[k];
       }
@@ -356,13 +360,13 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Para
         ah[k] = a[k] * hv;
         hv = ah[k] + h[k];
         h[k] = hv;
-        y[k] += (kCVar ? Crow[k * 32] : Cn) * hv;
+        y[k] += (kCVar ? Crow[k * kRow] : Cn) * hv;
       }
       // Reverse adjoint scan: lane map g_in -> pp g_in + pq gives a_{first} g_{first} from the carry into its last step.
       float pp = 1.f, pq = 0.f;
 #pragma unroll
       for (int k = kItems - 1; k >= 0; --k) {
-        pq = a[k] * (dy[k] * (kCVar ? Crow[k * 32] : Cn) + pq);
+        pq = a[k] * (dy[k] * (kCVar ? Crow[k * kRow] : Cn) + pq);
         pp = a[k] * pp;
       }
       scan_down(pp, pq, lane);
@@ -378,8 +382,8 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Para
       float dA_part = 0.f, dB_part = 0.f, dC_part = 0.f;
 #pragma unroll
       for (int k = kItems - 1; k >= 0; --k) {
-        const float Bk = kBVar ? Brow[k * 32] : Bn;
-        const float Ck = kCVar ? Crow[k * 32] : Cn;
+        const float Bk = kBVar ? Brow[k * kRow] : Bn;
+        const float Ck = kCVar ? Crow[k * kRow] : Cn;
         const float g = dy[k] * Ck + gnext;
         gnext = a[k] * g;
         gB[k] += g * Bk;
@@ -387,12 +391,12 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Para
         dA_part += g * dt[k] * ah[k];
         const float dBv = g * dt[k] * uu[k], dCv = dy[k] * h[k];
         if (kBVar) {
-          if (w.live) atomicAdd(dBs + n * kChunk + k * 32 + lane, dBv);
+          if (w.live) atomicAdd(dBs + n * kSlots + k * kRow + lane, dBv);
         } else {
           dB_part += dBv;
         }
         if (kCVar) {
-          if (w.live) atomicAdd(dCs + n * kChunk + k * 32 + lane, dCv);
+          if (w.live) atomicAdd(dCs + n * kSlots + k * kRow + lane, dCv);
         } else {
           dC_part += dCv;
         }
@@ -408,7 +412,7 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Para
     }
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {
-      const int s = k * 32 + lane;
+      const int s = k * kRow + lane;
       const bool valid = t0 + lane * kItems + k < L;
       const float zr = ds[s] + bias;
       float ddt = uu[k] * gB[k] + gAh[k];
@@ -435,8 +439,8 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Para
         const int n = i / kChunk, q = i % kChunk;
         if (q >= t_len) continue;
         const long long o = rows0 + (long long)n * L + t0 + q;
-        if (kBVar) atomicAdd(p.dB + o, dBs[n * kChunk + slot(q)]);
-        if (kCVar) atomicAdd(p.dC + o, dCs[n * kChunk + slot(q)]);
+        if (kBVar) atomicAdd(p.dB + o, dBs[n * kSlots + slot(q)]);
+        if (kCVar) atomicAdd(p.dC + o, dCs[n * kSlots + slot(q)]);
       }
     }
   }
