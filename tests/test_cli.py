@@ -98,3 +98,79 @@ def test_train_two_categories_over_two_torchrun_ranks(tmp_path):
     assert [r["category"] for r in rows] == ["cat_a", "cat_b"]
     assert all(r["image_auroc"] is not None for r in rows)
     assert "| mean |" in summaries[0].with_suffix(".md").read_text()
+
+
+def test_help_and_version_do_not_import_torch():
+    code = ("import sys\nfrom dhkd.cli import main\nfor argv in (['--help'], ['--version']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "dhkd 0." in proc.stdout and "COMMAND" in proc.stdout
+
+
+def test_help_shows_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "default mvtec_ad) (default" not in text
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "(default: auto)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_errors_are_one_line_unless_debug(tmp_path, capsys, monkeypatch):
+    argv = ["train", "--dataset", "synthetic", "--root", str(tmp_path), "--category", "c", "--steps", "1"]
+    assert main(argv) == 2  # no --teacher
+    err = capsys.readouterr().err
+    assert "error: training needs a teacher" in err and "docs/teacher.md" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="training needs a teacher"):
+        main(argv + ["--debug"])
+    monkeypatch.setenv("DHKD_DEBUG", "1")
+    with pytest.raises(ValueError, match="training needs a teacher"):
+        main(argv)
+
+
+def test_train_prints_its_run_folder_and_metrics(tmp_path, capsys):
+    from dhkd.data import synthetic
+
+    synthetic.ensure(tmp_path / "data", "s", size=64, n_train=4, n_test_good=2, n_test_defect=2)
+    assert main(["train", "--dataset", "synthetic", "--root", str(tmp_path / "data"), "--category", "s",
+                 "--teacher", "random", "--preset", "tiny", "--image-size", "64", "--steps", "1",
+                 "--output", str(tmp_path / "runs"), "--set",
+                 "dataset_options={size: 64, n_train: 4, n_test_good: 2, n_test_defect: 2}"]) == 0
+    out = capsys.readouterr().out
+    run_dir = next((tmp_path / "runs" / "synthetic" / "s").iterdir())
+    assert f"run folder: {run_dir}" in out and "image AUROC" in out
+
+
+def test_predict_reports_unreadable_images_and_scores_the_rest(demo_run, tmp_path, capsys):
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(demo_run / "data" / "synthetic" / "test" / "blob", images)
+    (images / "broken.png").write_bytes(b"\x89PNG not really")
+    assert main(["predict", str(images), "--model", str(demo_run / "run"), "--output", str(tmp_path / "p"),
+                 "--no-heatmaps"]) == 1
+    scores = json.loads((tmp_path / "p" / "scores.json").read_text())
+    assert len(scores["images"]) == len(list(images.iterdir())) - 1
+    assert [os.path.basename(e["path"]) for e in scores["errors"]] == ["broken.png"]
+    assert "broken.png" in capsys.readouterr().err
+
+
+def test_demo_overlays_use_their_own_scale_and_mark_the_threshold(demo_run, capsys):
+    import numpy as np
+
+    from dhkd.eval.visualize import THRESHOLD_COLOUR, threshold_overlay
+
+    results = json.loads((demo_run / "run" / "results.json").read_text())
+    assert len(list((demo_run / "run" / "overlays").rglob("*.png"))) == len(results["images"])
+    amap = np.zeros((64, 64), np.float32)
+    amap[20:30, 20:30] = 1.0
+    image = np.full((64, 64, 3), 128, np.uint8)
+    low, high = threshold_overlay(image, amap * 0.01, 0.5), threshold_overlay(image, amap, 0.5)
+    assert low.shape[1] == 64 and low.shape[0] > 64  # colour bar and text below the image
+    assert (high[:64] == THRESHOLD_COLOUR).all(axis=-1).any()  # region above the threshold outlined
+    assert not (low[:64] == THRESHOLD_COLOUR).all(axis=-1).any()
+    # own scale: the faint map of a good image is not stretched to red, its threshold sits at the bar's top
+    assert low[:64, :, 0].max() < 200

@@ -54,7 +54,7 @@ def run(args) -> int:
         result = distill(args.images, args.output, config, backbone, checkpoint_dir=args.checkpoint_dir,
                          checkpoint_every=args.checkpoint_every, resume=args.resume, device=device,
                          progress=not args.no_progress)
-    except (BackboneUnavailable, ValueError, FileNotFoundError, FileExistsError) as e:
+    except BackboneUnavailable as e:  # (file and value errors are reported by dhkd.cli)
         print(f"dhkd distill-teacher: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {result.output}: PDN-{args.size} from {args.backbone}, {result.steps} steps, "

@@ -20,8 +20,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--category", help="category; several as a comma-separated list (or 'all' present "
                         "under the root)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="model preset (default paper)")
-    parser.add_argument("--teacher", help="teacher weights: EfficientAD teacher_*.pth, anomalib or distilled "
-                        ".safetensors (see docs/teacher.md)")
+    parser.add_argument("--teacher", help="teacher weights (required): EfficientAD teacher_*.pth, anomalib or "
+                        "distilled .safetensors (see docs/teacher.md); 'random' for an untrained teacher "
+                        "(tests and demos only)")
     parser.add_argument("--steps", type=int, help="training steps (paper: 100000)")
     parser.add_argument("--image-size", type=int, help="square input side (default 256)")
     parser.add_argument("--seed", type=int, help="seed of init, data order, dropout and the hold-out")
@@ -50,11 +51,21 @@ def build_config(args):
     return cfg.override(assignments)
 
 
+def format_metrics(row: dict) -> str:
+    """The headline metrics of one trained category (those that were computed) as one line."""
+    names = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "au_pro": "AU-PRO@0.3"}
+    parts = [f"{label} {row[key]:.4f}" for key, label in names.items() if row.get(key) is not None]
+    return ", ".join(parts) if parts else "not evaluated"
+
+
 def run(args) -> int:
     from dhkd.train.multi import train_categories, world_size
 
     cfg = build_config(args)
-    train_categories(cfg)
+    rows = train_categories(cfg)
+    for row in rows:
+        print(f"{row['category']}: {row['steps']} steps in {row['train_seconds']:.0f} s; " + format_metrics(row)
+              + f"\n  run folder: {row['run_dir']}")
     if world_size() > 1:
         # A torchrun worker ends here, its results written and its process group destroyed: Gloo's own
         # teardown at interpreter exit sometimes aborts ("terminate called without an active exception",
