@@ -1,35 +1,34 @@
 """Public SS2D op: validation, backend choice, torch custom op, fake kernel, autograd.
 
-Backends (``dhkd_kernels/ss2d/{cpu,cuda,triton}.py``) share one calling convention on contiguous,
-channels-last tensors::
-
-    forward(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float) -> y
-    backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus)
-        -> (du, ddelta, dA, dB, dC, dD, ddelta_bias)
-
-with u (b, H, W, D), delta (b, H, W, 4, D), A (4, D, N) fp32, B/C (b, H, W, 4, N), D/delta_bias (4, D) fp32
-or None. du, ddelta, dB, dC come back in the inputs' dtypes; dA, dD, ddelta_bias in fp32 (dD and
-ddelta_bias are computed even when D/delta_bias are None; the autograd wrapper drops them then).
+Backends (``dhkd_kernels/ss2d/{cpu,cuda,triton}.py``) implement :class:`SS2DBackend`.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
 
-from .. import _registry
+from .. import registry
 from .._checks import IO_DTYPES, check_tensor
 from . import reference
 
 OP = "ss2d_scan"
 
 
-_registry.register_op(OP, preference=_registry.DEFAULT_PREFERENCE)
-_registry.register_kernel_backends(OP, "ss2d_fwd")
+class SS2DBackend(Protocol):
+    """What an SS2D kernel backend module defines, on contiguous channels-last tensors: u (b, H, W, D), delta
+    (b, H, W, 4, D), A (4, D, N) fp32, B/C (b, H, W, 4, N), D/delta_bias (4, D) fp32 or None. du, ddelta, dB, dC
+    come back in the inputs' dtypes; dA, dD, ddelta_bias in fp32 (dD and ddelta_bias are computed even when
+    D/delta_bias are None; the autograd wrapper drops them then)."""
+
+    def forward(self, u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_float: bool) -> torch.Tensor: ...
+
+    def backward(self, dy, u, delta, A, B, C, D, delta_bias,
+                 delta_softplus: bool) -> tuple[torch.Tensor, ...]: ...  # (du, ddelta, dA, dB, dC, dD, ddelta_bias)
 
 
-def _impl(backend: str):
-    return _registry.backend_module(__package__, backend)
+_op = registry.register_op(OP, __package__, SS2DBackend, symbol="ss2d_fwd")
+_impl = _op.implementation
 
 
 @torch.library.custom_op("dhkd::ss2d_scan", mutates_args=())
@@ -115,8 +114,8 @@ def ss2d_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Te
     Returns: y (batch, H, W, D).
     """
     check_ss2d_inputs(u, delta, A, B, C, D, delta_bias)
-    backend = _registry.choose(OP, u.device)
-    if backend == "reference" or u.dtype == torch.float64:
+    backend = _op.backend_for(u)
+    if backend == "reference":
         return reference.ss2d_scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float)
     args = [t.contiguous() if t is not None else None for t in (u, delta, A, B, C, D, delta_bias)]
     return _ss2d_scan_op(*args, delta_softplus, out_float, backend)
