@@ -5,7 +5,8 @@
 import argparse
 import sys
 
-from dhkd.benchmark.latency import add_arguments, main
+from dhkd.benchmark.config import add_arguments
+from dhkd.benchmark.latency import main
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)

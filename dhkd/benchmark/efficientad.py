@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dhkd.models.calibration import normalisation_weights, normalise_maps
+from dhkd.models.scoring import map_and_score
 from dhkd.models.teacher import PDN
 
 OUT_CHANNELS = 384
@@ -53,7 +55,7 @@ class Autoencoder(nn.Module):
 
 class EfficientADM(nn.Module):
     """``model(x) -> (anomaly_map (b, 1, H, W), score (b,))`` for an ImageNet-normalised batch, like
-    :class:`dhkd.inference.AnomalyDetector`.
+    :class:`dhkd.runtime.AnomalyDetector`, calibrated as DHKD is (:mod:`dhkd.models.calibration`).
 
     map = 0.5·norm(ST) + 0.5·norm(AE) at 56² (at 256²), padded by 4 and bilinearly resized to the input;
     ST = mean_c (T̂ − S[:384])², AE = mean_c (A − S[384:])², norm(m) = 0.1·(m − q_a)/(q_b − q_a).
@@ -74,11 +76,7 @@ class EfficientADM(nn.Module):
         with torch.no_grad():  # (conv(x) − mean)/std as one conv
             last.weight.div_(std[:, None, None, None])
             last.bias.copy_((last.bias - mean) / std)
-        qa_st, qb_st, qa_ae, qb_ae = (float(q) for q in quantiles)
-        if qb_st <= qa_st or qb_ae <= qa_ae:
-            raise ValueError(f"quantiles must satisfy qa < qb, got {quantiles}")
-        w_st, w_ae = 0.05 / (qb_st - qa_st), 0.05 / (qb_ae - qa_ae)
-        self.register_buffer("weights", torch.tensor([w_st, w_ae, -(w_st * qa_st + w_ae * qa_ae)]))
+        self.weights = normalisation_weights(quantiles)  # Python floats: constants in compiled graphs
         self.requires_grad_(False)
         self.eval()
 
@@ -88,18 +86,11 @@ class EfficientADM(nn.Module):
         return (((t - s[:, :OUT_CHANNELS]) ** 2).mean(1, keepdim=True),
                 ((a - s[:, OUT_CHANNELS:]) ** 2).mean(1, keepdim=True))
 
-    @torch.no_grad()
-    def fit_quantiles(self, images: torch.Tensor, q_a: float = 0.9, q_b: float = 0.995) -> None:
-        """Set the map normalisation from ``images`` (EfficientAD fits it on good validation images)."""
-        st, ae = (m.float().flatten() for m in self.raw_maps(images))
-        qs = [float(torch.quantile(m, q)) for m in (st, ae) for q in (q_a, q_b)]
-        w_st, w_ae = 0.05 / (qs[1] - qs[0]), 0.05 / (qs[3] - qs[2])
-        self.weights.copy_(torch.tensor([w_st, w_ae, -(w_st * qs[0] + w_ae * qs[2])]))
+    def set_quantiles(self, qa_st: float, qb_st: float, qa_ae: float, qb_ae: float) -> None:
+        """Set the map normalisation from the ST and AE map quantiles (fitted by
+        :func:`dhkd.models.calibration.fit_quantiles_on` on good images)."""
+        self.weights = normalisation_weights((qa_st, qb_st, qa_ae, qb_ae))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        st, ae = self.raw_maps(x)
-        w = self.weights.to(st.dtype)
-        amap = w[0] * st + w[1] * ae + w[2]
-        amap = F.interpolate(F.pad(amap.float(), (4, 4, 4, 4)), size=(x.shape[-2], x.shape[-1]),
-                             mode="bilinear", align_corners=False)
-        return amap, amap.flatten(1).amax(1)
+        amap = F.pad(normalise_maps(*self.raw_maps(x), self.weights), (4, 4, 4, 4))
+        return map_and_score(amap, (x.shape[-2], x.shape[-1]))

@@ -6,7 +6,7 @@ HELP = "time DHKD against EfficientAD-M and the reference path (latency, through
 
 
 def add_arguments(parser) -> None:
-    from dhkd.benchmark.latency import add_arguments as add
+    from dhkd.benchmark.config import add_arguments as add
 
     add(parser)
 

@@ -40,9 +40,13 @@ def add_arguments(parser) -> None:
 def evaluate_loaded_model(model, args) -> dict:
     """Evaluate an already loaded model with the options parsed by :func:`add_arguments`."""
     from dhkd.eval.evaluator import evaluate_model
-    from dhkd.train.trainer import pick_device
+    from dhkd.runtime import pick_device
 
-    model.to(pick_device(args.device))
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"dhkd evaluate: {e}") from None
+    model.to(device)
     return evaluate_model(model, args.dataset, args.root, args.category, args.output, seed=args.seed,
                           batch_size=args.batch_size, smooth_sigma=args.smooth_sigma,
                           export_maps=args.export_maps, overlays=args.overlays)

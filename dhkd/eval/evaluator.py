@@ -20,73 +20,26 @@ from scipy.ndimage import gaussian_filter
 
 from ..data import AnomalyDataset, build_dataset
 from ..data.common import read_rgb
+from ..models.calibration import dataset_batches, fit_quantiles, model_device
+from ..models.scoring import check_finite, resize_map
+from ..runtime.progress import progress
 from . import maps_io
 from .metrics import LocoGroundTruth, MetricInputs, MetricResults, compute_metrics
 from .report import EvaluationResult, ImageScore, MapInfo, write_results
 from .visualize import colour_scale, save_overlay
-
-QUANTILES = (0.9, 0.995)
-MAX_QUANTILE_VALUES = 1 << 24
-
-
-def _loader(dataset, batch_size: int, num_workers: int):
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                       collate_fn=list)
-
-
-def _device(model, device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
-
-
-def _quantiles(values: list[torch.Tensor], max_values: int, rng: np.random.Generator) -> tuple[float, float]:
-    flat = torch.cat([v.reshape(-1) for v in values]).numpy().astype(np.float64)
-    if flat.size > max_values:
-        flat = flat[rng.choice(flat.size, size=max_values, replace=False)]
-    qa, qb = np.quantile(flat, QUANTILES)
-    return float(qa), float(qb)
-
-
-@torch.no_grad()
-def fit_quantiles(model, dataset: AnomalyDataset, *, batch_size: int = 8, device=None, seed: int = 0,
-                  max_values: int = MAX_QUANTILE_VALUES, num_workers: int = 0) -> dict:
-    """Fit q_a = 0.9 and q_b = 0.995 over all pixels of each raw map on the GOOD images of ``dataset`` (the
-    validation split, never test images), store them with ``model.set_quantiles`` and return them.
-    More than ``max_values`` pixels per map are subsampled uniformly (seeded) first."""
-    good = [i for i, s in enumerate(dataset.samples) if s.label == 0]
-    if not good:
-        raise ValueError(f"{dataset!r} has no good image to fit the map quantiles on")
-    device = _device(model, device)
-    maps_l, maps_g = [], []
-    for batch in _loader(torch.utils.data.Subset(dataset, good), batch_size, num_workers):
-        map_l, map_g = model.raw_maps(torch.stack([it["image"] for it in batch]).to(device))
-        maps_l.append(map_l.float().cpu())
-        maps_g.append(map_g.float().cpu())
-    rng = np.random.default_rng(seed)
-    qa_l, qb_l = _quantiles(maps_l, max_values, rng)
-    qa_g, qb_g = _quantiles(maps_g, max_values, rng)
-    for name, (qa, qb) in (("map_l", (qa_l, qb_l)), ("map_g", (qa_g, qb_g))):
-        if not qb > qa:
-            raise ValueError(f"{name} quantiles are degenerate (q0.9 = {qa}, q0.995 = {qb}): the map is "
-                             "constant on the validation images")
-    model.set_quantiles(qa_l, qb_l, qa_g, qb_g)
-    return {"qa_l": qa_l, "qb_l": qb_l, "qa_g": qa_g, "qb_g": qb_g, "num_images": len(good)}
-
 
 @torch.no_grad()
 def anomaly_maps(model, dataset: AnomalyDataset, *, batch_size: int = 8, device=None, smooth_sigma: float = 0.0,
                  num_workers: int = 0) -> Iterator[tuple[dict, np.ndarray]]:
     """Yield (item, map) per image in dataset order; the map is float32 (H0, W0), unclamped, optionally
     Gaussian-smoothed with ``smooth_sigma`` at full resolution."""
-    device = _device(model, device)
-    for batch in _loader(dataset, batch_size, num_workers):
+    device = model_device(model, device)
+    for batch in dataset_batches(dataset, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                                 desc="evaluate"):
         map_l, map_g = model.raw_maps(torch.stack([it["image"] for it in batch]).to(device))
         for j, item in enumerate(batch):
             m = model.normalized_map(map_l[j:j + 1], map_g[j:j + 1], size=tuple(item["size"]))
+            check_finite(m, item["path"])
             m = m.reshape(m.shape[-2:]).float().cpu().numpy()
             if smooth_sigma > 0:
                 m = gaussian_filter(m, sigma=smooth_sigma)
@@ -98,11 +51,12 @@ def scorer_maps(map_fn, dataset: AnomalyDataset, *, batch_size: int = 8, smooth_
                 num_workers: int = 0) -> Iterator[tuple[dict, np.ndarray]]:
     """Like :func:`anomaly_maps` for any scorer: ``map_fn(images) -> (b, 1, h, w)`` maps at any resolution
     (a baseline's, or a model's), bilinearly resized to each image's original size, optionally smoothed."""
-    for batch in _loader(dataset, batch_size, num_workers):
+    for batch in dataset_batches(dataset, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                                 desc="evaluate"):
         maps = map_fn(torch.stack([it["image"] for it in batch])).float()
         for j, item in enumerate(batch):
-            m = torch.nn.functional.interpolate(maps[j:j + 1], size=tuple(item["size"]), mode="bilinear",
-                                                align_corners=False)
+            m = resize_map(maps[j:j + 1], tuple(item["size"]))
+            check_finite(m, item["path"])
             m = m.reshape(m.shape[-2:]).cpu().numpy()
             yield item, (gaussian_filter(m, sigma=smooth_sigma) if smooth_sigma > 0 else m)
 
@@ -180,7 +134,8 @@ def evaluate_model(model, dataset: str, root: str | Path, category: str, output_
     size = int(model.image_size)
     val = build_dataset(dataset, root, category, "validation", size, seed, **dataset_options)
     test = build_dataset(dataset, root, category, "test", size, seed, **dataset_options)
-    q = fit_quantiles(model, val, batch_size=batch_size, device=device, seed=seed, num_workers=num_workers)
+    q = fit_quantiles(model, val, batch_size=batch_size, device=device, seed=seed, num_workers=num_workers,
+                      progress=progress)
     return evaluate(model, test, output_dir, smooth_sigma=smooth_sigma, export_maps=export_maps,
                     overlays=overlays, batch_size=batch_size, device=device, seed=seed,
                     num_workers=num_workers, quantiles=q)

@@ -4,13 +4,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .calibration import normalisation_weights, normalise_maps
 from .config import DHKDConfig, preset
 from .fccm import FCCM
 from .gnet import Gnet
 from .lnet import Lnet
+from .scoring import map_and_score
 from .student import StudentEncoder
 from .teacher import PDN
 
@@ -22,7 +23,8 @@ class DHKD(nn.Module):
     returns the 1:1:2 loss and its terms. Evaluation (``model.eval()``): ``model(x)`` returns
     ``anomaly_map`` (b, 1, H, W) — the quantile-normalised combined map at the input's resolution — and
     ``score`` (b,), its maximum. The teacher channel statistics and the map quantiles are buffers, saved
-    with the weights.
+    with the weights; :mod:`dhkd.models.calibration` fits them and :mod:`dhkd.models.scoring` turns the
+    normalised map into the map at the image size and the score.
     """
 
     def __init__(self, config: DHKDConfig | None = None):
@@ -41,6 +43,7 @@ class DHKD(nn.Module):
         self.register_buffer("teacher_mean", torch.zeros(1, cfg.channels, 1, 1))
         self.register_buffer("teacher_std", torch.ones(1, cfg.channels, 1, 1))
         self.register_buffer("quantiles", torch.zeros(4))  # qa_l, qb_l, qa_g, qb_g; all zero = not fitted
+        self.teacher_stats_folded = False  # True once fold_teacher_statistics() moved them into the teacher
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "DHKD":
@@ -54,15 +57,33 @@ class DHKD(nn.Module):
         return self
 
     def student_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters (everything but the frozen teacher)."""
         return [p for name, p in self.named_parameters() if not name.startswith("teacher.")]
 
     def set_teacher_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store the teacher's per-channel output mean and std (see :func:`calibration.teacher_statistics`)."""
+        if self.teacher_stats_folded:
+            raise RuntimeError("the teacher statistics are folded into the teacher's last convolution")
         self.teacher_mean.copy_(mean.reshape(self.teacher_mean.shape))
         self.teacher_std.copy_(std.reshape(self.teacher_std.shape))
 
+    @torch.no_grad()
+    def fold_teacher_statistics(self) -> "DHKD":
+        """Fold (conv(x) − mean)/std into the teacher's last convolution (W/std, (b − mean)/std), in place, for
+        inference: the teacher then outputs T̂ directly. Returns the model."""
+        if not self.teacher_stats_folded:
+            last = self.teacher.convs[-1]
+            scale = 1.0 / self.teacher_std.reshape(-1)
+            last.weight.mul_(scale[:, None, None, None])
+            last.bias.copy_((last.bias - self.teacher_mean.reshape(-1)) * scale)
+            self.teacher_mean.zero_()
+            self.teacher_std.fill_(1.0)
+            self.teacher_stats_folded = True
+        return self
+
     def set_quantiles(self, qa_l: float, qb_l: float, qa_g: float, qb_g: float) -> None:
-        if qb_l <= qa_l or qb_g <= qa_g:
-            raise ValueError(f"map quantiles must satisfy qa < qb, got L ({qa_l}, {qb_l}), G ({qa_g}, {qb_g})")
+        """Store the map quantiles (see :func:`calibration.fit_quantiles`); qa < qb for both maps."""
+        normalisation_weights((qa_l, qb_l, qa_g, qb_g))  # validates them
         self.quantiles.copy_(torch.tensor([qa_l, qb_l, qa_g, qb_g], dtype=self.quantiles.dtype))
 
     @property
@@ -72,7 +93,16 @@ class DHKD(nn.Module):
 
     @property
     def has_quantiles(self) -> bool:
+        """Whether the map quantiles are fitted (a model saved by the trainer always has them)."""
         return bool(self.quantiles.abs().sum() > 0)
+
+    def map_weights(self) -> tuple[float, float, float]:
+        """(w_L, w_G, c) of the map normalisation, from the fitted quantiles."""
+        if not self.has_quantiles:
+            raise RuntimeError("the map quantiles are not fitted: fit them on good validation images with "
+                               "dhkd.models.calibration.fit_quantiles (the trainer and `dhkd evaluate --model` "
+                               "do), or load a model saved by the trainer")
+        return normalisation_weights(self.quantiles)
 
     # ---------------------------------------------------------------- shapes
     @staticmethod
@@ -115,7 +145,8 @@ class DHKD(nn.Module):
     def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
         """T̂: the frozen teacher's output normalised with the stored channel statistics."""
         with torch.no_grad():
-            return (self.teacher(x) - self.teacher_mean) / self.teacher_std
+            t = self.teacher(x)
+            return t if self.teacher_stats_folded else (t - self.teacher_mean) / self.teacher_std
 
     def features(self, x: torch.Tensor, t_hat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """T̂ (normalised teacher; computed unless given), f_S, f_L, f_G — all (b, C, h, w)."""
@@ -157,16 +188,24 @@ class DHKD(nn.Module):
 
     def normalized_map(self, map_l: torch.Tensor, map_g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """0.5·norm(map_L) + 0.5·norm(map_G), norm(m) = 0.1·(m−q_a)/(q_b−q_a), bilinearly resized to ``size``."""
-        if not self.has_quantiles:
-            raise RuntimeError("the map quantiles are not fitted: run the evaluator's fit on validation "
-                               "good images (or load a trained checkpoint) first")
-        qa_l, qb_l, qa_g, qb_g = self.quantiles
-        m = 0.5 * 0.1 * (map_l - qa_l) / (qb_l - qa_l) + 0.5 * 0.1 * (map_g - qa_g) / (qb_g - qa_g)
-        return F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+        return self.score_raw_maps(map_l, map_g, size)[0]
+
+    def score_raw_maps(self, map_l: torch.Tensor, map_g: torch.Tensor, size: tuple[int, int],
+                       weights: tuple[float, float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anomaly map (b, 1, H, W) at ``size``, score (b,)) of the raw maps: normalised with ``weights``
+        (default: from the fitted quantiles), then :func:`dhkd.models.scoring.map_and_score`."""
+        return map_and_score(normalise_maps(map_l, map_g, weights or self.map_weights()), size)
+
+    def detect(self, x: torch.Tensor, size: tuple[int, int] | None = None,
+               weights: tuple[float, float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anomaly map (b, 1, H, W) at ``size`` (default: the input's), score (b,)) of an image batch: the
+        inference path of the eval forward and of :class:`dhkd.runtime.AnomalyDetector`."""
+        map_l, map_g = self.raw_maps(x)
+        return self.score_raw_maps(map_l, map_g, size or tuple(x.shape[-2:]), weights)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.training:
             return self.losses(x)
         map_l, map_g = self.raw_maps(x)
-        amap = self.normalized_map(map_l, map_g, tuple(x.shape[-2:]))
-        return {"anomaly_map": amap, "score": amap.flatten(1).amax(1), "map_l": map_l, "map_g": map_g}
+        amap, score = self.score_raw_maps(map_l, map_g, tuple(x.shape[-2:]))
+        return {"anomaly_map": amap, "score": score, "map_l": map_l, "map_g": map_g}

@@ -18,16 +18,13 @@ from tqdm import tqdm
 from dhkd.data import build_dataset
 from dhkd.data.common import check_images
 from dhkd.models import DHKD
+from dhkd.models.calibration import fit_quantiles, teacher_statistics
 from dhkd.persistence import atomic_write_bytes, atomic_write_json, save_model
 from dhkd.persistence.training import has_checkpoint, load_checkpoint, save_checkpoint, training_checkpoint
+from dhkd.runtime.device import pick_device
+from dhkd.runtime.progress import progress
 
 from .config import UNTRAINED_TEACHERS, TrainConfig
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def sample_indices(n: int, seed: int, step: int, batch_size: int) -> list[int]:
@@ -38,19 +35,6 @@ def sample_indices(n: int, seed: int, step: int, batch_size: int) -> list[int]:
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
         out.append(int(perm[pos]))
     return out
-
-
-@torch.no_grad()
-def teacher_statistics(outputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean (mean of per-image spatial means) and std (from the mean squared deviation).
-
-    ``outputs()`` yields the raw teacher output of each training image; it is iterated twice (two passes,
-    as EfficientAD).
-    """
-    means = torch.stack([t.mean(dim=(0, 2, 3)) for t in outputs()])
-    mean = means.mean(0)
-    var = torch.stack([((t - mean[None, :, None, None]) ** 2).mean(dim=(0, 2, 3)) for t in outputs()]).mean(0)
-    return mean, var.sqrt()
 
 
 def claim_run_dir(parent: Path, stamp: str) -> Path:
@@ -112,10 +96,9 @@ class Trainer:
         cfg = self.cfg
         train_set = build_dataset(cfg.dataset, cfg.root, cfg.category, "train", cfg.image_size, cfg.seed,
                                   **cfg.dataset_options)
-        splits = [train_set]
-        if cfg.evaluate:
-            splits += [build_dataset(cfg.dataset, cfg.root, cfg.category, split, cfg.image_size, cfg.seed,
-                                     **cfg.dataset_options) for split in ("validation", "test")]
+        splits = [train_set] + [build_dataset(cfg.dataset, cfg.root, cfg.category, split, cfg.image_size,
+                                              cfg.seed, **cfg.dataset_options)
+                                for split in (("validation", "test") if cfg.evaluate else ("validation",))]
         check_images(sorted({s.path for d in splits for s in d.samples}))
         return train_set
 
@@ -209,12 +192,20 @@ class Trainer:
                    "train_seconds": round(train_time, 1),
                    "seconds_per_step": round(train_time / max(1, done - start), 4), "final_losses": last,
                    "device": str(device)}
-        if cfg.evaluate:
-            from dhkd.eval.evaluator import evaluate_model
+        # the map normalisation is fitted on held-out good images whether or not the test split is evaluated,
+        # so every saved model is deployable
+        model.eval()
+        validation = build_dataset(cfg.dataset, cfg.root, cfg.category, "validation", cfg.image_size, cfg.seed,
+                                   **cfg.dataset_options)
+        summary["quantiles"] = fit_quantiles(model, validation, device=device, seed=cfg.seed, progress=progress)
+        if cfg.evaluate:  # the optional test-split evaluation (the only use of the evaluator here)
+            from dhkd.eval.evaluator import evaluate
 
-            summary["results"] = evaluate_model(model, cfg.dataset, cfg.root, cfg.category, self.run_dir,
-                                                seed=cfg.seed, overlays=cfg.overlays,
-                                                export_maps=cfg.export_maps, **cfg.dataset_options)
+            test = build_dataset(cfg.dataset, cfg.root, cfg.category, "test", cfg.image_size, cfg.seed,
+                                 **cfg.dataset_options)
+            summary["results"] = evaluate(model, test, self.run_dir, device=device, seed=cfg.seed,
+                                          overlays=cfg.overlays, export_maps=cfg.export_maps,
+                                          quantiles=summary["quantiles"])
         save_model(model, self.run_dir / "model.safetensors",
                    extra={"dataset": cfg.dataset, "category": cfg.category, "steps": done})
         atomic_write_json(self.run_dir / "summary.json", summary)

@@ -6,11 +6,13 @@ import math
 import pytest
 import torch
 
+from dhkd.benchmark.config import SCHEMA
 from dhkd.benchmark.efficientad import EfficientADM, ae_decoder_sizes
-from dhkd.benchmark.latency import SCHEMA, format_report, ratios
 from dhkd.benchmark.measure import agreement, summarize, synthetic_images, time_interleaved
-from dhkd.benchmark.modes import MODES, Runner
+from dhkd.benchmark.report import format_report, ratios
 from dhkd.cli import main
+from dhkd.models.calibration import fit_quantiles_on
+from dhkd.runtime import MODES, Runner
 
 
 def test_benchmark_tiny_quick_writes_json(tmp_path, capsys):
@@ -110,7 +112,8 @@ def test_efficientad_m_shapes_and_parameters():
     counts = {n: sum(p.numel() for p in c.parameters()) for n, c in m.named_children()}
     assert counts["teacher"] == 8_026_624 and counts["student"] == 11_615_488 and counts["autoencoder"] == 1_096_320
     x = synthetic_images(1, 256)
-    m.fit_quantiles(x)
+    q = fit_quantiles_on(m, [(x, ["synthetic"])])  # the same calibration as DHKD's
+    assert q["qa_l"] < q["qb_l"] and m.weights[0] == pytest.approx(0.05 / (q["qb_l"] - q["qa_l"]))
     with torch.no_grad():
         amap, score = m(x)
         st, ae = m.raw_maps(x)

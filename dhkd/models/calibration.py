@@ -1,0 +1,138 @@
+"""Calibration of a trained model, in one place: the teacher's channel statistics, the map quantiles fitted on
+good validation images, and the map normalisation built from them.
+
+The trainer, the evaluator, the latency benchmark (DHKD and its EfficientAD-M peer) and the deployment module
+all calibrate through these functions, so a map means the same thing everywhere:
+
+    norm(m) = 0.1 · (m − q_a) / (q_b − q_a)          (q_a, q_b: the 0.9 and 0.995 quantiles of m)
+    map     = 0.5 · norm(map_L) + 0.5 · norm(map_G) = w_L · map_L + w_G · map_G + c
+
+with w = 0.05 / (q_b − q_a) and c = −(w_L · q_a,L + w_G · q_a,G), computed in float64 once.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+QUANTILES = (0.9, 0.995)          # q_a, q_b of each raw map over all pixels of the good validation images
+MAX_QUANTILE_VALUES = 1 << 24     # more pixels per map than this are subsampled (seeded) before the quantiles
+NORM_SCALE = 0.1                  # norm(q_a) = 0, norm(q_b) = 0.1
+MAP_MIX = 0.5                     # weight of each normalised map in the combination
+
+
+@torch.no_grad()
+def teacher_statistics(outputs: Callable[[], Iterable[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean (mean of per-image spatial means) and std (from the mean squared deviation).
+
+    ``outputs()`` yields the raw teacher output of each training image; it is iterated twice (two passes,
+    as EfficientAD).
+    """
+    means = torch.stack([t.mean(dim=(0, 2, 3)) for t in outputs()])
+    mean = means.mean(0)
+    var = torch.stack([((t - mean[None, :, None, None]) ** 2).mean(dim=(0, 2, 3)) for t in outputs()]).mean(0)
+    return mean, var.sqrt()
+
+
+def map_quantiles(maps: Sequence[torch.Tensor], rng: np.random.Generator,
+                  max_values: int = MAX_QUANTILE_VALUES) -> tuple[float, float]:
+    """(q_a, q_b) over every pixel of ``maps`` (float64, linear interpolation); more than ``max_values``
+    pixels are subsampled uniformly with ``rng`` first."""
+    flat = torch.cat([m.reshape(-1).float().cpu() for m in maps]).numpy().astype(np.float64)
+    if flat.size > max_values:
+        flat = flat[rng.choice(flat.size, size=max_values, replace=False)]
+    qa, qb = np.quantile(flat, QUANTILES)
+    return float(qa), float(qb)
+
+
+def _check_finite_maps(map_l: torch.Tensor, map_g: torch.Tensor, names: Sequence[str]) -> None:
+    for j, name in enumerate(names):
+        for which, m in (("map_l", map_l), ("map_g", map_g)):
+            if not bool(torch.isfinite(m[j]).all()):
+                raise ValueError(f"the raw {which} of {name} is not finite (NaN or inf): the model's weights or "
+                                 "the image are broken, so no map normalisation can be fitted")
+
+
+@torch.no_grad()
+def fit_quantiles_on(model, batches: Iterable[tuple[torch.Tensor, Sequence[str]]], *, seed: int = 0,
+                     max_values: int = MAX_QUANTILE_VALUES) -> dict:
+    """Fit the map quantiles of ``model`` on image batches of GOOD images and store them.
+
+    ``model`` has ``raw_maps(images) -> (map_l, map_g)`` and ``set_quantiles(qa_l, qb_l, qa_g, qb_g)``
+    (DHKD and the EfficientAD-M peer); ``batches`` yields (images on the model's device, image names).
+    Returns the quantiles and the number of images. Non-finite or constant maps are errors.
+    """
+    maps_l, maps_g, count = [], [], 0
+    for images, names in batches:
+        map_l, map_g = model.raw_maps(images)
+        _check_finite_maps(map_l, map_g, names)
+        maps_l.append(map_l.float().cpu())
+        maps_g.append(map_g.float().cpu())
+        count += images.shape[0]
+    if count == 0:
+        raise ValueError("no good image to fit the map quantiles on")
+    rng = np.random.default_rng(seed)
+    qa_l, qb_l = map_quantiles(maps_l, rng, max_values)
+    qa_g, qb_g = map_quantiles(maps_g, rng, max_values)
+    for name, (qa, qb) in (("map_l", (qa_l, qb_l)), ("map_g", (qa_g, qb_g))):
+        if not qb > qa:
+            raise ValueError(f"{name} quantiles are degenerate (q{QUANTILES[0]} = {qa}, q{QUANTILES[1]} = {qb}): "
+                             "the map is constant on the validation images")
+    model.set_quantiles(qa_l, qb_l, qa_g, qb_g)
+    return {"qa_l": qa_l, "qb_l": qb_l, "qa_g": qa_g, "qb_g": qb_g, "num_images": count}
+
+
+def dataset_batches(dataset, indices: Sequence[int] | None = None, *, batch_size: int = 8, num_workers: int = 0,
+                    progress: Callable[[Iterable, int, str], Iterable] | None = None, desc: str = "images"
+                    ) -> Iterator[list[dict]]:
+    """Lists of dataset items (``dataset[i]`` dicts), ``batch_size`` at a time, in order; only ``indices``
+    when given. ``progress(iterable, total, desc)`` wraps the iteration (e.g. a progress bar)."""
+    subset = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=list)
+    return iter(progress(loader, len(loader), desc) if progress is not None else loader)
+
+
+def model_device(model, device=None) -> torch.device:
+    """``device`` if given, else the device of the model's first parameter (CPU for parameter-less models)."""
+    if device is not None:
+        return torch.device(device)
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def fit_quantiles(model, dataset, *, batch_size: int = 8, device=None, seed: int = 0,
+                  max_values: int = MAX_QUANTILE_VALUES, num_workers: int = 0,
+                  progress: Callable[[Iterable, int, str], Iterable] | None = None) -> dict:
+    """Fit q_a = 0.9 and q_b = 0.995 over all pixels of each raw map on the GOOD images of ``dataset`` (the
+    validation split, never test images), store them with ``model.set_quantiles`` and return them.
+    More than ``max_values`` pixels per map are subsampled uniformly (seeded) first."""
+    good = [i for i, s in enumerate(dataset.samples) if s.label == 0]
+    if not good:
+        raise ValueError(f"{dataset!r} has no good image to fit the map quantiles on")
+    device = model_device(model, device)
+    batches = ((torch.stack([it["image"] for it in batch]).to(device), [it["path"] for it in batch])
+               for batch in dataset_batches(dataset, good, batch_size=batch_size, num_workers=num_workers,
+                                            progress=progress, desc="calibrate"))
+    return fit_quantiles_on(model, batches, seed=seed, max_values=max_values)
+
+
+def normalisation_weights(quantiles: Sequence[float] | torch.Tensor) -> tuple[float, float, float]:
+    """(w_L, w_G, c) of ``map = w_L·map_L + w_G·map_G + c`` from (q_a,L, q_b,L, q_a,G, q_b,G), in float64."""
+    if isinstance(quantiles, torch.Tensor):
+        quantiles = quantiles.double().tolist()
+    qa_l, qb_l, qa_g, qb_g = (float(q) for q in quantiles)
+    if not (qb_l > qa_l and qb_g > qa_g):
+        raise ValueError(f"map quantiles must satisfy qa < qb, got L ({qa_l}, {qb_l}), G ({qa_g}, {qb_g})")
+    w_l, w_g = MAP_MIX * NORM_SCALE / (qb_l - qa_l), MAP_MIX * NORM_SCALE / (qb_g - qa_g)
+    return w_l, w_g, -(w_l * qa_l + w_g * qa_g)
+
+
+def normalise_maps(map_l: torch.Tensor, map_g: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    """The combined, normalised map ``w_L·map_L + w_G·map_G + c`` in fp32 (same shape as the inputs)."""
+    w_l, w_g, c = weights
+    return w_l * map_l.float() + w_g * map_g.float() + c

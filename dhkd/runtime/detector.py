@@ -1,0 +1,46 @@
+"""The deployment module: an image batch in, the anomaly map and the image score out, in one call.
+
+It runs the model's own inference path (:meth:`dhkd.models.DHKD.detect`) on a private copy whose teacher
+statistics are folded into the teacher's last convolution and whose map normalisation is three constants:
+one plain ``nn.Module`` (no dropout, nothing to fit) that gives the evaluator's numbers and exports to ONNX /
+``torch.export``.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from dhkd.models import DHKD
+from dhkd.models.calibration import normalisation_weights
+
+
+class AnomalyDetector(nn.Module):
+    """``detector(x) -> (anomaly_map (b, 1, H, W), score (b,))`` for ImageNet-normalised x (b, 3, h, w).
+
+    The map is the normalised combined map resized bilinearly from feature resolution to ``output_size``
+    (default: the input size), exactly as the evaluator resizes it to an image's original size; the score is
+    its maximum (:func:`dhkd.models.scoring.map_and_score`). Pass the original image size as
+    ``output_size`` to get the evaluator's map and score for images of that size.
+    """
+
+    def __init__(self, model: DHKD, output_size: tuple[int, int] | None = None):
+        super().__init__()
+        if not isinstance(model, DHKD):
+            raise TypeError(f"expected a DHKD model, got {type(model).__name__}")
+        if not model.has_quantiles:
+            raise ValueError("the model's map quantiles are not fitted, so its maps cannot be normalised: fit "
+                             "them on good validation images with dhkd.models.calibration.fit_quantiles(model, "
+                             "validation_dataset) (or `dhkd evaluate --model`, which saves nothing), or use a "
+                             "model.safetensors written by `dhkd train`, which always fits them")
+        if output_size is not None and (len(output_size) != 2 or min(output_size) <= 0):
+            raise ValueError(f"output_size must be (height, width) > 0, got {output_size}")
+        self.model = copy.deepcopy(model).eval().fold_teacher_statistics()
+        self.model.requires_grad_(False)
+        self.weights = normalisation_weights(model.quantiles)  # Python floats: constants in compiled graphs
+        self.output_size = None if output_size is None else (int(output_size[0]), int(output_size[1]))
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.detect(x, self.output_size, self.weights)

@@ -1,0 +1,109 @@
+"""Export the deployment module (:class:`dhkd.runtime.AnomalyDetector`) to ONNX or ``torch.export``.
+
+The fused SS2D / SCMM / FCCM kernels are custom ops that ONNX cannot express, so export runs inside
+``dhkd_kernels.use_backend("reference")``, whose ops are plain PyTorch. Outputs: ``anomaly_map``
+(b, 1, H, W) at ``map_size`` (default: the input size) and ``score`` (b,), with the teacher statistics and
+map normalisation folded in: the same map and score as ``dhkd evaluate`` and ``dhkd predict`` for images
+of that size (:func:`dhkd.models.scoring.map_and_score`).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import dhkd_kernels
+from dhkd.models import DHKD
+
+from .detector import AnomalyDetector
+from .progress import Stages
+
+INPUT_NAMES = ["image"]
+OUTPUT_NAMES = ["anomaly_map", "score"]
+ONNX_PACKAGES = ("onnx", "onnxscript")
+
+
+def require_onnx_packages(packages: tuple[str, ...] = ONNX_PACKAGES) -> None:
+    """Raise ImportError naming the missing packages and the ``[export]`` extra that installs them."""
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    if missing:
+        raise ImportError(f"ONNX export needs {', '.join(missing)}, not installed here: install the export "
+                          "extra with `pip install \"dhkd[export]\"` (onnx, onnxscript, onnxruntime), or "
+                          "`pip install -e \".[export]\"` in a checkout")
+
+
+def _pair(size: int | tuple[int, int], name: str) -> tuple[int, int]:
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"{name} must be positive, got {size}")
+    return int(h), int(w)
+
+
+def as_detector(model_or_detector: nn.Module, map_size: int | tuple[int, int] | None = None) -> AnomalyDetector:
+    """The AnomalyDetector of a DHKD model (its quantiles fitted; maps at ``map_size``, default the input
+    size) or the detector itself, in fp32 on the CPU."""
+    if isinstance(model_or_detector, AnomalyDetector):
+        if map_size is not None:
+            raise ValueError("map_size applies to a DHKD model; an AnomalyDetector has its own output_size")
+        det = model_or_detector
+    elif isinstance(model_or_detector, DHKD):
+        det = AnomalyDetector(model_or_detector, None if map_size is None else _pair(map_size, "map_size"))
+    else:
+        raise TypeError(f"expected a DHKD model or an AnomalyDetector, got {type(model_or_detector).__name__}")
+    return det.float().cpu().eval()
+
+
+def _example(image_size: int | tuple[int, int], batch: int = 1) -> torch.Tensor:
+    h, w = _pair(image_size, "image_size")
+    return torch.randn(batch, 3, h, w)
+
+
+def export_onnx(model_or_detector: nn.Module, path: str | os.PathLike, image_size: int | tuple[int, int],
+                opset: int = 18, dynamic_batch: bool = True, optimize: bool = True,
+                map_size: int | tuple[int, int] | None = None) -> Path:
+    """Write the detector for ``image_size`` inputs to the ONNX file ``path`` (input ``image``, outputs
+    ``anomaly_map`` at ``map_size`` and ``score``; the batch axis is dynamic unless ``dynamic_batch=False``).
+    ``optimize`` runs the ONNX optimiser (constant folding, dead-node removal) before saving."""
+    require_onnx_packages()
+    detector = as_detector(model_or_detector, map_size)
+    x = _example(image_size, batch=2 if dynamic_batch else 1)  # a batch of 1 would be specialised
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
+    stage = Stages(f"export {path.name}")
+    stage("tracing the detector and converting it to ONNX" + (" (then optimising)" if optimize else ""))
+    with dhkd_kernels.use_backend("reference"), torch.no_grad():
+        program = torch.onnx.export(detector, (x,), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                                    opset_version=opset, dynamo=True, dynamic_shapes=dynamic,
+                                    optimize=optimize, external_data=False, verbose=False)
+    stage("saving")
+    tmp = path.with_name(path.name + ".tmp")
+    program.save(str(tmp))
+    os.replace(tmp, path)
+    stage("done")
+    return path
+
+
+def export_program(model_or_detector: nn.Module, image_size: int | tuple[int, int],
+                   path: str | os.PathLike | None = None,
+                   map_size: int | tuple[int, int] | None = None) -> torch.export.ExportedProgram:
+    """``torch.export`` the detector for ``image_size`` inputs (static shapes; maps at ``map_size``); save it
+    to ``path`` (a ``.pt2`` file, read back with ``torch.export.load``) when given."""
+    detector = as_detector(model_or_detector, map_size)
+    x = _example(image_size)
+    stage = Stages("export torch program")
+    stage("tracing the detector")
+    with dhkd_kernels.use_backend("reference"), torch.no_grad():
+        program = torch.export.export(detector, (x,))
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stage("saving")
+        tmp = path.with_name(path.name + ".tmp")
+        torch.export.save(program, str(tmp))
+        os.replace(tmp, path)
+    stage("done")
+    return program
