@@ -10,7 +10,7 @@ D ∈ {128, 384, 768} × N ∈ {1, 16} on a 32×32 map, and for each backend tha
   vectorised scan), and, for the forward, to a *sequential* PyTorch scan of the kind public repositories
   ship (the algorithm of mamba_ssm's ``selective_scan_ref``: the decays and inputs materialised as
   (4·D, L, N) tensors, then one Python-level step per position; checked against the reference before timing),
-* on CPU, the ratio of the forward to the modelled CPU floor of KERNEL_ANCHORS §5.1 — the doc's
+* on CPU, the ratio of the forward to the modelled CPU floor of docs/kernels.md — its
   *nominal* model of a 2-core machine: (F + 12·T) / 100 GFLOP/s with F = 6E + 7P, T = E + 2P,
   E = 4·L·D·N, P = 4·L·D — not a measured peak,
 * backward / forward,
@@ -46,7 +46,7 @@ OP = "ss2d_scan"
 DHKD_MAPS = [(4, 4), (8, 8), (32, 32), (64, 64)]
 SWEEP_MAP = (32, 32)
 REF_BWD_MAX_E = {False: 4 * 1024 * 128 * 16, True: 4 * 64 * 128 * 16}  # by quick
-FLOOR_NOTE = ("cpu floor = KERNEL_ANCHORS §5.1 nominal model: (F + 12·T) / 100 GFLOP/s, F = 6E + 7P, "
+FLOOR_NOTE = ("cpu floor = the nominal model of docs/kernels.md: (F + 12·T) / 100 GFLOP/s, F = 6E + 7P, "
               "T = E + 2P, E = 4·L·D·N, P = 4·L·D (a model of the 2-core build machine, not a measurement)")
 
 

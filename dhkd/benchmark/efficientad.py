@@ -1,6 +1,6 @@
 """EfficientAD-M as a latency peer: PDN-M teacher (384 outputs), PDN-M student (768 outputs), autoencoder.
 
-Written from the published description (EfficientAD paper; PEERS_AND_METRICS §1.1 and §2.4), at inference
+Written from the published description (EfficientAD paper and its latency script; docs/method.md), at inference
 only: dropout is absent, the teacher's channel normalisation is folded into its last convolution and the
 two quantile normalisations plus the 0.5/0.5 combination into three constants, as in the EfficientAD
 latency benchmark. Weights are random unless loaded; latency does not depend on them.

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 @dataclass(frozen=True)
 class DHKDConfig:
-    """Every width and switch of the DHKD model. Defaults are the ``paper`` preset (DHKD_SPEC shapes)."""
+    """Every width and switch of the DHKD model. Defaults are the ``paper`` preset (the shapes of docs/method.md)."""
 
     image_size: int = 256                    # square input side used in training and inference
     channels: int = 384                      # feature channels of teacher and student outputs
@@ -43,7 +43,7 @@ class DHKDConfig:
 
 
 PRESETS: dict[str, DHKDConfig] = {
-    # Exact shapes of DHKD_SPEC: teacher 8.03 M, student ≈ 27.1 M parameters.
+    # The shapes of docs/method.md: teacher 8.03 M, student ≈ 27.1 M parameters.
     "paper": DHKDConfig(),
     # PDN-S teacher and a narrower student: trainable on a 2-core CPU.
     "small": DHKDConfig(teacher_size="small", encoder_widths=(64, 128, 256), fccm_hidden=384,

@@ -1,4 +1,4 @@
-"""FCCM: feature compression channel mixer, f_S (C×h×w) → f_M (C×h/4×w/4) (DHKD_SPEC §FCCM)."""
+"""FCCM: feature compression channel mixer, f_S (C×h×w) → f_M (C×h/4×w/4) (docs/method.md)."""
 from __future__ import annotations
 
 import torch

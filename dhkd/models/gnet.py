@@ -1,4 +1,4 @@
-"""Gnet: the logical (global) decoder with HSTM stages (DHKD_SPEC §Gnet)."""
+"""Gnet: the logical (global) decoder with HSTM stages (docs/method.md)."""
 from __future__ import annotations
 
 import torch

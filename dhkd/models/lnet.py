@@ -1,4 +1,4 @@
-"""Lnet: the structural (convolutional) decoder with SCMM modulation (DHKD_SPEC §Lnet)."""
+"""Lnet: the structural (convolutional) decoder with SCMM modulation (docs/method.md)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""SS2D (four-direction 2D selective scan block) and the HSTM block built on it (DHKD_SPEC §HSTM, §SS2D)."""
+"""SS2D (four-direction 2D selective scan block) and the HSTM block built on it (docs/method.md)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Student encoder F_S: a PDN-like network with max-pooling (DHKD_SPEC §Student encoder)."""
+"""Student encoder F_S: a PDN-like network with max-pooling (docs/method.md)."""
 from __future__ import annotations
 
 import torch

@@ -106,7 +106,7 @@ def fccm_bias_gelu(h, bias):
 
 def fccm_forward(x, down_weight, down_bias, mix1_weight=None, mix1_bias=None, mix2_weight=None,
                  mix2_bias=None):
-    """FCCM (DHKD_SPEC §FCCM): conv k4 s2 p1 -> maxpool 2 -> ReLU -> conv 3×3 -> GELU -> conv 1×1.
+    """FCCM (docs/method.md): conv k4 s2 p1 -> maxpool 2 -> ReLU -> conv 3×3 -> GELU -> conv 1×1.
 
     x: (batch, C, H, W) with H, W >= 4, NCHW or channels_last, fp32/fp16/bf16 (fp64 runs the reference).
     down_weight (C, C, 4, 4), down_bias (C,); mix1_weight (hidden, C, 3, 3), mix1_bias (hidden,);

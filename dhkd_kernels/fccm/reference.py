@@ -1,4 +1,4 @@
-"""Plain-PyTorch reference of FCCM, the feature compression channel mixer (DHKD_SPEC §FCCM)."""
+"""Plain-PyTorch reference of FCCM, the feature compression channel mixer (docs/method.md)."""
 from __future__ import annotations
 
 import torch.nn.functional as F

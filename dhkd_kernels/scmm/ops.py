@@ -169,7 +169,7 @@ def gate_residual(G, x):
 
 def scmm_modulate(x, dw_a_weight, dw_a_bias, dw_b_weight, dw_b_bias, aggr_weight, aggr_bias,
                   proj_weight, proj_bias):
-    """SCMM: two-scale depth-wise modulation with gating and residuals (DHKD_SPEC §Lnet steps 2-5).
+    """SCMM: two-scale depth-wise modulation with gating and residuals (docs/method.md, SCMM steps 2-5).
 
     x: (batch, C, H, W), NCHW or channels_last, fp32/fp16/bf16 (fp64 runs the reference);
     dw_*_weight: (C/2, 1, 3, 3) and dw_*_bias (C/2,) for the full- and half-scale depth-wise convs;

@@ -1,4 +1,4 @@
-"""Plain-PyTorch reference of the SCMM modulation (DHKD_SPEC §Lnet, steps 2-5)."""
+"""Plain-PyTorch reference of the SCMM modulation (docs/method.md, Lnet, SCMM steps 2-5)."""
 from __future__ import annotations
 
 import torch

@@ -28,7 +28,7 @@ def test_paper_parameter_counts():
 
 
 def test_paper_module_shapes_at_256():
-    """Every paper-preset module's output shape at 256² (DHKD_SPEC §Shapes), on the meta device."""
+    """Every paper-preset module's output shape at 256² (docs/method.md), on the meta device."""
     with torch.device("meta"):
         x = torch.empty(1, 3, 256, 256)
         assert PDN("medium", padding=True)(x).shape == (1, 384, 64, 64)

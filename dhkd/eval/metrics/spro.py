@@ -1,5 +1,5 @@
 """AU-sPRO and the image AUROC of MVTec LOCO AD, following MVTec's official LOCO evaluation
-(see docs PEERS_AND_METRICS §3.3-3.6; reimplemented, not copied).
+(docs/method.md, Evaluation metrics; reimplemented, not copied).
 
 Per defect channel (one ground-truth PNG, never split into components) at threshold t:
   sPRO = min(|(map > t) and channel| / saturation_area, 1)   (strictly greater),
