@@ -144,4 +144,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, doc: d
             state.setdefault(int(idx), {})[name] = value
     for idx, scalars in doc["scalars"].items():
         state.setdefault(int(idx), {}).update(scalars)
-    optimizer.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
+    # JSON turns tuples (Adam's betas) into lists: give them back the optimizer's own types
+    groups = [{k: tuple(v) if isinstance(v, list) and isinstance(mine.get(k), tuple) else v for k, v in g.items()}
+              for g, mine in zip(doc["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})

@@ -253,3 +253,21 @@ def test_cli_reports_errors(tmp_path, capsys):
     rc = cli_main(["distill-teacher", str(tmp_path / "missing"), "-o", str(tmp_path / "t.safetensors"),
                    "--backbone", "wide_resnet101_2", "--no-progress"])
     assert rc == 2 and "--backbone-weights" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_distillation_at_that_step(image_dir, tmp_path, monkeypatch):
+    import dhkd.teacher.distill as distill_module
+
+    real, calls = distill_module.target_loss, []
+
+    def poisoned(*args):
+        calls.append(1)
+        loss = real(*args)
+        return loss * float("nan") if len(calls) == 3 else loss
+    monkeypatch.setattr(distill_module, "target_loss", poisoned)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 3.*lower --lr"):
+        distill(image_dir, tmp_path / "t.safetensors", _config(6), TinyTarget(), checkpoint_every=2, progress=False)
+    assert len(calls) == 3 and not (tmp_path / "t.safetensors").exists()
+    doc, _, _ = load_checkpoint(tmp_path / "t.ckpt", initial_pdn("small", 0),
+                                torch.optim.Adam(initial_pdn("small", 0).parameters()), torch.Generator())
+    assert doc["step"] == 2
