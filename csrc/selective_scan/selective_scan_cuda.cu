@@ -2,17 +2,19 @@
 // pointers, sizes and a stream.
 //
 // Decomposition (mirrored step for step by the emulation in tests/kernels/test_selective_scan_cuda.py):
-//   * A block owns one batch item and up to kMaxWarps channels of one B/C group, one warp per channel, so the
-//     variable B and C rows of a chunk are staged in shared memory once per block and read by every warp.
-//   * The sequence is walked in chunks of kChunk = 32 * kItems steps; lane l owns the kItems consecutive steps
-//     l*kItems .. l*kItems+kItems-1 of the chunk. Per-chunk arrays live in shared memory in "lane-major" order
-//     (step q at slot (q % kItems) * kRow + q / kItems), so loads from global memory are coalesced along L and
-//     the lanes' reads of their own steps hit 32 distinct banks.
+//   * A block owns one batch item and up to kMaxChannels channels of one B/C group, so the variable B and C rows
+//     of a chunk are staged in shared memory once per block and read by every channel.
+//   * The sequence is walked in chunks of kChunk = 256 steps. A channel has kLanes lanes (forward: 16, two
+//     channels per warp; backward and its states-only forward: 32, a warp per channel); lane l owns the
+//     kItems = kChunk / kLanes consecutive steps l*kItems .. of the chunk (16 in the forward, which amortises the
+//     shuffle scan over more steps; 8 in the backward, which keeps more per step in registers). Per-chunk arrays
+//     live in shared memory in "lane-major" order (Geo::slot), so loads from global memory are coalesced along L
+//     and neither the staging writes nor the lanes' reads of their own steps have bank conflicts.
 //   * Per chunk and state n: a_t = exp2(dt_t * A_n * log2 e) (the only exp of (t, d, n)), x_t = dt_t u_t B_nt;
-//     each lane composes its steps' affine maps h -> a h + x, an inclusive warp shuffle scan composes the lanes',
-//     and the carry (the state entering the chunk, held by lane n) starts the lane's exclusive prefix; the lane
-//     then re-walks its steps from that state with the a_t, x_t kept in registers, y_t += C_nt h_t. The state
-//     leaving the chunk comes from lane 31 and becomes lane n's carry for the next chunk.
+//     each lane composes its steps' affine maps h -> a h + x, an inclusive shuffle scan over the channel's lanes
+//     composes the lanes', and the carry (the state entering the chunk, held by lane n % kLanes) starts the lane's
+//     exclusive prefix; the lane then re-walks its steps from that state with the a_t, x_t kept in registers,
+//     y_t += C_nt h_t. The state leaving the chunk comes from the last lane and becomes the next chunk's carry.
 //   * Backward, per chunk from the last to the first: the state entering the chunk comes from a pass of the
 //     forward kernel that stores only the chunk-entry states ((L / kChunk) * N floats per channel); the chunk's
 //     states are recomputed as above, then the adjoint g_t = dy_t C_nt + a_{t+1} g_{t+1} is scanned in reverse
@@ -36,13 +38,10 @@
 
 namespace {
 
-constexpr int kItems = 8;                 // consecutive steps per lane
-constexpr int kChunk = 32 * kItems;       // steps per chunk
-constexpr int kRow = 36;                  // slot row stride (kItems rows of 32 lanes + 4 pad: see slot())
-constexpr int kSlots = kItems * kRow;     // floats of one per-chunk array in shared memory
-constexpr int kMaxWarps = 8;              // channels per block
-constexpr int kMaxThreads = 32 * kMaxWarps;
-constexpr int kMaxState = 32;             // lane n holds the carries of state n
+constexpr int kChunk = 256;               // steps per chunk
+constexpr int kMaxChannels = 8;           // channels per block
+constexpr int kMaxThreads = 32 * kMaxChannels;
+constexpr int kMaxState = 32;             // lane n % lanes holds the carries of state n
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr unsigned kFull = 0xffffffffu;
 
@@ -72,13 +71,24 @@ struct Params {
   float* dD;     // (Dch,), zero on entry
   float* dbias;  // (Dch,), zero on entry
   int Dch, L, N, groups, softplus;
-  int warps, blocks_per_group, nchunks;
+  int channels, blocks_per_group, nchunks;  // channels per block
 };
 
-// Slot of chunk step q in the lane-major per-chunk arrays: row q % kItems, column q / kItems (the lane). A lane
-// reading its step k (row k) and 32 consecutive steps being written (4 columns of 8 rows; row stride 36 = 4 mod
-// 32 banks) both hit 32 distinct banks.
-__device__ __forceinline__ int slot(int q) { return (q % kItems) * kRow + q / kItems; }
+// Lane geometry of a kernel: kLanes lanes per channel (32: a warp per channel; 16: two channels per warp), lane l
+// owning the kItems = kChunk / kLanes consecutive steps l*kItems .. of the chunk. Per-chunk arrays in shared
+// memory are "lane-major": step q at slot(q) = (q % kItems) * kRow + q / kItems. The row stride kRow makes a lane
+// group reading its step k (row k) and 32 consecutive steps being written both hit distinct banks (36 = 4 mod 32
+// for 8 rows of 32 lanes; 17, odd, for 16 rows of 16 lanes).
+template <int kLanesT>
+struct Geo {
+  static constexpr int kLanes = kLanesT;
+  static constexpr int kItems = kChunk / kLanes;
+  static constexpr int kRow = kLanes == 32 ? 36 : 17;
+  static constexpr int kSlots = kItems * kRow;  // floats of one per-chunk array
+  __device__ static __forceinline__ int slot(int q) { return (q % kItems) * kRow + q / kItems; }
+};
+using Wide = Geo<32>;    // backward and the states-only forward: more registers per step
+using Narrow = Geo<16>;  // forward: 16 steps per lane amortise the shuffle scans
 
 __device__ __forceinline__ float softplus_dt(float zr, int softplus) {
   return (softplus && zr <= 20.f) ? log1pf(__expf(zr)) : zr;
@@ -86,21 +96,23 @@ __device__ __forceinline__ float softplus_dt(float zr, int softplus) {
 
 __device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + __expf(-v)); }
 
-// Where a block's warp sits: batch item b, group g, channel d (dead warps past the group's end shadow its last
-// channel, so they run the same code but store nothing).
+// Where a thread's channel sits: batch item b, group g, channel d, the channel's index ch in the block and the
+// thread's lane in the channel. Dead channels past the group's end shadow its last channel, so they run the same
+// code but store nothing.
 struct Place {
   long long b;
-  int g, d, lane, warp;
+  int g, d, ch, lane;
   bool live;
 };
 
+template <class G>
 __device__ __forceinline__ Place place(const Params& p) {
   Place w;
-  w.lane = threadIdx.x & 31;
-  w.warp = threadIdx.x >> 5;
+  w.lane = threadIdx.x % G::kLanes;
+  w.ch = threadIdx.x / G::kLanes;
   const int Dg = p.Dch / p.groups;
   w.g = blockIdx.x / p.blocks_per_group;
-  const int j = (blockIdx.x % p.blocks_per_group) * p.warps + w.warp;
+  const int j = (blockIdx.x % p.blocks_per_group) * p.channels + w.ch;
   w.live = j < Dg;
   w.d = w.g * Dg + (w.live ? j : Dg - 1);
   w.b = blockIdx.y;
@@ -109,40 +121,43 @@ __device__ __forceinline__ Place place(const Params& p) {
 
 // All threads of the block: rows n = 0..N-1 of a variable B or C (this block's batch item and group), steps
 // t0 .. t0+kChunk-1, into dst[n * kSlots + slot(q)] as fp32 (zero past L).
-template <typename T>
+template <class G, typename T>
 __device__ void stage_rows(float* dst, const T* rows, int N, int L, int t0) {
   for (int i = threadIdx.x; i < N * kChunk; i += blockDim.x) {
     const int n = i / kChunk, q = i % kChunk, t = t0 + q;
-    dst[n * kSlots + slot(q)] = t < L ? to_f32(rows[(long long)n * L + t]) : 0.f;
+    dst[n * G::kSlots + G::slot(q)] = t < L ? to_f32(rows[(long long)n * L + t]) : 0.f;
   }
 }
 
-// One warp: steps t0 .. t0+kChunk-1 of one channel's sequence into dst in lane-major order (zero past L).
-template <typename T>
+// The lanes of one channel: steps t0 .. t0+kChunk-1 of its sequence into dst, lane-major (zero past L).
+template <class G, typename T>
 __device__ __forceinline__ void stage_seq(float* dst, const T* seq, int L, int t0, int lane) {
 #pragma unroll
-  for (int j = 0; j < kItems; ++j) {
-    const int q = j * 32 + lane, t = t0 + q;
-    dst[slot(q)] = t < L ? to_f32(seq[t]) : 0.f;
+  for (int j = 0; j < G::kItems; ++j) {
+    const int q = j * G::kLanes + lane, t = t0 + q;
+    dst[G::slot(q)] = t < L ? to_f32(seq[t]) : 0.f;
   }
 }
 
-// One warp: the chunk's values src (lane-major) to a channel's sequence, coalesced, for t < L.
-template <typename T>
-__device__ __forceinline__ void store_seq(T* seq, const float* src, int L, int t0, int lane) {
+// The lanes of one channel: the chunk's values src (lane-major) to its sequence for t < L if live. Every lane of
+// the warp calls it (it synchronises the warp).
+template <class G, typename T>
+__device__ __forceinline__ void store_seq(T* seq, const float* src, int L, int t0, int lane, bool live) {
   __syncwarp();
+  if (!live) return;
 #pragma unroll
-  for (int j = 0; j < kItems; ++j) {
-    const int q = j * 32 + lane, t = t0 + q;
-    if (t < L) seq[t] = from_f32<T>(src[slot(q)]);
+  for (int j = 0; j < G::kItems; ++j) {
+    const int q = j * G::kLanes + lane, t = t0 + q;
+    if (t < L) seq[t] = from_f32<T>(src[G::slot(q)]);
   }
 }
 
-// Inclusive warp scan of the affine maps h -> pa h + px in lane order (earlier lanes applied first).
+// Inclusive scan over a channel's lanes of the affine maps h -> pa h + px in lane order (earlier lanes first).
+template <class G>
 __device__ __forceinline__ void scan_up(float& pa, float& px, int lane) {
 #pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const float qa = __shfl_up_sync(kFull, pa, off), qx = __shfl_up_sync(kFull, px, off);
+  for (int off = 1; off < G::kLanes; off <<= 1) {
+    const float qa = __shfl_up_sync(kFull, pa, off, G::kLanes), qx = __shfl_up_sync(kFull, px, off, G::kLanes);
     if (lane >= off) {
       px = pa * qx + px;
       pa = pa * qa;
@@ -168,24 +183,25 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// Shared memory of a block, in floats: B and C rows (if variable), their gradient sums (backward), and per warp
-// the staged sequences (forward: u, delta, z; backward: u, delta, z, dout).
-__host__ __device__ inline int smem_floats(bool bwd, int N, bool B_var, bool C_var, int warps) {
+// Shared memory of a block, in floats: B and C rows (if variable), their gradient sums (backward), and per
+// channel the staged sequences (forward: u, delta, z; backward: u, delta, z, dout).
+__host__ __device__ inline int smem_floats(bool bwd, int N, bool B_var, bool C_var, int channels, int slots) {
   const int rows = (B_var ? N : 0) + (C_var ? N : 0);
-  return (bwd ? 2 : 1) * rows * kSlots + warps * (bwd ? 4 : 3) * kSlots;
+  return (bwd ? 2 : 1) * rows * slots + channels * (bwd ? 4 : 3) * slots;
 }
 
-// Forward. kStatesOnly: store the state entering each chunk into p.chunk_states instead of producing out.
-// kBVar / kCVar: B / C variable (staged rows) or input-independent (one value per channel and state).
-template <typename T, bool kStatesOnly, bool kBVar, bool kCVar>
+// Forward with lane geometry G. kStatesOnly: store the state entering each chunk into p.chunk_states instead of
+// producing out. kBVar / kCVar: B / C variable (staged rows) or input-independent (one value per channel, state).
+template <typename T, class G, bool kStatesOnly, bool kBVar, bool kCVar>
 __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_fwd_kernel(Params p) {
-  extern __shared__ float smem[];
-  const Place w = place(p);
-  const int L = p.L, N = p.N, lane = w.lane;
+  constexpr int kItems = G::kItems, kLanes = G::kLanes, kRow = G::kRow, kSlots = G::kSlots;
   constexpr bool C_var = !kStatesOnly && kCVar;
+  extern __shared__ float smem[];
+  const Place w = place<G>(p);
+  const int L = p.L, N = p.N, lane = w.lane;
   float* Bs = smem;
   float* Cs = Bs + (kBVar ? N * kSlots : 0);
-  float* us = Cs + (C_var ? N * kSlots : 0) + w.warp * 3 * kSlots;
+  float* us = Cs + (C_var ? N * kSlots : 0) + w.ch * 3 * kSlots;
   float* ds = us + kSlots;
   float* zs = ds + kSlots;
   const long long seq0 = (w.b * p.Dch + w.d) * (long long)L;
@@ -196,18 +212,23 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_fwd_kernel(Para
   const float* Arow = p.A + (long long)w.d * N;
   const float bias = p.bias ? p.bias[w.d] : 0.f;
   const float Dd = p.Dw ? p.Dw[w.d] : 0.f;
-  float* states = kStatesOnly ? p.chunk_states + (w.b * p.Dch + w.d) * (long long)p.nchunks * N : nullptr;
+  const long long state0 = (w.b * p.Dch + w.d) * (long long)N;  // this channel's (batch, channel) state row
 
-  float carry = 0.f;  // lane n: the state n entering the chunk
+  // The state entering the chunk: lane l holds state l in carry0 and state l + kLanes in carry1.
+  float carry0 = 0.f, carry1 = 0.f;
   for (int c = 0; c < p.nchunks; ++c) {
     const int t0 = c * kChunk;
-    if (kStatesOnly && w.live && lane < N) states[(long long)c * N + lane] = carry;
+    if (kStatesOnly && w.live) {
+      float* states = p.chunk_states + state0 * p.nchunks + (long long)c * N;
+      if (lane < N) states[lane] = carry0;
+      if (lane + kLanes < N) states[lane + kLanes] = carry1;
+    }
     __syncthreads();  // the previous chunk's readers of the staged rows are done
-    if (kBVar) stage_rows(Bs, static_cast<const T*>(p.B) + rows0, N, L, t0);
-    if (C_var) stage_rows(Cs, static_cast<const T*>(p.C) + rows0, N, L, t0);
-    stage_seq(us, u, L, t0, lane);
-    stage_seq(ds, delta, L, t0, lane);
-    if (!kStatesOnly && z) stage_seq(zs, z, L, t0, lane);
+    if (kBVar) stage_rows<G>(Bs, static_cast<const T*>(p.B) + rows0, N, L, t0);
+    if (C_var) stage_rows<G>(Cs, static_cast<const T*>(p.C) + rows0, N, L, t0);
+    stage_seq<G>(us, u, L, t0, lane);
+    stage_seq<G>(ds, delta, L, t0, lane);
+    if (!kStatesOnly && z) stage_seq<G>(zs, z, L, t0, lane);
     __syncthreads();
 
     float dt[kItems], dtu[kItems], y[kItems];
@@ -231,13 +252,13 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_fwd_kernel(Para
         pa *= a[k];
         px = a[k] * px + x[k];
       }
-      scan_up(pa, px, lane);
-      const float h_in = __shfl_sync(kFull, carry, n);
+      scan_up<G>(pa, px, lane);
+      const float h_in = __shfl_sync(kFull, n < kLanes ? carry0 : carry1, n % kLanes, kLanes);
       float h;
       if (kStatesOnly) {
-        h = pa * h_in + px;  // the lane's inclusive prefix applied to the carry: only lane 31's is used
+        h = pa * h_in + px;  // the lane's inclusive prefix applied to the carry: only the last lane's is used
       } else {
-        float ea = __shfl_up_sync(kFull, pa, 1), ex = __shfl_up_sync(kFull, px, 1);
+        float ea = __shfl_up_sync(kFull, pa, 1, kLanes), ex = __shfl_up_sync(kFull, px, 1, kLanes);
         if (lane == 0) {
           ea = 1.f;
           ex = 0.f;
@@ -250,8 +271,11 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_fwd_kernel(Para
           y[k] += (C_var ? Cs[n * kSlots + k * kRow + lane] : Cn) * h;
         }
       }
-      const float h_out = __shfl_sync(kFull, h, 31);
-      if (lane == n) carry = h_out;
+      const float h_out = __shfl_sync(kFull, h, kLanes - 1, kLanes);
+      if (lane == n % kLanes) {
+        if (n < kLanes) carry0 = h_out;
+        else carry1 = h_out;
+      }
     }
     if (!kStatesOnly) {
 #pragma unroll
@@ -263,24 +287,29 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_fwd_kernel(Para
         }
         us[k * kRow + lane] = o;  // the lane's own slots: the staged u is no longer needed
       }
-      if (w.live) store_seq(static_cast<T*>(p.out) + seq0, us, L, t0, lane);
+      store_seq<G>(static_cast<T*>(p.out) + seq0, us, L, t0, lane, w.live);
     }
   }
-  if (!kStatesOnly && w.live && lane < N) p.last_state[(w.b * p.Dch + w.d) * N + lane] = carry;
+  if (!kStatesOnly && w.live) {
+    if (lane < N) p.last_state[state0 + lane] = carry0;
+    if (lane + kLanes < N) p.last_state[state0 + lane + kLanes] = carry1;
+  }
 }
 
-// Backward: reverse walk over the chunks; p.chunk_states from selective_scan_fwd_kernel<T, true, kBVar, false>.
+// Backward (a warp per channel): reverse walk over the chunks; p.chunk_states from the states-only forward.
 template <typename T, bool kBVar, bool kCVar>
 __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Params p) {
+  using G = Wide;
+  constexpr int kItems = G::kItems, kRow = G::kRow, kSlots = G::kSlots;
   extern __shared__ float smem[];
-  const Place w = place(p);
+  const Place w = place<G>(p);
   const int L = p.L, N = p.N, lane = w.lane;
   const int rowsN = N * kSlots;
   float* Bs = smem;
   float* Cs = Bs + (kBVar ? rowsN : 0);
   float* dBs = Cs + (kCVar ? rowsN : 0);
   float* dCs = dBs + (kBVar ? rowsN : 0);
-  float* us = dCs + (kCVar ? rowsN : 0) + w.warp * 4 * kSlots;
+  float* us = dCs + (kCVar ? rowsN : 0) + w.ch * 4 * kSlots;
   float* ds = us + kSlots;
   float* zs = ds + kSlots;
   float* gs = zs + kSlots;  // dout
@@ -302,17 +331,17 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Para
     const int t0 = c * kChunk;
     __syncthreads();  // the previous chunk's readers of the staged rows and gradient sums are done
     if (kBVar) {
-      stage_rows(Bs, static_cast<const T*>(p.B) + rows0, N, L, t0);
+      stage_rows<G>(Bs, static_cast<const T*>(p.B) + rows0, N, L, t0);
       for (int i = threadIdx.x; i < rowsN; i += blockDim.x) dBs[i] = 0.f;
     }
     if (kCVar) {
-      stage_rows(Cs, static_cast<const T*>(p.C) + rows0, N, L, t0);
+      stage_rows<G>(Cs, static_cast<const T*>(p.C) + rows0, N, L, t0);
       for (int i = threadIdx.x; i < rowsN; i += blockDim.x) dCs[i] = 0.f;
     }
-    stage_seq(us, u, L, t0, lane);
-    stage_seq(ds, delta, L, t0, lane);
-    stage_seq(gs, dout, L, t0, lane);
-    if (z) stage_seq(zs, z, L, t0, lane);
+    stage_seq<G>(us, u, L, t0, lane);
+    stage_seq<G>(ds, delta, L, t0, lane);
+    stage_seq<G>(gs, dout, L, t0, lane);
+    if (z) stage_seq<G>(zs, z, L, t0, lane);
     const float h_chunk = lane < N ? states[(long long)c * N + lane] : 0.f;
     __syncthreads();
 
@@ -348,7 +377,7 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Para
         pa *= a[k];
         px = a[k] * px + h[k];
       }
-      scan_up(pa, px, lane);
+      scan_up<G>(pa, px, lane);
       float ea = __shfl_up_sync(kFull, pa, 1), ex = __shfl_up_sync(kFull, px, 1);
       if (lane == 0) {
         ea = 1.f;
@@ -427,11 +456,9 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Para
       us[s] = dt[k] * gB[k] + Dd * dy[k];
       ds[s] = ddt;
     }
-    if (w.live) {
-      store_seq(static_cast<T*>(p.du) + seq0, us, L, t0, lane);
-      store_seq(static_cast<T*>(p.ddelta) + seq0, ds, L, t0, lane);
-      if (z) store_seq(static_cast<T*>(p.dz) + seq0, zs, L, t0, lane);
-    }
+    store_seq<G>(static_cast<T*>(p.du) + seq0, us, L, t0, lane, w.live);
+    store_seq<G>(static_cast<T*>(p.ddelta) + seq0, ds, L, t0, lane, w.live);
+    if (z) store_seq<G>(static_cast<T*>(p.dz) + seq0, zs, L, t0, lane, w.live);
     if (kBVar || kCVar) {
       __syncthreads();  // every warp's shared-memory atomics for this chunk are in
       const int t_len = min(kChunk, L - t0);
@@ -439,8 +466,8 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Para
         const int n = i / kChunk, q = i % kChunk;
         if (q >= t_len) continue;
         const long long o = rows0 + (long long)n * L + t0 + q;
-        if (kBVar) atomicAdd(p.dB + o, dBs[n * kSlots + slot(q)]);
-        if (kCVar) atomicAdd(p.dC + o, dCs[n * kSlots + slot(q)]);
+        if (kBVar) atomicAdd(p.dB + o, dBs[n * kSlots + G::slot(q)]);
+        if (kCVar) atomicAdd(p.dC + o, dCs[n * kSlots + G::slot(q)]);
       }
     }
   }
@@ -466,13 +493,16 @@ void check_cuda(cudaError_t err, const char* what) {
 
 int nchunks_of(int L) { return (L + kChunk - 1) / kChunk; }
 
-// Launch geometry: channels (warps) per block, blocks per group, shared memory.
+// Launch geometry of a kernel: channels per block, lanes per channel, blocks per group, shared memory.
 struct Plan {
-  int warps, blocks_per_group, nchunks;
+  int channels, lanes, blocks_per_group, nchunks;
   size_t smem;
   int smem_max;
 };
 
+// The plan of a kernel with lane geometry G (bwd: the backward's shared memory). Kernels with different plans can
+// share chunk states: they are indexed by (batch, channel, chunk) and every geometry uses chunks of kChunk steps.
+template <class G>
 Plan make_plan(bool bwd, int batch, int Dch, int L, int N, int groups, bool B_var, bool C_var) {
   if (batch < 1 || Dch < 1 || L < 1) throw std::invalid_argument("selective_scan CUDA: empty input");
   if (N < 1 || N > kMaxState)
@@ -490,14 +520,17 @@ Plan make_plan(bool bwd, int batch, int Dch, int L, int N, int groups, bool B_va
   const int Dg = Dch / groups;
   Plan pl{};
   pl.nchunks = nchunks_of(L);
-  pl.warps = kMaxWarps;
-  while (pl.warps > 1 && pl.warps / 2 >= Dg) pl.warps /= 2;  // no block wider than the group
-  // Smaller blocks while there would be fewer than two per SM (better balance at batch 1).
-  while (pl.warps > 2 && (long long)batch * groups * ((Dg + pl.warps - 1) / pl.warps) < 2LL * nsm) pl.warps /= 2;
-  pl.blocks_per_group = (Dg + pl.warps - 1) / pl.warps;
+  pl.lanes = G::kLanes;
+  pl.channels = kMaxChannels;
+  // No block wider than the group, but whole warps (the shuffles name all 32 lanes).
+  while (pl.channels > 32 / G::kLanes && pl.channels / 2 >= Dg) pl.channels /= 2;
+  // Fewer channels per block while there would be fewer than two blocks per SM (better balance at batch 1).
+  while (pl.channels > 2 && (long long)batch * groups * ((Dg + pl.channels - 1) / pl.channels) < 2LL * nsm)
+    pl.channels /= 2;
+  pl.blocks_per_group = (Dg + pl.channels - 1) / pl.channels;
   if ((long long)groups * pl.blocks_per_group > 0x7fffffffLL)
     throw std::invalid_argument("selective_scan CUDA: too many channels");
-  pl.smem = (size_t)smem_floats(bwd, N, B_var, C_var, pl.warps) * sizeof(float);
+  pl.smem = (size_t)smem_floats(bwd, N, B_var, C_var, pl.channels, G::kSlots) * sizeof(float);
   pl.smem_max = smem_max;
   if (pl.smem > (size_t)smem_max)
     throw std::invalid_argument("selective_scan CUDA: d_state N=" + std::to_string(N) + " needs " +
@@ -523,7 +556,7 @@ void allow_max_smem(const void* kernel, int smem_max) {
 template <typename K>
 void launch(K kernel, const Plan& pl, int batch, int groups, const Params& prm, cudaStream_t stream) {
   if (pl.smem > 48 * 1024) allow_max_smem(reinterpret_cast<const void*>(kernel), pl.smem_max);
-  kernel<<<dim3(groups * pl.blocks_per_group, batch), 32 * pl.warps, pl.smem, stream>>>(prm);
+  kernel<<<dim3(groups * pl.blocks_per_group, batch), pl.channels * pl.lanes, pl.smem, stream>>>(prm);
   check_cuda(cudaGetLastError(), "kernel launch");
 }
 
@@ -544,7 +577,7 @@ Params base_params(const void* u, const void* delta, const float* A, const void*
   Params prm{};
   prm.u = u; prm.delta = delta; prm.A = A; prm.B = B; prm.C = C; prm.Dw = Dw; prm.z = z; prm.bias = bias;
   prm.Dch = Dch; prm.L = L; prm.N = N; prm.groups = groups;
-  prm.softplus = softplus; prm.warps = pl.warps; prm.blocks_per_group = pl.blocks_per_group;
+  prm.softplus = softplus; prm.channels = pl.channels; prm.blocks_per_group = pl.blocks_per_group;
   prm.nchunks = pl.nchunks;
   return prm;
 }
@@ -559,13 +592,14 @@ void selective_scan_cuda_forward(const void* u, const void* delta, const float* 
                                  const float* Dw, const void* z, const float* bias, void* out, float* last_state,
                                  int batch, int Dch, int L, int N, int groups, bool B_var, bool C_var, int dtype,
                                  bool softplus, cudaStream_t stream) {
-  const Plan pl = make_plan(false, batch, Dch, L, N, groups, B_var, C_var);
+  const Plan pl = make_plan<Narrow>(false, batch, Dch, L, N, groups, B_var, C_var);
   Params prm = base_params(u, delta, A, B, C, Dw, z, bias, Dch, L, N, groups, softplus, pl);
   prm.out = out;
   prm.last_state = last_state;
   dispatch_dtype(dtype, "selective_scan CUDA", [&](auto t) {
     with_flags(B_var, C_var, [&](auto bv, auto cv) {
-      launch(selective_scan_fwd_kernel<decltype(t), false, bv.value, cv.value>, pl, batch, groups, prm, stream);
+      launch(selective_scan_fwd_kernel<decltype(t), Narrow, false, bv.value, cv.value>, pl, batch, groups, prm,
+             stream);
     });
   });
 }
@@ -576,8 +610,8 @@ void selective_scan_cuda_backward(const void* dout, const void* u, const void* d
                                   float* dbias, float* chunk_states, int64_t chunk_state_floats, int batch,
                                   int Dch, int L, int N, int groups, bool B_var, bool C_var, int dtype,
                                   bool softplus, cudaStream_t stream) {
-  const Plan fpl = make_plan(false, batch, Dch, L, N, groups, B_var, false);
-  const Plan bpl = make_plan(true, batch, Dch, L, N, groups, B_var, C_var);
+  const Plan fpl = make_plan<Wide>(false, batch, Dch, L, N, groups, B_var, false);
+  const Plan bpl = make_plan<Wide>(true, batch, Dch, L, N, groups, B_var, C_var);
   const int64_t need = (int64_t)batch * Dch * bpl.nchunks * N;
   if (chunk_states == nullptr || chunk_state_floats < need)
     throw std::invalid_argument("selective_scan CUDA: the chunk-state buffer must hold " + std::to_string(need) +
@@ -590,7 +624,7 @@ void selective_scan_cuda_backward(const void* dout, const void* u, const void* d
   bprm.dA = dA; bprm.dB = dB; bprm.dC = dC; bprm.dD = dD; bprm.dbias = dbias;
   dispatch_dtype(dtype, "selective_scan CUDA", [&](auto t) {
     with_flags(B_var, C_var, [&](auto bv, auto cv) {
-      launch(selective_scan_fwd_kernel<decltype(t), true, bv.value, false>, fpl, batch, groups, prm, stream);
+      launch(selective_scan_fwd_kernel<decltype(t), Wide, true, bv.value, false>, fpl, batch, groups, prm, stream);
       launch(selective_scan_bwd_kernel<decltype(t), bv.value, cv.value>, bpl, batch, groups, bprm, stream);
     });
   });

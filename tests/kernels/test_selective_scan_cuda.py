@@ -2,11 +2,12 @@
 
 Three parts:
 * CPU (always): a float64 PyTorch emulation of exactly the decomposition in
-  csrc/selective_scan/selective_scan_cuda.cu (chunks of 32 lanes x kItems steps, each lane's composed affine map,
-  the shuffle-up Hillis-Steele warp scan with the carry held per state, the re-walk from the exclusive prefix; in
-  the backward the chunk-entry states, the shuffle-down suffix scan of the adjoint with its carry, and the
-  per-step gradient formulas and reductions) checked against the reference's autograd gradients. This catches
-  algebra mistakes in the scans, carries and gradient formulas without a GPU.
+  csrc/selective_scan/selective_scan_cuda.cu (chunks of kLanes lanes x kItems steps in the forward's and the
+  backward's lane geometries, each lane's composed affine map, the shuffle-up Hillis-Steele scan with the carry
+  held per state, the re-walk from the exclusive prefix; the states-only forward's chunk-entry states, the
+  backward's shuffle-down suffix scan of the adjoint with its carry, and the per-step gradient formulas and
+  reductions) checked against the reference's autograd gradients. This catches algebra mistakes in the scans,
+  carries and gradient formulas without a GPU.
 * nvcc (when present): the kernels compile for sm_90 with no register spills (``-Xptxas -v``).
 * GPU (skipped without one): the compiled kernels against the reference through the public op.
 """
@@ -29,7 +30,7 @@ from dhkd_kernels.selective_scan.ops import selective_scan
 from selective_scan_gpu_cases import Case, check_backend, make_inputs, opcheck_args, run_reference
 
 ROOT = Path(__file__).resolve().parents[2]
-ITEMS, LANES = 8, 32  # kItems and the warp width in selective_scan_cuda.cu
+FWD_GEO, BWD_GEO = (16, 16), (8, 32)  # (steps per lane, lanes per channel): Narrow and Wide in selective_scan_cuda.cu
 LOG2E = 1.4426950408889634
 
 
@@ -89,11 +90,16 @@ def _reduce_proj(g, like):
     return g.sum((0, 3))
 
 
-def emulate(u, delta, A, B, C, D, z, bias, softplus, dout, items=ITEMS, lanes=LANES):
-    """float64 (out, last_state, grads) computed the kernels' way; grads in NAMES order (None for absent inputs)."""
+def emulate(u, delta, A, B, C, D, z, bias, softplus, dout, fwd_geo=FWD_GEO, bwd_geo=BWD_GEO):
+    """float64 (out, last_state, grads) computed the kernels' way; grads in NAMES order (None for absent inputs).
+
+    ``fwd_geo`` / ``bwd_geo``: (steps per lane, lanes per channel) of the forward and of the backward with its
+    states-only forward; both cover chunks of the same length.
+    """
     bsz, Dch, L = u.shape
     N = A.shape[1]
-    T = items * lanes
+    T = fwd_geo[0] * fwd_geo[1]
+    assert T == bwd_geo[0] * bwd_geo[1]
     nc = math.ceil(L / T)
     pad = nc * T - L
     valid = F.pad(torch.ones(L, dtype=torch.bool), (0, pad))
@@ -105,22 +111,27 @@ def emulate(u, delta, A, B, C, D, z, bias, softplus, dout, items=ITEMS, lanes=LA
     Dd = D[:, None] if D is not None else torch.zeros(Dch, 1, dtype=u.dtype)
     a2 = (A * LOG2E)[None, :, :, None, None]  # (1, D, N, 1, 1)
 
-    def view(t, c):  # chunk c of a (..., L) tensor as (..., lanes, items): lane l owns steps l*items ..
+    def view(t, c, geo):  # chunk c of a (..., L) tensor as (..., lanes, items): lane l owns steps l*items ..
+        items, lanes = geo
         return t[..., c * T:(c + 1) * T].reshape(*t.shape[:-1], lanes, items)
 
-    def chunk_states(c, h_in):
-        """Per-step a, a*h_{t-1}, h of chunk c from the state entering it (the kernels' forward over a chunk)."""
-        dtc, uc, Bc = view(dt, c), view(uu, c), view(Bx, c)
+    def lane_maps(c, geo):
+        """Per-step a, x and the inclusive scan over lanes of the lanes' composed maps (pa, px)."""
+        dtc, uc, Bc = view(dt, c, geo), view(uu, c, geo), view(Bx, c, geo)
         a = torch.exp2(dtc[:, :, None] * a2)
         x = (dtc * uc)[:, :, None] * Bc
         pa, px = torch.ones_like(a[..., 0]), torch.zeros_like(a[..., 0])
-        for k in range(items):
+        for k in range(geo[0]):
             pa, px = pa * a[..., k], a[..., k] * px + x[..., k]
-        pa, px = _scan_up(pa, px)
+        return a, x, *_scan_up(pa, px)
+
+    def chunk_states(c, h_in, geo):
+        """Per-step a, a*h_{t-1}, h of chunk c from the state entering it (the kernels' forward over a chunk)."""
+        a, x, pa, px = lane_maps(c, geo)
         ea, ex = _shift(pa, 1, 1.0, True), _shift(px, 1, 0.0, True)  # lane 0: the identity map
         h = ea * h_in[..., None] + ex
         ah, hs = [], []
-        for k in range(items):
+        for k in range(geo[0]):
             ah.append(a[..., k] * h)
             h = ah[-1] + x[..., k]
             hs.append(h)
@@ -128,14 +139,19 @@ def emulate(u, delta, A, B, C, D, z, bias, softplus, dout, items=ITEMS, lanes=LA
 
     # forward
     carry = torch.zeros(bsz, Dch, N, dtype=u.dtype)
-    entry, ys = [], []
+    ys = []
     for c in range(nc):
-        entry.append(carry)
-        _, _, h = chunk_states(c, carry)
-        ys.append((view(Cx, c) * h).sum(2).reshape(bsz, Dch, T))
-        carry = h[..., -1, -1]  # lane 31's last step
+        _, _, h = chunk_states(c, carry, fwd_geo)
+        ys.append((view(Cx, c, fwd_geo) * h).sum(2).reshape(bsz, Dch, T))
+        carry = h[..., -1, -1]  # the last lane's last step
     y = torch.cat(ys, -1) + Dd * uu
     out = y * F.silu(zp) if z is not None else y
+
+    # states-only forward: the last lane's inclusive map applied to the carry
+    entry = [torch.zeros(bsz, Dch, N, dtype=u.dtype)]
+    for c in range(nc - 1):
+        _, _, pa, px = lane_maps(c, bwd_geo)
+        entry.append(pa[..., -1] * entry[-1] + px[..., -1])
 
     # backward
     dy = dout_p * F.silu(zp) if z is not None else dout_p
@@ -144,27 +160,27 @@ def emulate(u, delta, A, B, C, D, z, bias, softplus, dout, items=ITEMS, lanes=LA
     dA = torch.zeros(bsz, Dch, N, dtype=u.dtype)
     dBx, dCx = torch.zeros_like(Bx), torch.zeros_like(Cx)
     for c in reversed(range(nc)):
-        a, ah, h = chunk_states(c, entry[c])
-        dyC = view(dy, c)[:, :, None] * view(Cx, c)
+        a, ah, h = chunk_states(c, entry[c], bwd_geo)
+        dyC = view(dy, c, bwd_geo)[:, :, None] * view(Cx, c, bwd_geo)
         pp, pq = torch.ones_like(a[..., 0]), torch.zeros_like(a[..., 0])
-        for k in reversed(range(items)):
+        for k in reversed(range(bwd_geo[0])):
             pq, pp = a[..., k] * (dyC[..., k] + pq), a[..., k] * pp
         pp, pq = _scan_down(pp, pq)
         sp, sq = _shift(pp, 1, 1.0, False), _shift(pq, 1, 0.0, False)  # lane 31: the identity map
         gnext = sp * gcarry[..., None] + sq
         gcarry = pp[..., 0] * gcarry + pq[..., 0]  # lane 0's inclusive map applied to the carry
-        gs = [None] * items
-        for k in reversed(range(items)):
+        gs = [None] * bwd_geo[0]
+        for k in reversed(range(bwd_geo[0])):
             gs[k] = dyC[..., k] + gnext
             gnext = a[..., k] * gs[k]
         g = torch.stack(gs, -1)  # (b, D, N, lanes, items)
         flat = lambda t: t.reshape(*t.shape[:-2], T)  # noqa: E731
         sl = slice(c * T, (c + 1) * T)
-        gB[..., sl] = flat((g * view(Bx, c)).sum(2))
+        gB[..., sl] = flat((g * view(Bx, c, bwd_geo)).sum(2))
         gAh[..., sl] = flat((g * A[None, :, :, None, None] * ah).sum(2))
-        dA += (g * view(dt, c)[:, :, None] * ah).sum((-1, -2))
-        dBx[..., sl] = flat(g * (view(dt, c) * view(uu, c))[:, :, None])
-        dCx[..., sl] = flat(view(dy, c)[:, :, None] * h)
+        dA += (g * view(dt, c, bwd_geo)[:, :, None] * ah).sum((-1, -2))
+        dBx[..., sl] = flat(g * (view(dt, c, bwd_geo) * view(uu, c, bwd_geo))[:, :, None])
+        dCx[..., sl] = flat(view(dy, c, bwd_geo)[:, :, None] * h)
     ddt = uu * gB + gAh
     if softplus:
         zp_r = F.pad(zr, (0, pad))
@@ -182,21 +198,21 @@ def emulate(u, delta, A, B, C, D, z, bias, softplus, dout, items=ITEMS, lanes=LA
     return cut(out), carry, [grads[n] for n in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
 
 
-EMULATION_CASES = [
-    (Case(batch=2, dim=3, seqlen=21, dstate=3, groups=1), 2, 4),          # 3 chunks of 8, the last partial
-    (Case(dim=4, seqlen=37, dstate=2, groups=2, C_var=False, softplus=False), 2, 4),
-    (Case(dim=3, seqlen=16, B_var=False, has_z=False, has_bias=False), 4, 4),  # exactly one full chunk
-    (Case(dim=2, seqlen=300, dstate=2, groups=0, has_D=False), ITEMS, LANES),  # the kernel's geometry, 2 chunks
+EMULATION_CASES = [  # (case, forward geometry, backward geometry)
+    (Case(batch=2, dim=3, seqlen=21, dstate=3, groups=1), (4, 2), (2, 4)),  # 3 chunks of 8, the last partial
+    (Case(dim=4, seqlen=37, dstate=2, groups=2, C_var=False, softplus=False), (2, 4), (4, 2)),
+    (Case(dim=3, seqlen=16, B_var=False, has_z=False, has_bias=False), (4, 4), (2, 8)),  # one full chunk
+    (Case(dim=2, seqlen=300, dstate=2, groups=0, has_D=False), FWD_GEO, BWD_GEO),  # the kernels' geometry
 ]
 
 
-@pytest.mark.parametrize("case,items,lanes", EMULATION_CASES, ids=lambda v: str(v))
-def test_emulation_matches_reference(case, items, lanes):
+@pytest.mark.parametrize("case,fwd_geo,bwd_geo", EMULATION_CASES, ids=lambda v: str(v))
+def test_emulation_matches_reference(case, fwd_geo, bwd_geo):
     inputs = [None if t is None else t.double() for t in make_inputs(case, torch.float32)]
     if inputs[3].dim() == 3:  # the op hands the kernels mamba's 3-D B/C as one group
         inputs[3], inputs[4] = inputs[3].unsqueeze(1), inputs[4].unsqueeze(1)
     dout = torch.randn(case.batch, case.dim, case.seqlen, generator=torch.Generator().manual_seed(1)).double()
-    out, last, grads = emulate(*inputs, case.softplus, dout, items=items, lanes=lanes)
+    out, last, grads = emulate(*inputs, case.softplus, dout, fwd_geo, bwd_geo)
     out_ref, last_ref, grads_ref = run_reference(inputs, dout, case.softplus)
     torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(last, last_ref, rtol=1e-10, atol=1e-10)
