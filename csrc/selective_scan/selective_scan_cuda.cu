@@ -71,6 +71,7 @@ struct Params {
   float* dD;     // (Dch,), zero on entry
   float* dbias;  // (Dch,), zero on entry
   int Dch, L, N, groups, softplus;
+  int B_vec, C_vec;  // variable B / C rows can be staged 4 steps at a time (see stage_rows)
   int channels, blocks_per_group, nchunks;  // channels per block
 };
 
@@ -119,10 +120,32 @@ __device__ __forceinline__ Place place(const Params& p) {
   return w;
 }
 
+template <typename T>
+struct alignas(4 * sizeof(T)) Vec4 {
+  T v[4];
+};
+
 // All threads of the block: rows n = 0..N-1 of a variable B or C (this block's batch item and group), steps
-// t0 .. t0+kChunk-1, into dst[n * kSlots + slot(q)] as fp32 (zero past L).
+// t0 .. t0+kChunk-1, into dst[n * kSlots + slot(q)] as fp32 (zero past L). vec: the rows start 4-element aligned
+// and L is a multiple of 4, so 4 steps are loaded at once (a group of 4 is wholly before or past L).
 template <class G, typename T>
-__device__ void stage_rows(float* dst, const T* rows, int N, int L, int t0) {
+__device__ void stage_rows(float* dst, const T* rows, int N, int L, int t0, bool vec) {
+  if (vec) {
+    constexpr int kQuads = kChunk / 4;
+    for (int i = threadIdx.x; i < N * kQuads; i += blockDim.x) {
+      const int n = i / kQuads, q = (i % kQuads) * 4, t = t0 + q;
+      float* d = dst + n * G::kSlots;
+      if (t < L) {
+        const Vec4<T> v = *reinterpret_cast<const Vec4<T>*>(rows + (long long)n * L + t);
+#pragma unroll
+        for (int s = 0; s < 4; ++s) d[G::slot(q + s)] = to_f32(v.v[s]);
+      } else {
+#pragma unroll
+        for (int s = 0; s < 4; ++s) d[G::slot(q + s)] = 0.f;
+      }
+    }
+    return;
+  }
   for (int i = threadIdx.x; i < N * kChunk; i += blockDim.x) {
     const int n = i / kChunk, q = i % kChunk, t = t0 + q;
     dst[n * G::kSlots + G::slot(q)] = t < L ? to_f32(rows[(long long)n * L + t]) : 0.f;
@@ -224,8 +247,8 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_fwd_kernel(Para
       if (lane + kLanes < N) states[lane + kLanes] = carry1;
     }
     __syncthreads();  // the previous chunk's readers of the staged rows are done
-    if (kBVar) stage_rows<G>(Bs, static_cast<const T*>(p.B) + rows0, N, L, t0);
-    if (C_var) stage_rows<G>(Cs, static_cast<const T*>(p.C) + rows0, N, L, t0);
+    if (kBVar) stage_rows<G>(Bs, static_cast<const T*>(p.B) + rows0, N, L, t0, p.B_vec);
+    if (C_var) stage_rows<G>(Cs, static_cast<const T*>(p.C) + rows0, N, L, t0, p.C_vec);
     stage_seq<G>(us, u, L, t0, lane);
     stage_seq<G>(ds, delta, L, t0, lane);
     if (!kStatesOnly && z) stage_seq<G>(zs, z, L, t0, lane);
@@ -331,11 +354,11 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Para
     const int t0 = c * kChunk;
     __syncthreads();  // the previous chunk's readers of the staged rows and gradient sums are done
     if (kBVar) {
-      stage_rows<G>(Bs, static_cast<const T*>(p.B) + rows0, N, L, t0);
+      stage_rows<G>(Bs, static_cast<const T*>(p.B) + rows0, N, L, t0, p.B_vec);
       for (int i = threadIdx.x; i < rowsN; i += blockDim.x) dBs[i] = 0.f;
     }
     if (kCVar) {
-      stage_rows<G>(Cs, static_cast<const T*>(p.C) + rows0, N, L, t0);
+      stage_rows<G>(Cs, static_cast<const T*>(p.C) + rows0, N, L, t0, p.C_vec);
       for (int i = threadIdx.x; i < rowsN; i += blockDim.x) dCs[i] = 0.f;
     }
     stage_seq<G>(us, u, L, t0, lane);
@@ -571,10 +594,18 @@ void with_flags(bool B_var, bool C_var, F&& f) {
   else f(no{}, no{});
 }
 
+// Whether the rows of a variable B/C (each L elements of `elem` bytes from `ptr`) start 4-element aligned.
+bool rows_vectorisable(const void* ptr, int L, int elem) {
+  return L % 4 == 0 && reinterpret_cast<std::uintptr_t>(ptr) % (4 * (std::uintptr_t)elem) == 0;
+}
+
 Params base_params(const void* u, const void* delta, const float* A, const void* B, const void* C,
                    const float* Dw, const void* z, const float* bias, int Dch, int L, int N, int groups,
-                   bool softplus, const Plan& pl) {
+                   bool softplus, int dtype, const Plan& pl) {
   Params prm{};
+  const int elem = dtype == 0 ? 4 : 2;
+  prm.B_vec = rows_vectorisable(B, L, elem);
+  prm.C_vec = rows_vectorisable(C, L, elem);
   prm.u = u; prm.delta = delta; prm.A = A; prm.B = B; prm.C = C; prm.Dw = Dw; prm.z = z; prm.bias = bias;
   prm.Dch = Dch; prm.L = L; prm.N = N; prm.groups = groups;
   prm.softplus = softplus; prm.channels = pl.channels; prm.blocks_per_group = pl.blocks_per_group;
@@ -593,7 +624,7 @@ void selective_scan_cuda_forward(const void* u, const void* delta, const float* 
                                  int batch, int Dch, int L, int N, int groups, bool B_var, bool C_var, int dtype,
                                  bool softplus, cudaStream_t stream) {
   const Plan pl = make_plan<Narrow>(false, batch, Dch, L, N, groups, B_var, C_var);
-  Params prm = base_params(u, delta, A, B, C, Dw, z, bias, Dch, L, N, groups, softplus, pl);
+  Params prm = base_params(u, delta, A, B, C, Dw, z, bias, Dch, L, N, groups, softplus, dtype, pl);
   prm.out = out;
   prm.last_state = last_state;
   dispatch_dtype(dtype, "selective_scan CUDA", [&](auto t) {
@@ -616,9 +647,9 @@ void selective_scan_cuda_backward(const void* dout, const void* u, const void* d
   if (chunk_states == nullptr || chunk_state_floats < need)
     throw std::invalid_argument("selective_scan CUDA: the chunk-state buffer must hold " + std::to_string(need) +
                                 " floats");
-  Params prm = base_params(u, delta, A, B, C, Dw, z, bias, Dch, L, N, groups, softplus, fpl);
+  Params prm = base_params(u, delta, A, B, C, Dw, z, bias, Dch, L, N, groups, softplus, dtype, fpl);
   prm.chunk_states = chunk_states;
-  Params bprm = base_params(u, delta, A, B, C, Dw, z, bias, Dch, L, N, groups, softplus, bpl);
+  Params bprm = base_params(u, delta, A, B, C, Dw, z, bias, Dch, L, N, groups, softplus, dtype, bpl);
   bprm.chunk_states = chunk_states;
   bprm.dout = dout; bprm.du = du; bprm.ddelta = ddelta; bprm.dz = dz;
   bprm.dA = dA; bprm.dB = dB; bprm.dC = dC; bprm.dD = dD; bprm.dbias = dbias;
