@@ -1,10 +1,78 @@
-"""Root test configuration: Triton runs in interpreter mode on machines without a GPU.
+"""Root test configuration: Triton's interpreter on machines without a GPU, the ``gpu`` marker, and the shared
+fixtures (a tiny model, a tiny synthetic dataset).
 
 TRITON_INTERPRET must be set before any @triton.jit decorator runs, hence here, before test imports.
-"""
-import os
 
+Markers (declared in pyproject.toml): ``gpu`` tests need a CUDA device and are skipped without one (tests
+parametrized with ``device="cuda"`` get the marker automatically), so ``pytest -m gpu`` runs exactly the GPU
+checks on a GPU machine; ``slow`` marks the longest tests, which still run by default (``-m "not slow"``
+leaves them out).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """A tiny synthetic dataset on disk: ``root``/``category`` made by :func:`dhkd.data.synthetic.ensure`."""
+
+    root: Path
+    category: str = "synthetic"
+    options: dict = field(default_factory=lambda: {"size": 64, "n_train": 6, "n_test_good": 2, "n_test_defect": 3})
+
+    def train_options(self) -> dict:
+        """The data fields of a :class:`dhkd.train.TrainConfig` reading this dataset."""
+        return {"dataset": "synthetic", "root": str(self.root), "category": self.category,
+                "dataset_options": dict(self.options)}
+
+
+def pytest_collection_modifyitems(config, items):
+    has_gpu = torch.cuda.is_available()
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("device") == "cuda":
+            item.add_marker(pytest.mark.gpu)
+        if not has_gpu and item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def tiny_model_factory():
+    """``make(**overrides)``: a fresh ``tiny``-preset DHKD (64² inputs, every module), seeded, in train mode."""
+    from dhkd.models import DHKD
+
+    def make(**overrides):
+        torch.manual_seed(0)
+        return DHKD.from_preset("tiny", **overrides)
+
+    return make
+
+
+@pytest.fixture
+def tiny_model(tiny_model_factory):
+    """A fresh, seeded ``tiny``-preset DHKD in eval mode with identity map quantiles (a deployable model)."""
+    model = tiny_model_factory().eval()
+    model.set_quantiles(0.0, 1.0, 0.0, 1.0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> SyntheticData:
+    """A tiny synthetic dataset (6 good training images, 2 good and 3 defective test images, 64²), made once
+    per session. Shared: tests must not change it (those that damage files make their own)."""
+    from dhkd.data import synthetic
+
+    data = SyntheticData(tmp_path_factory.mktemp("synthetic_data"))
+    synthetic.ensure(data.root, data.category, **data.options)
+    return data

@@ -141,7 +141,7 @@ def test_bad_inputs_raise_clear_errors():
             dk.fccm_forward(x, dw, db, w1, b1, w2, b2)
 
 
-@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("shape", [(2, 5, 6, 9, 7), (2, 384, 768, 64, 64)])
 @pytest.mark.parametrize("kind", ["nchw", "channels_last", "strided"])

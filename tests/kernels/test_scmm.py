@@ -156,7 +156,7 @@ def test_bad_inputs_raise_clear_errors():
             dk.scmm_modulate(*inputs)
 
 
-@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("shape", [(2, 6, 7, 9), (2, 384, 64, 64), (1, 34, 33, 31)])
 @pytest.mark.parametrize("kind", ["nchw", "channels_last", "strided"])
@@ -169,7 +169,7 @@ def test_gpu_matches_reference(backend, shape, kind):
     assert_close_all(run(backend, inputs), run("reference", inputs), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-2), (torch.bfloat16, 6e-2)])
 def test_gpu_half_precision(backend, dtype, tol):

@@ -79,9 +79,8 @@ def test_ss2d_block_non_square():
     assert y.shape == (2, 3, 5, 16) and torch.isfinite(y).all()
 
 
-def test_gradients_reach_every_student_parameter():
-    torch.manual_seed(0)
-    m = DHKD.from_preset("tiny").train()
+def test_gradients_reach_every_student_parameter(tiny_model_factory):
+    m = tiny_model_factory()
     out = m(torch.randn(1, 3, 128, 128))  # 32×32 features: every HSTM stage has L > 1, so A gets a gradient
     out["loss"].backward()
     missing = [n for n, p in m.named_parameters() if not n.startswith("teacher.")
@@ -93,10 +92,9 @@ def test_gradients_reach_every_student_parameter():
     assert torch.allclose(out["loss"], out["loss_l"] + out["loss_g"] + 2 * out["loss_c"])
 
 
-def test_seeded_determinism():
+def test_seeded_determinism(tiny_model_factory):
     def run():
-        torch.manual_seed(123)
-        m = DHKD.from_preset("tiny").train()
+        m = tiny_model_factory()
         x = torch.randn(1, 3, 64, 64)
         return m(x)["loss"].detach(), [p.detach().clone() for p in m.student_parameters()]
 
@@ -106,16 +104,16 @@ def test_seeded_determinism():
 
 
 @pytest.mark.parametrize("switch", ["use_fccm", "use_scmm", "use_hstm"])
-def test_ablation_switches(switch):
-    full = DHKD.from_preset("tiny")
-    ablated = DHKD.from_preset("tiny", **{switch: False})
+def test_ablation_switches(tiny_model_factory, switch):
+    full = tiny_model_factory()
+    ablated = tiny_model_factory(**{switch: False})
     assert n_params(ablated) < n_params(full)
     out = ablated.train()(torch.randn(1, 3, 64, 64))
     assert torch.isfinite(out["loss"])
 
 
-def test_clear_input_errors():
-    m = DHKD.from_preset("tiny").eval()
+def test_clear_input_errors(tiny_model_factory):
+    m = tiny_model_factory().eval()
     with pytest.raises(ValueError, match="3 input channels"):
         m.features(torch.randn(1, 1, 64, 64))
     with pytest.raises(TypeError, match="floating-point"):
@@ -144,10 +142,9 @@ def test_presets_and_config_errors():
     assert type(cfg).from_dict(cfg.to_dict()) == cfg
 
 
-def test_mixed_precision_autocast_forward_and_backward():
+def test_mixed_precision_autocast_forward_and_backward(tiny_model_factory):
     """Under autocast the fused SCMM/FCCM ops get bf16 activations with fp32 parameters."""
-    torch.manual_seed(0)
-    m = DHKD.from_preset("tiny").train()
+    m = tiny_model_factory()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(torch.randn(1, 3, 64, 64))
     out["loss"].backward()

@@ -8,18 +8,7 @@ from dhkd.persistence import load_model
 from dhkd.train import TrainConfig, Trainer
 from dhkd.train.trainer import sample_indices
 
-SYNTH = {"dataset": "synthetic", "category": "synthetic", "preset": "tiny", "image_size": 64, "teacher": "random",
-         "lr": 1e-3, "lr_decay_step": 3,
-         "dataset_options": {"size": 64, "n_train": 6, "n_test_good": 2, "n_test_defect": 3}, "checkpoint_every": 2, "evaluate": False, "log_every": 1}
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    from dhkd.data import synthetic
-
-    root = tmp_path_factory.mktemp("data")
-    synthetic.ensure(root, "synthetic", size=64, n_train=6, n_test_good=2, n_test_defect=3)
-    return root
+SYNTH = {"preset": "tiny", "image_size": 64, "teacher": "random", "lr": 1e-3, "lr_decay_step": 3, "checkpoint_every": 2, "evaluate": False, "log_every": 1}
 
 
 def _weights(run_dir):
@@ -27,8 +16,8 @@ def _weights(run_dir):
 
 
 @pytest.mark.parametrize("cache", [True, False])
-def test_resume_is_exact(synth_root, tmp_path, cache):
-    base = dict(SYNTH, root=str(synth_root), cache_teacher=cache)
+def test_resume_is_exact(synthetic_data, tmp_path, cache):
+    base = dict(SYNTH, **synthetic_data.train_options(), cache_teacher=cache)
     Trainer(TrainConfig(**base, steps=4, run_dir=str(tmp_path / "straight"))).run()
     Trainer(TrainConfig(**base, steps=2, run_dir=str(tmp_path / "resumed"))).run()
     Trainer(TrainConfig(**base, steps=4, run_dir=str(tmp_path / "resumed"))).run()  # continues from step 2
@@ -41,8 +30,8 @@ def test_resume_is_exact(synth_root, tmp_path, cache):
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)  # decayed ×0.1 after step 3
 
 
-def test_teacher_statistics_and_run_layout(synth_root, tmp_path):
-    cfg = TrainConfig(**dict(SYNTH, root=str(synth_root), output=str(tmp_path), steps=1))
+def test_teacher_statistics_and_run_layout(synthetic_data, tmp_path):
+    cfg = TrainConfig(**dict(SYNTH, **synthetic_data.train_options(), output=str(tmp_path), steps=1))
     trainer = Trainer(cfg)
     summary = trainer.run()
     run_dir = trainer.run_dir
@@ -53,21 +42,21 @@ def test_teacher_statistics_and_run_layout(synth_root, tmp_path):
     assert summary["steps"] == 1
 
 
-def test_time_limit_stops_early_and_resume_continues(synth_root, tmp_path):
-    base = dict(SYNTH, root=str(synth_root), run_dir=str(tmp_path / "r"))
+def test_time_limit_stops_early_and_resume_continues(synthetic_data, tmp_path):
+    base = dict(SYNTH, **synthetic_data.train_options(), run_dir=str(tmp_path / "r"))
     summary = Trainer(TrainConfig(**base, steps=50, time_limit_minutes=1e-9)).run()
     assert summary["steps"] == 0 and summary["planned_steps"] == 50
     assert Trainer(TrainConfig(**base, steps=2)).run()["steps"] == 2
 
 
-def test_corrupt_checkpoint_is_detected(synth_root, tmp_path):
-    cfg = TrainConfig(**dict(SYNTH, root=str(synth_root), steps=2, run_dir=str(tmp_path / "r")))
+def test_corrupt_checkpoint_is_detected(synthetic_data, tmp_path):
+    cfg = TrainConfig(**dict(SYNTH, **synthetic_data.train_options(), steps=2, run_dir=str(tmp_path / "r")))
     Trainer(cfg).run()
     with open(tmp_path / "r" / "checkpoint-00000002.safetensors", "r+b") as f:
         f.seek(200)
         f.write(b"garbage!")
     with pytest.raises(ValueError, match="does not match checkpoint-00000002.safetensors"):
-        Trainer(TrainConfig(**dict(SYNTH, root=str(synth_root), steps=3, run_dir=str(tmp_path / "r")))).run()
+        Trainer(TrainConfig(**dict(SYNTH, **synthetic_data.train_options(), steps=3, run_dir=str(tmp_path / "r")))).run()
 
 
 def test_config_overrides_and_yaml(tmp_path):

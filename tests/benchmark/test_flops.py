@@ -3,7 +3,6 @@ import pytest
 
 from dhkd.benchmark.flops import flop_report, format_flop_report, scan_work
 from dhkd.cli import main
-from dhkd.models import DHKD
 
 
 def conv(cin, cout, k, out):
@@ -11,9 +10,9 @@ def conv(cin, cout, k, out):
     return 2 * cout * cin * k * k * out * out
 
 
-@pytest.fixture(scope="module")
-def report():
-    return flop_report(DHKD.from_preset("tiny"), 64)
+@pytest.fixture
+def report(tiny_model):
+    return flop_report(tiny_model, 64)
 
 
 def test_teacher_and_encoder_flops_by_hand(report):
@@ -38,8 +37,8 @@ def test_scan_counts_by_hand(report):
     assert report["modules"]["teacher"]["scan_flops_9E"] == 0
 
 
-def test_totals_are_consistent(report):
-    model = DHKD.from_preset("tiny")
+def test_totals_are_consistent(report, tiny_model):
+    model = tiny_model
     mods, total = report["modules"], report["total"]
     assert total["params"] == sum(p.numel() for p in model.parameters()) == sum(m["params"] for m in mods.values())
     assert total["conv_linear_flops"] == sum(m["conv_linear_flops"] for m in mods.values())
@@ -53,16 +52,16 @@ def test_scan_work_batch_scales():
     assert four["flops_min"] == 4 * one["flops_min"]
 
 
-def test_batch_and_size_follow_the_input():
-    rep = flop_report(DHKD.from_preset("tiny"), 80, batch=2)
-    single = flop_report(DHKD.from_preset("tiny"), 80)
+def test_batch_and_size_follow_the_input(tiny_model):
+    rep = flop_report(tiny_model, 80, batch=2)
+    single = flop_report(tiny_model, 80)
     assert rep["total"]["conv_linear_flops"] == 2 * single["total"]["conv_linear_flops"]
     assert rep["image_size"] == [80, 80]
 
 
-def test_too_small_input_is_a_clear_error():
+def test_too_small_input_is_a_clear_error(tiny_model):
     with pytest.raises(ValueError, match="too small"):
-        flop_report(DHKD.from_preset("tiny"), 16)
+        flop_report(tiny_model, 16)
 
 
 def test_info_flops_cli(capsys):
