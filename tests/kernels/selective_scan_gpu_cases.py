@@ -80,7 +80,7 @@ def run_reference(inputs: list, dout: torch.Tensor, softplus: bool):
 
 def assert_near(name: str, actual: torch.Tensor, expected: torch.Tensor, tol: float) -> None:
     scale = max(1.0, expected.abs().max().item())
-    err = (actual.double() - expected.to(actual.device).double()).abs().max().item()
+    err = (actual.double() - expected.double()).abs().max().item()
     assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol * scale:.3g} (max |ref| {scale:.3g})"
 
 
@@ -90,18 +90,17 @@ def check_backend(backend: str, case: Case, dtype: torch.dtype, device="cpu", to
     inputs = make_inputs(case, dtype, device)
     dout = torch.randn(case.batch, case.dim, case.seqlen, generator=torch.Generator().manual_seed(1)).to(device)
     out, last, grads = run_backend(backend, inputs, dout, case.softplus)
-    ref_inputs = [None if t is None else t.cpu() for t in inputs]
-    out_ref, last_ref, grads_ref = run_reference(ref_inputs, dout.cpu(), case.softplus)
+    out_ref, last_ref, grads_ref = run_reference(inputs, dout, case.softplus)  # float64, on the same device
     tol = TOL[dtype] if tol is None else tol
     assert out.dtype == dtype and out.shape == out_ref.shape
     assert last.dtype == torch.float32 and last.shape == last_ref.shape
-    assert_near("out", out.cpu(), out_ref, tol)
-    assert_near("last_state", last.cpu(), last_ref, tol)
+    assert_near("out", out, out_ref, tol)
+    assert_near("last_state", last, last_ref, tol)
     present = [(n, t) for n, t in zip(NAMES, inputs) if t is not None]
     for (name, inp), got, want in zip(present, grads, grads_ref):
         assert got.dtype == inp.dtype and got.shape == inp.shape, name
         assert torch.isfinite(got).all(), f"d{name} has non-finite values"
-        assert_near(f"d{name}", got.cpu(), want, tol)
+        assert_near(f"d{name}", got, want, tol)
 
 
 def opcheck_args(case: Case, backend: str, device="cpu") -> list:

@@ -306,9 +306,8 @@ def test_vmamba_layout_and_non_contiguous():
     u_nc = u.transpose(1, 2).contiguous().transpose(1, 2)
     with use_backend("cuda"):
         out = selective_scan(u_nc, delta, A, B, C, D=D, delta_bias=bias, delta_softplus=True)
-    ref, _, _ = run_reference([t.cpu() for t in (u, delta, A, B, C, D)] + [None, bias.cpu()],
-                              torch.zeros(u.shape, dtype=torch.float64), True)
-    torch.testing.assert_close(out.double().cpu(), ref, atol=1e-3, rtol=1e-3)
+    ref, _, _ = run_reference([u, delta, A, B, C, D, None, bias], torch.zeros_like(u), True)
+    torch.testing.assert_close(out.double(), ref, atol=1e-3, rtol=1e-3)
 
 
 @needs_gpu

@@ -46,7 +46,7 @@ def test_non_contiguous_inputs():
     with dhkd_kernels.use_backend("triton"):
         out = selective_scan(*views[:2], A, *views[2:], D=D, delta_bias=bias, delta_softplus=True)
     ref, _, _ = run_reference([u, delta, A, B, C, D, None, bias], torch.zeros_like(u), True)
-    torch.testing.assert_close(out.double().cpu(), ref, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
 
 
 def test_opcheck():
