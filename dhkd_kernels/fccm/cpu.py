@@ -15,6 +15,7 @@ def _lib():
 
 
 def pooled_empty(z):
+    """An uninitialised (B, C, H/2, W/2) output in z's dtype, device and memory format."""
     B, C, H, W = z.shape
     return torch.empty((B, C, H // 2, W // 2), dtype=z.dtype, device=z.device, memory_format=dense_format(z))
 
@@ -35,16 +36,20 @@ def _backward(symbol, dout, x, bias, part_rows):
 
 
 def pool_relu_forward(z, bias):
+    """relu(maxpool2x2(z + bias)) on the C++ kernel (see :class:`~dhkd_kernels.fccm.ops.FCCMBackend`)."""
     return _forward("fccm_pool_relu_fwd", z, bias, pooled_empty(z))
 
 
 def pool_relu_backward(dout, z, bias):
+    """(dz, dbias) of pool_relu on the C++ kernel."""
     return _backward("fccm_pool_relu_bwd", dout, z, bias, max(z.shape[2] // 2, 1))
 
 
 def bias_gelu_forward(h, bias):
+    """gelu(h + bias) on the C++ kernel."""
     return _forward("fccm_bias_gelu_fwd", h, bias, torch.empty_like(h))
 
 
 def bias_gelu_backward(dout, h, bias):
+    """(dh, dbias) of bias_gelu on the C++ kernel."""
     return _backward("fccm_bias_gelu_bwd", dout, h, bias, h.shape[2])

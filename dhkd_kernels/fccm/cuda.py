@@ -34,16 +34,20 @@ def _backward(symbol, dout, x, bias):
 
 
 def pool_relu_forward(z, bias):
+    """relu(maxpool2x2(z + bias)) on the CUDA kernel (see :class:`~dhkd_kernels.fccm.ops.FCCMBackend`)."""
     return _forward("fccm_pool_relu_fwd", z, bias, pooled_empty(z))
 
 
 def pool_relu_backward(dout, z, bias):
+    """(dz, dbias) of pool_relu on the CUDA kernel."""
     return _backward("fccm_pool_relu_bwd", dout, z, bias)
 
 
 def bias_gelu_forward(h, bias):
+    """gelu(h + bias) on the CUDA kernel."""
     return _forward("fccm_bias_gelu_fwd", h, bias, torch.empty_like(h))
 
 
 def bias_gelu_backward(dout, h, bias):
+    """(dh, dbias) of bias_gelu on the CUDA kernel."""
     return _backward("fccm_bias_gelu_bwd", dout, h, bias)

@@ -36,13 +36,17 @@ class FCCMBackend(Protocol):
     """What an FCCM kernel backend module defines. z, h, dout are any strided (B, C, H, W) tensors and the
     outputs keep their memory format; bias is (C,) fp32 contiguous and dbias comes back fp32."""
 
-    def pool_relu_forward(self, z, bias) -> torch.Tensor: ...  # relu(maxpool2x2(z + bias))
+    def pool_relu_forward(self, z, bias) -> torch.Tensor:
+        """relu(maxpool2x2(z + bias)) (floor of H/2, W/2)."""
 
-    def pool_relu_backward(self, dout, z, bias) -> tuple[torch.Tensor, torch.Tensor]: ...  # (dz, dbias)
+    def pool_relu_backward(self, dout, z, bias) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dz, dbias): dout routed to each window's argmax where the output is positive."""
 
-    def bias_gelu_forward(self, h, bias) -> torch.Tensor: ...  # gelu(h + bias)
+    def bias_gelu_forward(self, h, bias) -> torch.Tensor:
+        """gelu(h + bias), exact erf."""
 
-    def bias_gelu_backward(self, dout, h, bias) -> tuple[torch.Tensor, torch.Tensor]: ...  # (dh, dbias)
+    def bias_gelu_backward(self, dout, h, bias) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dh, dbias) = (dout * gelu'(h + bias), its sum over batch and pixels)."""
 
 
 # Preference per device: the default, compiled first (benchmarks/kernels_fused.py measures the order).

@@ -107,6 +107,7 @@ def _bias_gelu_bwd_kernel(dout_ptr, h_ptr, bias_ptr, dh_ptr, part_ptr, C, H, W, 
 
 
 def pool_relu_forward(z, bias):
+    """relu(maxpool2x2(z + bias)) on the Triton kernels (see :class:`~dhkd_kernels.fccm.ops.FCCMBackend`)."""
     B, C, H, W = z.shape
     out = pooled_empty(z)
     grid = (B * C, triton.cdiv(out.shape[2] * out.shape[3], BLOCK))
@@ -116,6 +117,7 @@ def pool_relu_forward(z, bias):
 
 
 def pool_relu_backward(dout, z, bias):
+    """(dz, dbias) of pool_relu on the Triton kernels."""
     B, C, H, W = z.shape
     dz = torch.empty_like(z)
     nblk = triton.cdiv(H * W, BLOCK)
@@ -127,6 +129,7 @@ def pool_relu_backward(dout, z, bias):
 
 
 def bias_gelu_forward(h, bias):
+    """gelu(h + bias) on the Triton kernels."""
     B, C, H, W = h.shape
     out = torch.empty_like(h)
     grid = (B * C, triton.cdiv(H * W, BLOCK))
@@ -136,6 +139,7 @@ def bias_gelu_forward(h, bias):
 
 
 def bias_gelu_backward(dout, h, bias):
+    """(dh, dbias) of bias_gelu on the Triton kernels."""
     B, C, H, W = h.shape
     dh = torch.empty_like(h)
     nblk = triton.cdiv(H * W, BLOCK)

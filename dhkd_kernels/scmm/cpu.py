@@ -14,6 +14,7 @@ def _lib():
 
 
 def two_scale_forward(x, wa, ba, wb, bb):
+    """The two-scale depth-wise branch s on the C++ kernel (see :class:`~dhkd_kernels.scmm.ops.SCMMBackend`)."""
     s = torch.empty_like(x)
     _lib().scmm_two_scale_fwd(ptr(x), ptr(s), ptr(wa), ptr(ba), ptr(wb), ptr(bb), dtype_code(x), *x.shape,
                               x.stride(), s.stride())
@@ -21,6 +22,7 @@ def two_scale_forward(x, wa, ba, wb, bb):
 
 
 def two_scale_backward(ds, x, wa, wb):
+    """(dx, dwa, dba, dwb, dbb) of the two-scale branch on the C++ kernel."""
     B, C = x.shape[:2]
     dx = torch.empty_like(x)
     dw = torch.empty((B, C, 9), dtype=torch.float32, device=x.device)
@@ -32,12 +34,14 @@ def two_scale_backward(ds, x, wa, wb):
 
 
 def gate_forward(G, x):
+    """relu(G) * x + x on the C++ kernel."""
     y = torch.empty_like(x)
     _lib().scmm_gate_fwd(ptr(G), ptr(x), ptr(y), dtype_code(x), x.numel())
     return y
 
 
 def gate_backward(dy, G, x):
+    """(dG, dx) of the gate epilogue on the C++ kernel."""
     dG, dx = torch.empty_like(x), torch.empty_like(x)
     _lib().scmm_gate_bwd(ptr(dy), ptr(G), ptr(x), ptr(dG), ptr(dx), dtype_code(x), x.numel())
     return dG, dx

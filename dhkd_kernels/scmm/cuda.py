@@ -14,6 +14,7 @@ def _lib():
 
 
 def two_scale_forward(x, wa, ba, wb, bb):
+    """The two-scale depth-wise branch s on the CUDA kernel (see :class:`~dhkd_kernels.scmm.ops.SCMMBackend`)."""
     s = torch.empty_like(x)
     with device_guard(x):
         _lib().scmm_two_scale_fwd(ptr(x), ptr(s), ptr(wa), ptr(ba), ptr(wb), ptr(bb), dtype_code(x), *x.shape,
@@ -22,6 +23,7 @@ def two_scale_forward(x, wa, ba, wb, bb):
 
 
 def two_scale_backward(ds, x, wa, wb):
+    """(dx, dwa, dba, dwb, dbb) of the two-scale branch on the CUDA kernel."""
     lib = _lib()
     B, C, H, W = x.shape
     half = C // 2
@@ -40,6 +42,7 @@ def two_scale_backward(ds, x, wa, wb):
 
 
 def gate_forward(G, x):
+    """relu(G) * x + x on the CUDA kernel."""
     y = torch.empty_like(x)
     with device_guard(x):
         _lib().scmm_gate_fwd(ptr(G), ptr(x), ptr(y), dtype_code(x), x.numel(), stream(x.device))
@@ -47,6 +50,7 @@ def gate_forward(G, x):
 
 
 def gate_backward(dy, G, x):
+    """(dG, dx) of the gate epilogue on the CUDA kernel."""
     dG, dx = torch.empty_like(x), torch.empty_like(x)
     with device_guard(x):
         _lib().scmm_gate_bwd(ptr(dy), ptr(G), ptr(x), ptr(dG), ptr(dx), dtype_code(x), x.numel(), stream(x.device))

@@ -29,13 +29,17 @@ class SCMMBackend(Protocol):
     (C/2, 9) and ba, bb (C/2,) fp32 contiguous; weight gradients come back fp32 in those shapes. The gate
     tensors share one dense layout (:func:`dense_format`)."""
 
-    def two_scale_forward(self, x, wa, ba, wb, bb) -> torch.Tensor: ...
+    def two_scale_forward(self, x, wa, ba, wb, bb) -> torch.Tensor:
+        """s = concat(dw3x3(x_a, wa) + ba, up(dw3x3(adaptive_maxpool(x_b), wb) + bb)), x's memory format."""
 
-    def two_scale_backward(self, ds, x, wa, wb) -> tuple[torch.Tensor, ...]: ...  # (dx, dwa, dba, dwb, dbb)
+    def two_scale_backward(self, ds, x, wa, wb) -> tuple[torch.Tensor, ...]:
+        """(dx, dwa, dba, dwb, dbb) of the two-scale branch; the weight and bias gradients in fp32."""
 
-    def gate_forward(self, G, x) -> torch.Tensor: ...  # relu(G) * x + x
+    def gate_forward(self, G, x) -> torch.Tensor:
+        """y = relu(G) * x + x."""
 
-    def gate_backward(self, dy, G, x) -> tuple[torch.Tensor, torch.Tensor]: ...  # (dG, dx)
+    def gate_backward(self, dy, G, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dG, dx) = (dy * x * [G > 0], dy * (relu(G) + 1))."""
 
 
 # Preference per device: the default, compiled first (benchmarks/kernels_fused.py measures the order).
@@ -139,6 +143,7 @@ def _check_depthwise(x, dw_a_weight, dw_a_bias, dw_b_weight, dw_b_bias) -> None:
 
 def check_scmm_inputs(x, dw_a_weight, dw_a_bias, dw_b_weight, dw_b_bias, aggr_weight, aggr_bias,
                       proj_weight, proj_bias) -> None:
+    """Raise a clear error naming the argument if any input of :func:`scmm_modulate` is malformed."""
     _check_x(x)
     _check_depthwise(x, dw_a_weight, dw_a_bias, dw_b_weight, dw_b_bias)
     Cch = x.shape[1]

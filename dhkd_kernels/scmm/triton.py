@@ -220,6 +220,7 @@ def _extents(H: int, W: int) -> dict:
 
 
 def two_scale_forward(x, wa, ba, wb, bb):
+    """The two-scale depth-wise branch s on the Triton kernels (see :class:`~dhkd_kernels.scmm.ops.SCMMBackend`)."""
     B, C, H, W = x.shape
     s = torch.empty_like(x)
     grid = (B * C, triton.cdiv(H * W, BLOCK))
@@ -230,6 +231,7 @@ def two_scale_forward(x, wa, ba, wb, bb):
 
 
 def two_scale_backward(ds, x, wa, wb):
+    """(dx, dwa, dba, dwb, dbb) of the two-scale branch on the Triton kernels."""
     B, C, H, W = x.shape
     half, oh, ow = C // 2, H // 2, W // 2
     ext = _extents(H, W)
@@ -254,6 +256,7 @@ def two_scale_backward(ds, x, wa, wb):
 
 
 def gate_forward(G, x):
+    """relu(G) * x + x on the Triton kernels."""
     y = torch.empty_like(x)
     n = x.numel()
     with device_guard(x):
@@ -262,6 +265,7 @@ def gate_forward(G, x):
 
 
 def gate_backward(dy, G, x):
+    """(dG, dx) of the gate epilogue on the Triton kernels."""
     dG, dx = torch.empty_like(x), torch.empty_like(x)
     n = x.numel()
     with device_guard(x):

@@ -33,6 +33,7 @@ def _prepare(u, delta, A, B, C, D, delta_bias):
 def forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
             D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool,
             out_float: bool) -> torch.Tensor:
+    """The fused SS2D forward on the C++ kernel (see :class:`~dhkd_kernels.ss2d.ops.SS2DBackend`)."""
     mod = _module()
     u, delta, A, B, C, D, delta_bias = _prepare(u, delta, A, B, C, D, delta_bias)
     bsz, H, W, Dch = u.shape

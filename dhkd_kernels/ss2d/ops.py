@@ -21,10 +21,11 @@ class SS2DBackend(Protocol):
     come back in the inputs' dtypes; dA, dD, ddelta_bias in fp32 (dD and ddelta_bias are computed even when
     D/delta_bias are None; the autograd wrapper drops them then)."""
 
-    def forward(self, u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_float: bool) -> torch.Tensor: ...
+    def forward(self, u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_float: bool) -> torch.Tensor:
+        """y (b, H, W, D) in u's dtype, or fp32 if ``out_float``."""
 
-    def backward(self, dy, u, delta, A, B, C, D, delta_bias,
-                 delta_softplus: bool) -> tuple[torch.Tensor, ...]: ...  # (du, ddelta, dA, dB, dC, dD, ddelta_bias)
+    def backward(self, dy, u, delta, A, B, C, D, delta_bias, delta_softplus: bool) -> tuple[torch.Tensor, ...]:
+        """(du, ddelta, dA, dB, dC, dD, ddelta_bias)."""
 
 
 _op = registry.register_op(OP, __package__, SS2DBackend, symbol="ss2d_fwd")
@@ -80,6 +81,7 @@ _ss2d_scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def check_ss2d_inputs(u, delta, A, B, C, D=None, delta_bias=None) -> None:
+    """Raise a clear error naming the argument if any input of :func:`ss2d_scan` is malformed."""
     check_tensor("u", u, (None, None, None, None), IO_DTYPES + (torch.float64,))
     bsz, H, W, Dch = u.shape
     dev = u.device
