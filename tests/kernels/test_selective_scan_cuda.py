@@ -13,6 +13,7 @@ Three parts:
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -280,6 +281,18 @@ GPU_CASES = [
 @needs_gpu
 @pytest.mark.parametrize("case", GPU_CASES, ids=str)
 def test_fp32_matches_reference(case):
+    check_backend("cuda", case, torch.float32, "cuda")
+
+
+FLAG_CASES = [Case(batch=2, dim=6, seqlen=259, dstate=5, groups=2, B_var=bv, C_var=cv, has_D=hd, has_z=hz,
+                   has_bias=hb, softplus=sp)
+              for bv, cv, hd, hz, hb, sp in itertools.product((True, False), repeat=6)]
+
+
+@needs_gpu
+@pytest.mark.parametrize("case", FLAG_CASES, ids=str)
+def test_every_feature_combination(case):
+    """All 64 combinations of variable/constant B and C, D, z, delta_bias and softplus (two chunks, groups)."""
     check_backend("cuda", case, torch.float32, "cuda")
 
 
