@@ -81,8 +81,12 @@ __device__ __forceinline__ int pixel_of(int t, int k, int H, int W, int L) {
   return (k & 1) ? (t % H) * W + t / H : t;
 }
 
+// softplus (identity above 20) with three MUFU operations: log1p(e) = log(w) * e / (w - 1) with w = 1 + e is
+// accurate where 1 + e rounds (Goldberg's trick), and e itself where w == 1.
 __device__ __forceinline__ float softplus_dt(float z, int softplus) {
-  return (softplus && z <= 20.f) ? log1pf(__expf(z)) : z;
+  if (!softplus || z > 20.f) return z;
+  const float e = __expf(z), w = 1.f + e;
+  return w == 1.f ? e : __logf(w) * __fdividef(e, w - 1.f);
 }
 
 // Floats of block-private scratch: acc[L][DT], cs[NC][DT][N], cS[NC][DT]; backward adds cg[NC][DT][N],
@@ -438,6 +442,7 @@ template <typename T>
 __global__ void __launch_bounds__(kFwdThreads, 2) ss2d_fwd_kernel(const FwdParams p) {
   __shared__ __align__(16) float smem[kFwdSmemFloats];
   __shared__ int ticket_s, flag_s;
+  __shared__ int px_s[kSeg];  // pixel of each step of the segment (computed once: integer divisions)
   float* u_s = smem;
   float* dt_s = u_s + kSeg * kStride;
   float* B_s = dt_s + kSeg * kStride;
@@ -459,16 +464,17 @@ __global__ void __launch_bounds__(kFwdThreads, 2) ss2d_fwd_kernel(const FwdParam
   const int nrows = min(kSeg, L - t0), ncols = min(kTile, D - d0);
 
   // 1. staging
+  if (tid < kSeg) px_s[tid] = tid < nrows ? pixel_of(t0 + tid, k, H, W, L) : 0;
+  __syncthreads();
   const T* u = static_cast<const T*>(p.u) + b * L * D + d0;
   const T* delta = static_cast<const T*>(p.delta) + b * L * 4 * D + k * D + d0;
   const T* Bm = static_cast<const T*>(p.B) + b * L * 4 * N + k * N;
   const T* Cm = static_cast<const T*>(p.C) + b * L * 4 * N + k * N;
   const bool vec_io = p.vec_io && ncols == kTile;
-  stage_tile<T>(u_s, u, [&](int t) { return (size_t)pixel_of(t0 + t, k, H, W, L) * D; }, nrows, ncols, vec_io);
-  stage_tile<T>(dt_s, delta, [&](int t) { return (size_t)pixel_of(t0 + t, k, H, W, L) * 4 * D; }, nrows, ncols,
-                vec_io);
-  stage_tile<T>(B_s, Bm, [&](int t) { return (size_t)pixel_of(t0 + t, k, H, W, L) * 4 * N; }, nrows, N, p.vec_bc);
-  stage_tile<T>(C_s, Cm, [&](int t) { return (size_t)pixel_of(t0 + t, k, H, W, L) * 4 * N; }, nrows, N, p.vec_bc);
+  stage_tile<T>(u_s, u, [&](int t) { return (size_t)px_s[t] * D; }, nrows, ncols, vec_io);
+  stage_tile<T>(dt_s, delta, [&](int t) { return (size_t)px_s[t] * 4 * D; }, nrows, ncols, vec_io);
+  stage_tile<T>(B_s, Bm, [&](int t) { return (size_t)px_s[t] * 4 * N; }, nrows, N, p.vec_bc);
+  stage_tile<T>(C_s, Cm, [&](int t) { return (size_t)px_s[t] * 4 * N; }, nrows, N, p.vec_bc);
   __syncthreads();
   for (int c = tid; c < kSeg * kTile; c += kFwdThreads) {  // delta -> dt; padding rows/columns get dt = 0
     const int t = c / kTile, col = c % kTile;
@@ -586,7 +592,7 @@ __global__ void __launch_bounds__(kFwdThreads, 2) ss2d_fwd_kernel(const FwdParam
 #pragma unroll
     for (int n = 0; n < kMaxState; ++n) y = fmaf(Q[i][n], h0[n], y);
     const int t = r * kItems + i;
-    if (live && t < nrows) atomicAdd(p.yacc + (b * L + pixel_of(t0 + t, k, H, W, L)) * D + d0 + j, y);
+    if (live && t < nrows) atomicAdd(p.yacc + (b * L + px_s[t]) * D + d0 + j, y);
   }
 }
 
