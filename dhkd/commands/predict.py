@@ -1,6 +1,7 @@
 """``dhkd predict``: anomaly maps and scores for an image or a folder of images with a trained model."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 NAME = "predict"
@@ -30,23 +31,30 @@ def run(args) -> int:
     import torch
 
     from dhkd.allocator import keep_freed_memory
-    from dhkd.benchmark.modes import MODES, Runner
-    from dhkd.data.common import IMAGE_EXTENSIONS, list_images, preprocess, read_rgb
+    from dhkd.data.common import IMAGE_EXTENSIONS, DatasetError, list_images, preprocess, read_rgb
     from dhkd.eval.visualize import save_overlay
-    from dhkd.inference import AnomalyDetector
+    from dhkd.models.scoring import check_finite
     from dhkd.persistence import atomic_write_json, load_model
-    from dhkd.train.trainer import pick_device
+    from dhkd.runtime import MODES, AnomalyDetector, Runner, pick_device, unsupported_reason
 
     if args.mode not in MODES:
         raise SystemExit(f"dhkd predict: unknown --mode {args.mode!r}; one of {', '.join(MODES)}")
     keep_freed_memory()
     model_path = args.model / "model.safetensors" if args.model.is_dir() else args.model
     model = load_model(model_path)
-    device = pick_device(args.device)
     try:
-        detector = Runner(AnomalyDetector(model), MODES[args.mode], device)
-    except ValueError as e:  # a mode this device cannot run, with the reason
+        device = pick_device(args.device)
+    except ValueError as e:
         raise SystemExit(f"dhkd predict: {e}") from None
+    reason = unsupported_reason(MODES[args.mode], device)
+    if reason:
+        raise SystemExit(f"dhkd predict: mode {args.mode!r} cannot run on {device}: {reason}")
+    detectors = {}  # one per image size: the map is resized once, from feature resolution to the image size
+
+    def detect(x, size):
+        if size not in detectors:
+            detectors[size] = Runner(AnomalyDetector(model, output_size=size), MODES[args.mode], device)
+        return detectors[size](x)
     if args.input.is_dir():
         paths = list_images(args.input)
         if not paths:
@@ -56,14 +64,19 @@ def run(args) -> int:
     else:
         raise SystemExit(f"dhkd predict: {args.input} does not exist")
     args.output.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, errors = [], []
     with torch.no_grad():
         for path in paths:
-            img = read_rgb(path)
-            amap, _ = detector(preprocess(img, model.image_size)[None])  # map back on the host, fp32
-            full = torch.nn.functional.interpolate(amap, size=(img.height, img.width), mode="bilinear",
-                                                   align_corners=False)[0, 0].cpu().numpy()
-            score = float(full.max())
+            try:
+                img = read_rgb(path)
+            except DatasetError as e:  # one unreadable image does not stop the others
+                errors.append({"path": str(path), "error": str(e)})
+                print(f"dhkd predict: skipped {path}: {e}", file=sys.stderr)
+                continue
+            # map and score at the image's size, on the host in fp32: those of `dhkd evaluate`
+            amap, score = detect(preprocess(img, model.image_size)[None], (img.height, img.width))
+            check_finite(amap, str(path))
+            full, score = amap[0, 0].numpy(), float(score[0])
             entry = {"path": str(path), "score": score}
             if args.threshold is not None:
                 entry["anomalous"] = score > args.threshold
@@ -73,6 +86,11 @@ def run(args) -> int:
                 entry["heatmap"] = str(out)
             results.append(entry)
             print(f"{score:10.4f}  {path}")
-    atomic_write_json(args.output / "scores.json", {"model": str(model_path), "images": results})
+    atomic_write_json(args.output / "scores.json", {"model": str(model_path), "images": results,
+                                                     "errors": errors})
     print(f"wrote {args.output / 'scores.json'}")
+    if errors:
+        print(f"dhkd predict: {len(errors)} of {len(paths)} images could not be read (listed under 'errors' in "
+              f"scores.json); exit status 1", file=sys.stderr)
+        return 1
     return 0
