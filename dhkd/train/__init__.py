@@ -1,4 +1,4 @@
-"""Training: config, loop, checkpoints."""
+"""Training: config and loop (checkpoints are written by :mod:`dhkd.persistence.training`)."""
 from .config import TrainConfig
 from .trainer import Trainer
 
