@@ -1,4 +1,4 @@
-"""``dhkd demo``: the whole pipeline on a built-in synthetic anomaly dataset, in about 3 minutes on a 2-core CPU.
+"""``dhkd demo``: the whole pipeline on a built-in synthetic anomaly dataset (budget: 3 minutes on 2 idle cores).
 
 Generates the dataset (MVTec AD layout) under OUTPUT/data, trains a small model on it (against an untrained
 teacher: the demo needs no download; real use needs a teacher file, see docs/teacher.md), fits the map
