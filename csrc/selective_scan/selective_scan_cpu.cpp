@@ -291,6 +291,26 @@ int64_t chunk_steps(int64_t L, int64_t N, int nv) {
   return std::max<int64_t>(4, std::min<int64_t>(L, (256 * 1024) / per_step));
 }
 
+// B_t/C_t of step i for channel vector v: variable rows of the chunk, or the block's constant rows.
+SS2D_INLINE StepBC step_bc(const Inputs& in, const BwdWork& w, int64_t i, int v, int64_t N) {
+  return StepBC{in.varB ? w.bt.data() + i * N : nullptr, in.varC ? w.ct.data() + i * N : nullptr,
+                in.varB ? nullptr : w.prm.Bc.data() + v * N, in.varC ? nullptr : w.prm.Cc.data() + v * N};
+}
+
+// The chunk's tiles: u, dt (and d dt / d delta), variable B; with `all` also variable C, z and dout.
+SS2D_INLINE void load_chunk(const Inputs& in, const Grads& g, BwdWork& w, const Item& it, int64_t rowbase,
+                            int64_t bg, int64_t N, int64_t L, int64_t t0, int steps, bool all) {
+  const int nv = it.nv;
+  load_tile(in.u, in.dt, rowbase, L, t0, steps, it.cb, nv, w.ut.data());
+  load_tile(in.delta, in.dt, rowbase, L, t0, steps, it.cb, nv, w.dtt.data());
+  dt_tile(w.dtt.data(), w.gr.data(), w.prm.bias.data(), in.softplus, steps, nv);
+  if (in.varB) load_bc_tile(in.B, in.dt, bg, N, L, t0, steps, w.bt.data());
+  if (!all) return;
+  if (in.varC) load_bc_tile(in.C, in.dt, bg, N, L, t0, steps, w.ct.data());
+  if (in.z) load_tile(in.z, in.dt, rowbase, L, t0, steps, it.cb, nv, w.zt.data());
+  load_tile(g.dout, g.doutdt, rowbase, L, t0, steps, it.cb, nv, w.dot.data());
+}
+
 SSCAN_CLONES void bwd_block(const Inputs& in, const Dims& s, const Item& it, const Grads& g, const Partials& p,
                             BwdWork& w) {
   const int64_t L = s.L, N = s.N;
@@ -314,30 +334,16 @@ SSCAN_CLONES void bwd_block(const Inputs& in, const Dims& s, const Item& it, con
   w.bt.resize(in.varB ? T * N : 0);
   w.ct.resize(in.varC ? T * N : 0);
   const vf *A2 = w.prm.A2.data(), *Ar = w.prm.A.data(), *Dv = w.prm.Dv.data();
-  auto step_bc = [&](int64_t i, int v) {
-    return StepBC{in.varB ? w.bt.data() + i * N : nullptr, in.varC ? w.ct.data() + i * N : nullptr,
-                  in.varB ? nullptr : w.prm.Bc.data() + v * N, in.varC ? nullptr : w.prm.Cc.data() + v * N};
-  };
-  auto load_chunk = [&](int64_t t0, int steps, bool all) {
-    load_tile(in.u, in.dt, rowbase, L, t0, steps, it.cb, nv, w.ut.data());
-    load_tile(in.delta, in.dt, rowbase, L, t0, steps, it.cb, nv, w.dtt.data());
-    dt_tile(w.dtt.data(), w.gr.data(), w.prm.bias.data(), in.softplus, steps, nv);
-    if (in.varB) load_bc_tile(in.B, in.dt, bg, N, L, t0, steps, w.bt.data());
-    if (!all) return;
-    if (in.varC) load_bc_tile(in.C, in.dt, bg, N, L, t0, steps, w.ct.data());
-    if (has_z) load_tile(in.z, in.dt, rowbase, L, t0, steps, it.cb, nv, w.zt.data());
-    load_tile(g.dout, g.doutdt, rowbase, L, t0, steps, it.cb, nv, w.dot.data());
-  };
   // Pass 1: states at the start of every chunk.
   vf* ck = w.ckpt.data();
   std::fill(ck, ck + SN, splat(0.0f));
   for (int64_t c = 0; c + 1 < nc; ++c) {
     vf* hv0 = ck + (c + 1) * SN;
     std::copy(ck + c * SN, ck + (c + 1) * SN, hv0);
-    load_chunk(c * T, static_cast<int>(T), false);
+    load_chunk(in, g, w, it, rowbase, bg, N, L, c * T, static_cast<int>(T), false);
     for (int64_t i = 0; i < T; ++i) {
       for (int v = 0; v < nv; ++v) {
-        const StepBC bc = step_bc(i, v);
+        const StepBC bc = step_bc(in, w, i, v, N);
         const vf dtv = w.dtt[i * nv + v], duv = dtv * w.ut[i * nv + v];
         vf* hv = hv0 + v * N;
         const vf* av = A2 + v * N;
@@ -353,14 +359,14 @@ SSCAN_CLONES void bwd_block(const Inputs& in, const Dims& s, const Item& it, con
     const int64_t t0 = c * T;
     const int steps = static_cast<int>(std::min(T, L - t0));
     const vf* h0 = ck + c * SN;
-    load_chunk(t0, steps, true);
+    load_chunk(in, g, w, it, rowbase, bg, N, L, t0, steps, true);
     // Pass 2: recompute the chunk's decays and states (and y, for the z gate's gradient).
     for (int64_t i = 0; i < steps; ++i) {
       const vf* hp = i ? w.hbuf.data() + (i - 1) * SN : h0;
       vf* hc = w.hbuf.data() + i * SN;
       vf* ac = w.abuf.data() + i * SN;
       for (int v = 0; v < nv; ++v) {
-        const StepBC bc = step_bc(i, v);
+        const StepBC bc = step_bc(in, w, i, v, N);
         const vf dtv = w.dtt[i * nv + v], duv = dtv * w.ut[i * nv + v];
         const vf* av = A2 + v * N;
         vf yv = Dv[v] * w.ut[i * nv + v];
@@ -382,7 +388,7 @@ SSCAN_CLONES void bwd_block(const Inputs& in, const Dims& s, const Item& it, con
       if (in.varB) std::fill(dBv, dBv + N, splat(0.0f));
       if (in.varC) std::fill(dCv, dCv + N, splat(0.0f));
       for (int v = 0; v < nv; ++v) {
-        const StepBC bc = step_bc(i, v);
+        const StepBC bc = step_bc(in, w, i, v, N);
         const int64_t k = i * nv + v;
         vf dyv = w.dot[k];
         if (has_z) {  // out = y·silu(z): dy = dout·silu(z), dz = dout·y·silu'(z)
