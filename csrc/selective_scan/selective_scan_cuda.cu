@@ -414,7 +414,8 @@ __global__ void __launch_bounds__(kMaxThreads, 2) selective_scan_bwd_kernel(Para
         h[k] = hv;
         y[k] += (kCVar ? Crow[k * kRow] : Cn) * hv;
       }
-      // Reverse adjoint scan: lane map g_in -> pp g_in + pq gives a_{first} g_{first} from the carry into its last step.
+      // Reverse adjoint scan: the lane map g_in -> pp g_in + pq gives a_first g_first from the carry into its last
+      // step.
       float pp = 1.f, pq = 0.f;
 #pragma unroll
       for (int k = kItems - 1; k >= 0; --k) {

@@ -62,6 +62,7 @@ def backward(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.
     f32 = dict(dtype=torch.float32, device=u.device)
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else u.new_empty(0)
+    dz_out = dz if z is not None else None  # the kernel writes dz only with a gate
     dA = torch.zeros(A.shape, **f32)
     dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
     dD, dbias = torch.zeros(Dch, **f32), torch.zeros(Dch, **f32)
@@ -69,7 +70,7 @@ def backward(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.
     chunk_states = torch.empty((bsz, Dch, nchunks, N), **f32)
     with device_guard(u):
         lib.selective_scan_bwd(ptr(dout), ptr(u), ptr(delta), ptr(A), ptr(B), ptr(C), ptr(D), ptr(z),
-                               ptr(delta_bias), ptr(du), ptr(ddelta), ptr(dz if z is not None else None), ptr(dA), ptr(dB), ptr(dC),
+                               ptr(delta_bias), ptr(du), ptr(ddelta), ptr(dz_out), ptr(dA), ptr(dB), ptr(dC),
                                ptr(dD), ptr(dbias), ptr(chunk_states), chunk_states.numel(), *sizes,
                                dtype_code(u), bool(delta_softplus), stream(u.device))
     return du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, dbias
