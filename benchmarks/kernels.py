@@ -1,7 +1,8 @@
-"""Kernel micro-benchmarks: SS2D (benchmarks/kernels_ss2d.py) and the fused SCMM/FCCM blocks
-(benchmarks/kernels_fused.py), every available backend against the reference in one run.
+"""Kernel micro-benchmarks: SS2D (benchmarks/kernels_ss2d.py), the fused SCMM/FCCM blocks
+(benchmarks/kernels_fused.py) and the selective scan (benchmarks/kernels_selective_scan.py), every available
+backend against the reference in one run.
 
-    python benchmarks/kernels.py [--quick] [--only ss2d|fused] [--out-dir DIR]
+    python benchmarks/kernels.py [--quick] [--only ss2d|fused|selective_scan] [--out-dir DIR]
 
 Each section prints its table and writes JSON under benchmarks/results/ (or DIR).
 """
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = {"ss2d": "kernels_ss2d.py", "fused": "kernels_fused.py"}
+SECTIONS = {"ss2d": "kernels_ss2d.py", "fused": "kernels_fused.py", "selective_scan": "kernels_selective_scan.py"}
 
 
 def _load(filename: str):
