@@ -25,12 +25,20 @@ N = 16 on the shared 2-core machine); those rows leave the backward fields empty
 
 Run ``python benchmarks/kernels_ss2d.py [--quick] [--threads 2 1]``: prints a table and writes
 ``benchmarks/results/kernels_ss2d_<date>_<host>.json``. ``run(quick)`` returns the rows.
+
+``--gpu-check FILE.json`` (the SS2D step of benchmarks/gpu_check.sh) instead checks every GPU backend in every
+I/O dtype at the four DHKD maps, batch 1 and 16, forward and backward against the float64 reference, and times
+them on the GPU with CUDA events over CUDA graph replays (no host dispatch in the numbers); the JSON is
+rewritten after every variant, and an exception in one variant is recorded in its row, not fatal.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -38,7 +46,7 @@ import torch
 import dhkd_kernels
 from dhkd.allocator import keep_freed_memory
 from results_io import write_results
-from timing import inner_count, timed
+from timing import cuda_time_ms, inner_count, timed
 from dhkd_kernels import registry
 from dhkd_kernels.ss2d import reference as ss2d_reference
 
@@ -71,14 +79,16 @@ def backends(device: str) -> list[str]:
     return names
 
 
-def make_inputs(H, W, D, N, device, seed=0):
+def make_inputs(H, W, D, N, device, seed=0, batch=1, dtype=torch.float32):
+    """u, delta, A, B, C, D, delta_bias; u, delta, B, C in ``dtype`` (A, D, delta_bias always fp32)."""
     g = torch.Generator().manual_seed(seed)
-    u = torch.randn(1, H, W, D, generator=g)
-    delta = 0.5 * torch.randn(1, H, W, 4, D, generator=g) - 0.5
+    u = torch.randn(batch, H, W, D, generator=g)
+    delta = 0.5 * torch.randn(batch, H, W, 4, D, generator=g) - 0.5
     A = -(0.1 + 2.0 * torch.rand(4, D, N, generator=g))
-    B, C = torch.randn(1, H, W, 4, N, generator=g), torch.randn(1, H, W, 4, N, generator=g)
+    B, C = torch.randn(batch, H, W, 4, N, generator=g), torch.randn(batch, H, W, 4, N, generator=g)
     Dw, bias = torch.randn(4, D, generator=g), 0.3 * torch.randn(4, D, generator=g)
-    return [t.to(device) for t in (u, delta, A, B, C, Dw, bias)]
+    io = [t.to(dtype) for t in (u, delta)] + [A] + [t.to(dtype) for t in (B, C)] + [Dw, bias]
+    return [t.to(device) for t in io]
 
 
 def sequential_scan(u, delta, A, B, C, Dw, bias):
@@ -279,13 +289,150 @@ def print_table(rows: list[dict]) -> None:
           "workspace; the CPU reference's autograd intermediates are not included.")
 
 
+# ------------------------------------------------------------------------------------------------------------
+# GPU check (benchmarks/gpu_check.sh)
+# ------------------------------------------------------------------------------------------------------------
+
+GPU_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# max |x - ref| / max |ref| allowed against the float64 reference on the same (rounded) inputs: forward, backward
+GPU_TOL = {"float32": (2e-4, 1e-3), "bfloat16": (3e-2, 6e-2), "float16": (1e-2, 5e-2)}
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+
+def _rel_err(x, ref) -> float:
+    return ((x.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def _reference(inputs):
+    """float64 reference output and gradients (dy fixed by seed) on the same device."""
+    leaves = [t.detach().double().requires_grad_() for t in inputs]
+    y = ss2d_reference.ss2d_scan_reference(*leaves, delta_softplus=True, out_float=True)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y)
+    grads = torch.autograd.grad(y, leaves, dy)
+    return y.detach(), dy, [g.detach() for g in grads]
+
+
+def _check_variant(backend, inputs, ref, dtype_name) -> dict:
+    """Forward and backward of one backend against the reference, then GPU timings of both."""
+    from dhkd_kernels.ss2d import ops
+
+    y_ref, dy, g_ref = ref
+    row = {}
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    with dhkd_kernels.use_backend(backend):
+        y = dhkd_kernels.ss2d_scan(*leaves, out_float=True)  # as DHKD's SS2D module calls it
+    row["fwd_rel_err"] = _rel_err(y, y_ref)
+    grads = torch.autograd.grad(y, leaves, dy.float())
+    row["bwd_rel_err"] = {n: _rel_err(g, r) for n, g, r in zip(GRAD_NAMES, grads, g_ref)}
+    fwd_tol, bwd_tol = GPU_TOL[dtype_name]
+    row["ok"] = bool(row["fwd_rel_err"] <= fwd_tol and max(row["bwd_rel_err"].values()) <= bwd_tol
+                     and torch.isfinite(y).all().item())
+    args = [t.detach() for t in inputs]
+    dy_io = dy.float()
+    with torch.no_grad():
+        fwd = lambda: ops._ss2d_scan_op(*args, True, True, backend)  # noqa: E731
+        bwd = lambda: ops._ss2d_scan_backward_op(dy_io, *args, True, backend)  # noqa: E731
+        fwd_ms, fwd_min, row["timing"] = cuda_time_ms(fwd)
+        bwd_ms, bwd_min, _ = cuda_time_ms(bwd)
+    row["fwd_us"], row["fwd_min_us"] = fwd_ms * 1e3, fwd_min * 1e3
+    row["bwd_us"], row["bwd_min_us"] = bwd_ms * 1e3, bwd_min * 1e3
+    row["bwd_over_fwd"] = row["bwd_us"] / row["fwd_us"]
+    return row
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)  # a kill leaves the previous complete file, never a torn one
+
+
+def gpu_check(out: Path, budget_s: float = 240.0, batches=(1, 16)) -> dict:
+    """Correctness and GPU timings of every GPU backend and dtype at the DHKD maps (see the module docstring).
+    Variants run most valuable first (64x64 batch 1 fp32 first); those past ``budget_s`` are recorded as
+    skipped. Returns the data written to ``out``."""
+    t0 = time.monotonic()
+    names = [b for b in registry.available_backends(OP, "cuda") if b != "reference"]
+    data = dict(meta=dict(device=torch.cuda.get_device_name(), torch=torch.__version__, backends=names,
+                          tolerances=GPU_TOL, started=time.strftime("%Y-%m-%d %H:%M:%S")),
+                rows=[], summary={})
+    order = [(H, W, b, dt) for b in batches for (H, W) in reversed(DHKD_MAPS) for dt in GPU_DTYPES]
+    order.sort(key=lambda v: (v[2] != 1 or v[0] != 64, v[2], -v[0], list(GPU_DTYPES).index(v[3])))
+    for H, W, bsz, dt in order:
+        base = dict(H=H, W=W, D=128, N=16, batch=bsz, dtype=dt)
+        if time.monotonic() - t0 > budget_s:
+            data["rows"].append(dict(base, backend="*", error=f"skipped: past the {budget_s:.0f} s budget"))
+            continue
+        try:
+            inputs = make_inputs(H, W, 128, 16, "cuda", batch=bsz, dtype=GPU_DTYPES[dt])
+            ref = _reference(inputs)
+        except Exception as exc:  # noqa: BLE001 - recorded, the next variant runs
+            data["rows"].append(dict(base, backend="reference", error=f"{exc!r:.300}"))
+            torch.cuda.empty_cache()
+            _write_json(out, data)
+            continue
+        for backend in names:
+            row = dict(base, backend=backend)
+            try:
+                row.update(_check_variant(backend, inputs, ref, dt))
+            except Exception as exc:  # noqa: BLE001
+                row["error"] = f"{exc!r:.300}"
+                row["traceback"] = traceback.format_exc()[-1500:]
+                torch.cuda.empty_cache()
+            data["rows"].append(row)
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
+                   if k not in ("bwd_rel_err", "traceback", "timing")}, flush=True)
+            _write_json(out, data)
+        if (H, W, bsz, dt) == (64, 64, 1, "float32"):
+            data["summary"].update(_targets(inputs, data["rows"]))
+            _write_json(out, data)
+        del inputs, ref
+    data["meta"]["seconds"] = round(time.monotonic() - t0, 1)
+    _write_json(out, data)
+    return data
+
+
+def _targets(inputs, rows) -> dict:
+    """The issue's ratios at 64x64, D=128, N=16, batch 1, fp32: separate-ops baseline over CUDA forward,
+    Triton over CUDA, backward over forward (each backend's rows are already in ``rows``)."""
+    here = {r["backend"]: r for r in rows if (r["H"], r["batch"], r["dtype"]) == (64, 1, "float32") and "fwd_us" in r}
+    out = {f"{b}_fwd_us": r["fwd_us"] for b, r in here.items()}
+    out.update({f"{b}_bwd_over_fwd": r["bwd_over_fwd"] for b, r in here.items()})
+    if "cuda" in here and "triton" in here:
+        out["triton_over_cuda_fwd"] = here["triton"]["fwd_us"] / here["cuda"]["fwd_us"]
+    try:
+        sep = _separate_ops([t.detach() for t in inputs])
+        with torch.no_grad():
+            out["separate_ops_fwd_us"] = cuda_time_ms(sep)[0] * 1e3
+        if "cuda" in here:
+            out["separate_over_cuda_fwd"] = out["separate_ops_fwd_us"] / here["cuda"]["fwd_us"]
+    except Exception as exc:  # noqa: BLE001
+        out["separate_ops_error"] = f"{exc!r:.300}"
+    try:
+        with torch.no_grad():
+            ref_fn = lambda: ss2d_reference.ss2d_scan_reference(*inputs, out_float=True)  # noqa: E731
+            out["reference_fwd_us"] = cuda_time_ms(ref_fn, reps=5, calls=2)[0] * 1e3
+    except Exception as exc:  # noqa: BLE001
+        out["reference_error"] = f"{exc!r:.300}"
+    print("targets:", {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}, flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     parser.add_argument("--threads", type=int, nargs="*", default=[None],
                         help="run once per thread count (e.g. --threads 2 1); default: torch's setting")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
+    parser.add_argument("--gpu-check", type=Path, default=None, metavar="JSON",
+                        help="GPU correctness + timing of every backend and dtype at the DHKD maps, into JSON")
+    parser.add_argument("--budget", type=float, default=240.0, help="seconds for --gpu-check")
     args = parser.parse_args(argv)
+    if args.gpu_check:
+        if not torch.cuda.is_available():
+            print("SKIPPED: --gpu-check needs a CUDA GPU (none visible)")
+            return
+        gpu_check(args.gpu_check, args.budget)
+        return
     kept = keep_freed_memory()  # outputs reuse freed memory: time the kernels, not first-touch page faults
     load = os.getloadavg()
     rows = [row for n in args.threads for row in run(args.quick, n)]

@@ -295,9 +295,14 @@ def test_emulated_softplus_threshold_gradient():
 # GPU: the compiled kernels
 # ----------------------------------------------------------------------------------------------------------
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available() or _ext.load("_cuda") is None
-                         or not hasattr(_ext.load("_cuda"), "ss2d_fwd"),
-                         reason="needs a CUDA GPU and the built dhkd_kernels._cuda")
+_needs_kernels = pytest.mark.skipif(not torch.cuda.is_available() or _ext.load("_cuda") is None
+                                    or not hasattr(_ext.load("_cuda"), "ss2d_fwd"),
+                                    reason="needs a CUDA GPU and the built dhkd_kernels._cuda")
+
+
+def gpu(test):
+    """A GPU test: the ``gpu`` marker (``pytest -m gpu`` selects it) and skipped without the CUDA kernels."""
+    return pytest.mark.gpu(_needs_kernels(test))
 
 GPU_SHAPES = [  # (bsz, H, W, D, N)
     (1, 1, 1, 8, 16),

@@ -1,7 +1,9 @@
 """Triton backend of ss2d_scan against the float64 PyTorch reference, through the public op.
 
-Without a GPU the kernels run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), which is
-slow, so the CPU shapes are tiny; L = 21 and L = 35 span several 16-step chunks, i.e. several segments, and so
+The tests run on the GPU when there is one (then every test here carries the ``gpu`` marker) and on the CPU
+otherwise, where the kernels run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 only
+without a GPU, so CPU tensors cannot reach compiled Triton kernels). The interpreter is slow, so the shapes
+are tiny; L = 21 and L = 35 span several 16-step chunks, i.e. several segments, and so
 exercise the three passes (segment summaries, the carries between segments, the segments' outputs and
 gradients from their true entering values).
 """
@@ -21,6 +23,8 @@ triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 from dhkd_kernels.ss2d.triton import _adjoint_combine  # noqa: E402  (needs triton)
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = [pytest.mark.gpu] if DEVICE == "cuda" else []
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 TOL = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 4e-2}  # max error / max(1, max |ref|)
 
@@ -61,7 +65,7 @@ def assert_near(name, actual, expected, tol):
 
 
 def check_against_reference(shape, dtype, has_d=True, has_bias=True, delta_softplus=True, out_float=False,
-                            device="cpu", tol=None):
+                            device=DEVICE, tol=None):
     inputs = make_inputs(*shape, dtype, has_d, has_bias, device)
     dy = torch.randn(shape[:3] + (shape[3],), generator=torch.Generator().manual_seed(1)).to(device)
     y, grads = run_triton(inputs, dy, delta_softplus, out_float)
@@ -112,10 +116,10 @@ def test_segments_of_several_chunks(monkeypatch):
 
 def test_extreme_delta_stays_finite_and_matches():
     """delta + bias of +100 / -100 (exp overflows fp32 there) gives the reference's values, no inf/nan."""
-    inputs = make_inputs(1, 2, 2, 3, 2, torch.float32)
-    inputs[1] = inputs[1] + torch.tensor([0.0, 100.0, -100.0, 0.0]).view(1, 1, 1, 4, 1)
+    inputs = make_inputs(1, 2, 2, 3, 2, torch.float32, device=DEVICE)
+    inputs[1] = inputs[1] + torch.tensor([0.0, 100.0, -100.0, 0.0], device=DEVICE).view(1, 1, 1, 4, 1)
     inputs[2] = inputs[2] * 0.005  # keep exp(dt·A) away from underflow so every gradient path stays live
-    dy = torch.randn(1, 2, 2, 3, generator=torch.Generator().manual_seed(2))
+    dy = torch.randn(1, 2, 2, 3, generator=torch.Generator().manual_seed(2)).to(DEVICE)
     y, grads = run_triton(inputs, dy, True, True)
     y_ref, grads_ref = run_reference(inputs, dy, True)
     assert_near("y", y, y_ref, TOL[torch.float32])
@@ -125,7 +129,7 @@ def test_extreme_delta_stays_finite_and_matches():
 
 
 def test_opcheck():
-    inputs = make_inputs(1, 2, 2, 2, 2, torch.float32)
+    inputs = make_inputs(1, 2, 2, 2, 2, torch.float32, device=DEVICE)
     args = [None if t is None else t.requires_grad_() for t in inputs] + [True, False, "triton"]
     torch.library.opcheck(torch.ops.dhkd.ss2d_scan.default, args)
 
