@@ -1,16 +1,19 @@
 """Export the deployment module (:class:`dhkd.runtime.AnomalyDetector`) to ONNX or ``torch.export``.
 
 The fused SS2D / SCMM / FCCM kernels are custom ops that ONNX cannot express, so export runs inside
-``dhkd_kernels.use_backend("reference")``, whose ops are plain PyTorch. Outputs: ``anomaly_map``
+``dhkd_kernels.use_backend("reference")``, whose ops are plain PyTorch, with the SS2D scan in a compact form
+whose graph does not grow with the image size (:mod:`dhkd.runtime.export_scan`). Outputs: ``anomaly_map``
 (b, 1, H, W) at ``map_size`` (default: the input size) and ``score`` (b,), with the teacher statistics and
 map normalisation folded in: the same map and score as ``dhkd evaluate`` and ``dhkd predict`` for images
 of that size (:func:`dhkd.models.scoring.map_and_score`).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -19,6 +22,7 @@ import dhkd_kernels
 from dhkd.models import DHKD
 
 from .detector import AnomalyDetector
+from .export_scan import export_formulation
 from .progress import Stages
 
 INPUT_NAMES = ["image"]
@@ -56,6 +60,13 @@ def as_detector(model_or_detector: nn.Module, map_size: int | tuple[int, int] | 
     return det.float().cpu().eval()
 
 
+@contextlib.contextmanager
+def _traceable() -> Iterator[None]:
+    """Plain-PyTorch ops only (the ``reference`` backend), the SS2D scan in its compact export form."""
+    with dhkd_kernels.use_backend("reference"), export_formulation():
+        yield
+
+
 def _example(image_size: int | tuple[int, int], batch: int = 1) -> torch.Tensor:
     h, w = _pair(image_size, "image_size")
     return torch.randn(batch, 3, h, w)
@@ -75,7 +86,7 @@ def export_onnx(model_or_detector: nn.Module, path: str | os.PathLike, image_siz
     dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
     stage = Stages(f"export {path.name}")
     stage("tracing the detector and converting it to ONNX" + (" (then optimising)" if optimize else ""))
-    with dhkd_kernels.use_backend("reference"), torch.no_grad():
+    with _traceable(), torch.no_grad():
         program = torch.onnx.export(detector, (x,), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
                                     opset_version=opset, dynamo=True, dynamic_shapes=dynamic,
                                     optimize=optimize, external_data=False, verbose=False)
@@ -96,7 +107,7 @@ def export_program(model_or_detector: nn.Module, image_size: int | tuple[int, in
     x = _example(image_size)
     stage = Stages("export torch program")
     stage("tracing the detector")
-    with dhkd_kernels.use_backend("reference"), torch.no_grad():
+    with _traceable(), torch.no_grad():
         program = torch.export.export(detector, (x,))
     if path is not None:
         path = Path(path)

@@ -1,67 +1,118 @@
-"""Export: ONNX (onnxruntime parity with eager) and torch.export of the whole AnomalyDetector."""
+"""Export: ``dhkd evaluate``, ``dhkd predict`` and the exported detectors (torch.export, ONNX under
+onnxruntime) give the same maps and scores for the same images; the compact export scan; clear errors."""
+import importlib.util
+import json
+
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from dhkd.cli import main
-from dhkd.export import as_detector, export_onnx, export_program
-from dhkd.inference import AnomalyDetector
-from dhkd.persistence import save_model
+from dhkd.data import build_dataset
+from dhkd.data.common import preprocess, read_rgb
+from dhkd.eval.evaluator import evaluate_model
 from dhkd.models import DHKD
+from dhkd.persistence import save_model
+from dhkd.runtime import AnomalyDetector, export_onnx, export_program, require_onnx_packages
+
+SYN = dict(size=48, n_train=6, n_test_good=2, n_test_defect=3)  # 48×48 originals, the tiny model reads 64×64
+AGREE = 1e-6
 
 
 @pytest.fixture(scope="module")
-def model():
+def evaluated(tmp_path_factory):
+    """A tiny model calibrated and evaluated by ``evaluate_model`` (maps exported), saved as a run."""
+    tmp = tmp_path_factory.mktemp("agree")
+    root = tmp / "data"
+    build_dataset("synthetic", root, "synthetic", "test", 64, **SYN)
     torch.manual_seed(0)
-    m = DHKD.from_preset("tiny").eval()
-    m.set_teacher_stats(torch.randn(32) * 0.1, torch.rand(32) + 0.5)
-    m.set_quantiles(0.2, 0.9, 0.05, 0.4)
-    return m
+    model = DHKD.from_preset("tiny").eval()
+    model.set_teacher_stats(torch.randn(32) * 0.1, torch.rand(32) + 0.5)
+    results = evaluate_model(model, "synthetic", root, "synthetic", tmp / "eval", export_maps=True, batch_size=3,
+                             **SYN)
+    save_model(model, tmp / "run" / "model.safetensors")
+    maps = {im["path"]: tifffile.imread(next((tmp / "eval" / "anomaly_maps").rglob(
+        f"{im['defect']}/{im['path'].rsplit('/', 1)[1].rsplit('.', 1)[0]}.tiff"))) for im in results["images"]}
+    return {"tmp": tmp, "model": model, "results": results, "maps": maps}
 
 
-def test_onnx_matches_eager_under_onnxruntime(model, tmp_path):
+def _images(evaluated):
+    paths = [im["path"] for im in evaluated["results"]["images"]]
+    return paths, torch.stack([preprocess(read_rgb(p), 64) for p in paths])
+
+
+def _check(evaluated, paths, maps, scores, what):
+    want = {im["path"]: im["score"] for im in evaluated["results"]["images"]}
+    for p, m, s in zip(paths, maps, scores):
+        assert abs(float(s) - want[p]) <= AGREE, f"{what}: score of {p}"
+        assert np.abs(np.asarray(m).reshape(48, 48) - evaluated["maps"][p]).max() <= AGREE, f"{what}: map of {p}"
+
+
+def test_predict_agrees_with_evaluate(evaluated, tmp_path):
+    tmp = evaluated["tmp"]
+    folders = sorted({p.rsplit("/", 1)[0] for p in evaluated["maps"]})
+    entries = []
+    for i, folder in enumerate(folders):
+        out = tmp_path / str(i)
+        assert main(["predict", folder, "--model", str(tmp / "run"), "--output", str(out), "--no-heatmaps"]) == 0
+        entries += json.loads((out / "scores.json").read_text())["images"]
+    assert len(entries) == len(evaluated["maps"])
+    want = {im["path"]: im["score"] for im in evaluated["results"]["images"]}
+    for e in entries:
+        assert abs(e["score"] - want[e["path"]]) <= AGREE, e["path"]
+
+
+def test_detector_agrees_with_evaluate(evaluated):
+    paths, x = _images(evaluated)
+    with torch.no_grad():
+        maps, scores = AnomalyDetector(evaluated["model"], output_size=(48, 48))(x)
+    _check(evaluated, paths, maps, scores, "detector")
+
+
+def test_torch_export_via_cli_agrees_with_evaluate(evaluated, tmp_path, capsys):
+    out = tmp_path / "det.pt2"
+    assert main(["export", "--model", str(evaluated["tmp"] / "run"), "--format", "torch-export", "--output",
+                 str(out), "--map-size", "48", "48"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    program = torch.export.load(str(out))
+    # only plain PyTorch ops are exported, never the backend custom ops
+    assert not any("dhkd" in str(n.target) for n in program.graph.nodes if n.op == "call_function")
+    paths, x = _images(evaluated)
+    results = [program.module()(x[i:i + 1]) for i in range(len(paths))]
+    _check(evaluated, paths, [m for m, _ in results], [s[0] for _, s in results], "torch.export")
+
+
+def test_onnx_agrees_with_evaluate_under_onnxruntime(evaluated, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    path = export_onnx(model, tmp_path / "tiny.onnx", 64, optimize=False)
+    path = export_onnx(evaluated["model"], tmp_path / "tiny.onnx", 64, map_size=(48, 48), optimize=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image"]
     assert [o.name for o in session.get_outputs()] == ["anomaly_map", "score"]
-    x = torch.randn(3, 3, 64, 64)  # the batch axis is dynamic: exported with 2, run with 3
-    amap, score = session.run(None, {"image": x.numpy()})
-    with torch.no_grad():
-        want_map, want_score = AnomalyDetector(model)(x)
-    assert amap.shape == (3, 1, 64, 64) and score.shape == (3,)
-    assert np.abs(amap - want_map.numpy()).max() <= 1e-4
-    assert np.abs(score - want_score.numpy()).max() <= 1e-4
+    paths, x = _images(evaluated)  # the batch axis is dynamic: exported with 2, run with all test images
+    maps, scores = session.run(None, {"image": x.numpy()})
+    assert maps.shape == (len(paths), 1, 48, 48) and scores.shape == (len(paths),)
+    _check(evaluated, paths, maps, scores, "ONNX")
 
 
-def test_export_rejects_other_modules_and_unfitted_models():
+def test_export_rejects_other_modules_unfitted_models_and_bad_sizes():
     with pytest.raises(TypeError, match="DHKD model or an AnomalyDetector"):
         export_program(torch.nn.Conv2d(3, 3, 1), 64)
     with pytest.raises(ValueError, match="quantiles are not fitted"):
         export_program(DHKD.from_preset("tiny"), 64)
+    fitted = DHKD.from_preset("tiny").eval()
+    fitted.set_quantiles(0.1, 1.0, 0.1, 1.0)
     with pytest.raises(ValueError, match="image_size must be positive"):
-        export_program(AnomalyDetector(_fitted()), 0)
+        export_program(AnomalyDetector(fitted), 0)
+    with pytest.raises(ValueError, match="map_size must be positive"):
+        export_program(fitted, 64, map_size=(0, 5))
 
 
-def _fitted():
-    m = DHKD.from_preset("tiny").eval()
-    m.set_quantiles(0.1, 1.0, 0.1, 1.0)
-    return m
-
-
-def test_torch_export_program_via_cli_runs_and_matches(model, tmp_path, capsys):
-    """``dhkd export --format torch-export`` (export_program with a path): the saved program matches eager."""
-    save_model(model, tmp_path / "run" / "model.safetensors")
-    out = tmp_path / "det.pt2"
-    assert main(["export", "--model", str(tmp_path / "run"), "--format", "torch-export", "--output", str(out)]) == 0
-    assert "wrote" in capsys.readouterr().out
-    program = torch.export.load(str(out))
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        want_map, want_score = as_detector(model)(x)
-    amap, score = program.module()(x)
-    torch.testing.assert_close(amap, want_map, rtol=0, atol=1e-5)
-    torch.testing.assert_close(score, want_score, rtol=0, atol=1e-5)
-    # the reference decomposition is exported, never the backend custom ops
-    assert not any("dhkd" in str(n.target) for n in program.graph.nodes if n.op == "call_function")
+def test_missing_export_extra_is_named(monkeypatch, tmp_path, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    with pytest.raises(ImportError, match=r"onnxscript.*dhkd\[export\]"):
+        require_onnx_packages()
+    with pytest.raises(SystemExit, match=r"dhkd export: ONNX export needs onnxscript"):
+        main(["export", "--model", str(tmp_path / "none"), "--output", str(tmp_path / "x.onnx")])
