@@ -83,6 +83,7 @@ inline float __shfl_xor_sync(unsigned, float v, int mask, int = 32) {
 }
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 inline float __expf(float v) { return std::exp(v); }
+inline float __fdividef(float a, float b) { return a / b; }
 inline int min(int a, int b) { return a < b ? a : b; }
 
 // Stands for `kernel<<<grid, threads, smem_bytes, stream>>>(prm)` (the test rewrites launches into this call).
