@@ -6,7 +6,7 @@ good-image statistics, smoothing), scored by the package's evaluator at full res
 GRID_PREFIX_validation_grid.npy and GRID_PREFIX_test_grid.npy hold (n, 1, h, w) maps of the validation and
 test splits in dataset order (any scorer; benchmarks/compare.py --save-grids writes them as
 <output>/<dataset>_<category>/<method>/grids). Per
-variant: the evaluator's results.json under OUT/<variant>/ and one row in OUT/recipe_maps.md with the share
+variant: the evaluator's results.json/md under OUT/<variant>/ and one row in OUT/recipe_maps.md with the share
 of good test images whose map maximum lies in the outer 5 % of the image.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from scipy.ndimage import gaussian_filter
 
 from dhkd.baselines.compare import DataSpec
 from dhkd.data import build_dataset
-from dhkd.eval.evaluator import score_maps
+from dhkd.eval.evaluator import evaluate_map_list
 
 
 def replicate_margin(m: np.ndarray, k: int) -> np.ndarray:
@@ -89,11 +89,10 @@ def main() -> int:
         grids = torch.from_numpy(variant_maps(name, val, test_grid))
         maps = [F.interpolate(g[None], size=t.shape[1:], mode="bilinear", align_corners=False)[0, 0].numpy()
                 for g, t in zip(grids, truths)]
-        res = score_maps(test, maps, truths)
         share = border_share(maps, test.labels)
-        rows.append({"variant": name, "metrics": res.values, "good_max_in_outer_5pct": share})
-        (args.output / name).mkdir(parents=True, exist_ok=True)
-        (args.output / name / "metrics.json").write_text(json.dumps(rows[-1], indent=1))
+        res = evaluate_map_list(test, maps, truths, args.output / name, source=f"{args.maps} ({name})",
+                                extra={"post_processing": name, "good_max_in_outer_5pct": share})
+        rows.append({"variant": name, "metrics": res["metrics"], "good_max_in_outer_5pct": share})
         print(json.dumps(rows[-1]), flush=True)
     names = list(rows[0]["metrics"])
     lines = ["| variant | " + " | ".join(names) + " | good maps peaking in outer 5 % |", "|---" * (len(names) + 2) + "|"]

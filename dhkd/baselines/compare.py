@@ -24,9 +24,10 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..data import build_dataset
-from ..eval.evaluator import evaluate_scorer
+from ..eval.evaluator import evaluate_map_list
 from ..persistence import atomic_write_bytes
 
 _PRESET_TEACHER = {"paper": "medium", "small": "small", "tiny": "small"}
@@ -106,15 +107,19 @@ def time_per_image(map_fn: Callable, dataset, n: int) -> float:
 
 
 @torch.no_grad()
-def save_grid_maps(map_fn: Callable, dataset, path: Path, batch_size: int = 8) -> None:
-    """Save ``map_fn``'s maps of every image of ``dataset`` (dataset order) as one (n, 1, h, w) .npy file."""
+def grid_maps(map_fn: Callable, dataset, batch_size: int = 8) -> np.ndarray:
+    """``map_fn``'s maps of every image of ``dataset`` (dataset order) at its own resolution, (n, 1, h, w)."""
     maps = []
     for i in range(0, len(dataset), batch_size):
         x = torch.stack([dataset[j]["image"] for j in range(i, min(i + batch_size, len(dataset)))])
         maps.append(map_fn(x).float().numpy())
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return np.concatenate(maps)
+
+
+def save_npy(array: np.ndarray, path: Path) -> None:
+    """Write ``array`` as a .npy file atomically."""
     buf = io.BytesIO()
-    np.save(buf, np.concatenate(maps))
+    np.save(buf, array)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -194,14 +199,18 @@ def run_method(method: str, spec: DataSpec, cfg: CompareConfig) -> MethodResult:
     out = Path(cfg.output) / spec.key / method
     map_fn, fit_s, steps, teacher, notes = METHODS[method](spec, cfg, out)
     test = build_dataset(spec.dataset, spec.root, spec.category, "test", cfg.image_size, cfg.seed)
+    ms = time_per_image(map_fn, test, cfg.timed_images)
+    grids = grid_maps(map_fn, test)
     if cfg.save_grids:
         val = build_dataset(spec.dataset, spec.root, spec.category, "validation", cfg.image_size, cfg.seed)
-        for name, ds in (("validation", val), ("test", test)):
-            save_grid_maps(map_fn, ds, out / f"grids_{name}_grid.npy")
-    ms = time_per_image(map_fn, test, cfg.timed_images)
-    res = evaluate_scorer(map_fn, test, out, source=method, seed=cfg.seed,
-                          extra={"method": method, "fit_seconds": round(fit_s, 1), "ms_per_image": round(ms, 1),
-                                 "steps": steps, "teacher": teacher, "notes": notes})
+        save_npy(grid_maps(map_fn, val), out / "grids_validation_grid.npy")
+        save_npy(grids, out / "grids_test_grid.npy")
+    masks = [test.mask(i) for i in range(len(test))]
+    maps = [F.interpolate(torch.from_numpy(g[None]), size=gt.shape[1:], mode="bilinear",
+                          align_corners=False)[0, 0].numpy() for g, gt in zip(grids, masks)]
+    res = evaluate_map_list(test, maps, masks, out, source=method, smooth_sigma=0.0, seed=cfg.seed,
+                            extra={"method": method, "fit_seconds": round(fit_s, 1), "ms_per_image": round(ms, 1),
+                                   "steps": steps, "teacher": teacher, "notes": notes})
     return MethodResult(method, spec.dataset, spec.category, res["metrics"], fit_s, ms, steps, teacher,
                         str(out / "results.json"), notes)
 

@@ -70,6 +70,17 @@ def evaluate_scorer(map_fn, dataset: AnomalyDataset, output_dir: str | Path, *, 
     for item, m in scorer_maps(map_fn, dataset, batch_size=batch_size, smooth_sigma=smooth_sigma):
         maps.append(m)
         masks.append(item["mask"].numpy())
+    return evaluate_map_list(dataset, maps, masks, output_dir, source=source, smooth_sigma=smooth_sigma,
+                             overlays=overlays, seed=seed, extra=extra)
+
+
+def evaluate_map_list(dataset: AnomalyDataset, maps: list[np.ndarray], masks: list[np.ndarray],
+                      output_dir: str | Path, *, source: str, smooth_sigma: float | None = None,
+                      overlays: bool = False, seed: int = 0, extra: dict | None = None) -> dict:
+    """Score full-resolution ``maps`` already computed (dataset order; ``masks`` as ``dataset.mask(i)``)
+    and write results.json / results.md; ``smooth_sigma`` only records the smoothing the maps had."""
+    if len(maps) != len(dataset) or len(masks) != len(dataset):
+        raise ValueError(f"{len(maps)} maps and {len(masks)} masks for {len(dataset)} images of {dataset!r}")
     return _finish(dataset, maps, masks, Path(output_dir), source=source, smooth_sigma=smooth_sigma,
                    overlays=overlays, seed=seed, extra=extra or {})
 

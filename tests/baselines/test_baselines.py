@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,17 +72,23 @@ def test_efficientad_trains_and_calibrates(syn_root):
 def test_compare_writes_one_table_per_dataset(syn_root, tmp_path):
     teacher = tmp_path / "t.safetensors"
     save_teacher(PDN("small", 384, padding=True), teacher)
-    cfg = CompareConfig(output=str(tmp_path / "cmp"), teachers={"*": str(teacher)}, steps=1, timed_images=2)
-    rows = compare([DataSpec.parse(f"synthetic:{syn_root}:synthetic")], ["efficientad-s"], cfg)
-    assert len(rows) == 1 and rows[0].steps == 1 and rows[0].ms_per_image > 0
+    cfg = CompareConfig(output=str(tmp_path / "cmp"), teachers={"*": str(teacher)}, image_size=64, timed_images=2,
+                        knn_bank_size=200, save_grids=True)
+    rows = compare([DataSpec.parse(f"synthetic:{syn_root}:synthetic")], ["knn-teacher"], cfg)
+    assert len(rows) == 1 and rows[0].steps is None and rows[0].ms_per_image > 0 and rows[0].teacher == str(teacher)
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["rows"][0]["metrics"] == rows[0].metrics
     assert set(rows[0].metrics) == {"image_auroc", "pixel_auroc", "au_pro"}
     md = (tmp_path / "cmp" / "compare.md").read_text()
-    assert md == to_markdown(rows) and "## synthetic / synthetic" in md and "| efficientad-s |" in md
-    results = json.loads((tmp_path / "cmp" / "synthetic_synthetic" / "efficientad-s" / "results.json").read_text())
-    assert results["method"] == "efficientad-s" and results["steps"] == 1
+    assert md == to_markdown(rows) and "## synthetic / synthetic" in md and "| knn-teacher |" in md
+    out = tmp_path / "cmp" / "synthetic_synthetic" / "knn-teacher"
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == "knn-teacher" and results["metrics"] == rows[0].metrics
+    assert np.load(out / "grids_test_grid.npy").shape == (7, 1, 16, 16)
+    assert np.load(out / "grids_validation_grid.npy").shape == (1, 1, 16, 16)
     with pytest.raises(ValueError, match="unknown methods"):
         compare([], ["patchcore"], cfg)
     with pytest.raises(ValueError, match="dataset:root:category"):
         DataSpec.parse("synthetic")
+    with pytest.raises(ValueError, match="no teacher"):
+        compare([DataSpec.parse(f"synthetic:{syn_root}:synthetic")], ["knn-teacher"], CompareConfig())
