@@ -49,7 +49,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s own arguments are added (None: none, e.g. for ``dhkd --help``)."""
     parser = argparse.ArgumentParser(prog="dhkd", description="DHKD industrial anomaly detection",
                                      epilog="Run `dhkd COMMAND --help` for a command's options. Exit status: 0 "
-                                            "success, 1 some inputs failed (predict), 2 bad input or settings.")
+                                            "success, 1 some inputs failed (predict), 2 bad input or settings, "
+                                            "130 interrupted.")
     parser.add_argument("--version", action="version", version=f"dhkd {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of errors (also DHKD_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -80,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"dhkd {args.command}: error: {exc}\n(run with --debug for the traceback)", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"dhkd {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

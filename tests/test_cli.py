@@ -174,3 +174,13 @@ def test_demo_overlays_use_their_own_scale_and_mark_the_threshold(demo_run, caps
     assert not (low[:64] == THRESHOLD_COLOUR).all(axis=-1).any()
     # own scale: the faint map of a good image is not stretched to red, its threshold sits at the bar's top
     assert low[:64, :, 0].max() < 200
+
+
+def test_interrupt_is_one_line(monkeypatch, capsys):
+    import dhkd.commands.info as info
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(info, "run", interrupted)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err.strip() == "dhkd info: interrupted"
