@@ -5,7 +5,8 @@ mamba_ssm's ``selective_scan_fn`` is called in a Mamba block) and a VMamba SS2D 
 layout (stage 1 of VMamba-T at 56×56: K·D = 4·192, L = 3136, N = 16, B/C grouped per direction, no z).
 For each backend that runs here it measures, in one run with repeats interleaved across backends:
 
-* forward, backward and forward+backward time (medians; the fastest repeat and the process CPU time beside),
+* forward, backward and forward+backward time (CPU: medians of repeats interleaved across backends, the
+  fastest repeat and the process CPU time beside; CUDA: CUDA events over CUDA graph replays),
 * the ratio to the plain-PyTorch reference (forward; its backward only where its autograd memory is
   reasonable, see REF_BWD_MAX_E) and, for the forward, to a *sequential* PyTorch scan of the kind public
   repositories ship (the algorithm of mamba_ssm's ``selective_scan_ref``: decays and inputs materialised as
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 import dhkd_kernels
 from dhkd.allocator import keep_freed_memory
 from results_io import write_results
-from timing import inner_count, timed
+from timing import cuda_time_ms, inner_count, timed
 from dhkd_kernels import _ext, registry
 
 OP = "selective_scan"
@@ -143,6 +144,28 @@ def _sequential_ms(inputs, cases, device, repeats) -> float:
         return statistics.median(timed(fn, device, inner)[0] for _ in range(repeats))
 
 
+def _measure(plan: dict, device: str, repeats: int) -> dict:
+    """{backend: {what: (median ms, median process CPU ms or None, min ms)}}. CPU: ``repeats`` calibrated
+    samples interleaved across backends (each repeat times every backend once); CUDA: CUDA events over CUDA
+    graph replays (eager calls between events where a capture fails), per backend."""
+    if device == "cuda":
+        out = {}
+        for backend, items in plan.items():
+            out[backend] = {}
+            for what, (fn, _) in items.items():
+                med, low, _how = cuda_time_ms(fn)
+                out[backend][what] = (med, None, low)
+        return out
+    samples = {backend: {what: [] for what in items} for backend, items in plan.items()}
+    for _ in range(repeats):
+        for backend, items in plan.items():
+            for what, (fn, inner) in items.items():
+                samples[backend][what].append(timed(fn, device, inner))
+    return {backend: {what: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v),
+                             min(x[0] for x in v)) for what, v in items.items()}
+            for backend, items in samples.items()}
+
+
 def bench_shape(shape: dict, device: str, repeats: int) -> list[dict]:
     D, L, N = shape["D"], shape["L"], shape["N"]
     inputs = make_inputs(D, L, N, shape["G"], shape["z"], device)
@@ -156,23 +179,21 @@ def bench_shape(shape: dict, device: str, repeats: int) -> list[dict]:
             bwd = lambda c=c, y=graphs[c.backend]: c.backward(y)  # noqa: E731
             plan[c.backend].update(bwd=(bwd, inner_count(bwd, device)),
                                    fwd_bwd=(c.forward_backward, inner_count(c.forward_backward, device)))
-    samples = {c.backend: {k: [] for k in plan[c.backend]} for c in cases}
-    for _ in range(repeats):  # interleaved: each repeat times every backend once
-        for c in cases:
-            for what, (fn, inner) in plan[c.backend].items():
-                samples[c.backend][what].append(timed(fn, device, inner))
+    stats = _measure(plan, device, repeats)
     rows = []
     for c in cases:
-        med = {what: (statistics.median(s[0] for s in v), statistics.median(s[1] for s in v))
-               for what, v in samples[c.backend].items()}
-        none = (None, None)
+        med = stats[c.backend]
+        none = (None, None, None)
         row = dict(shape, device=device, backend=c.backend, dtype="float32", batch=1,
                    threads=torch.get_num_threads(), repeats=repeats,
                    fwd_ms=med["fwd"][0], bwd_ms=med.get("bwd", none)[0], fwd_bwd_ms=med.get("fwd_bwd", none)[0],
                    fwd_cpu_ms=med["fwd"][1], bwd_cpu_ms=med.get("bwd", none)[1],
                    bwd_over_fwd=med["bwd"][0] / med["fwd"][0] if "bwd" in med else None,
-                   bwd_over_fwd_cpu_time=med["bwd"][1] / med["fwd"][1] if "bwd" in med else None,
-                   **{f"{what}_min_ms": min(x[0] for x in v) for what, v in samples[c.backend].items()})
+                   bwd_over_fwd_cpu_time=(med["bwd"][1] / med["fwd"][1] if "bwd" in med and med["fwd"][1]
+                                          else None),
+                   **{f"{what}_min_ms": v[2] for what, v in med.items()})
+        if device == "cuda":
+            row["timing"] = "median of CUDA-event timings (timing.cuda_time_ms)"
         if device == "cpu":
             row["cpu_floor_ms"] = cpu_floor_ms(1, L, D, N, shape["z"])
             row["fwd_over_floor"] = row["fwd_ms"] / row["cpu_floor_ms"]
@@ -225,7 +246,7 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         mem = r.get("bwd_peak_extra_bytes", (r.get("bwd_grad_bytes") or 0) + (r.get("bwd_workspace_bytes") or 0))
         print(f"{r['device']:4} {r['threads']:>3} {r['group']:>11} {r['D']:>4} {r['L']:>5} {r['N']:>3} {r['backend']:>9} "
-              f"{r['fwd_ms']:9.2f} {r['fwd_min_ms']:9.2f} {r['fwd_cpu_ms']:9.2f} {_fmt(r['bwd_ms'], '9.2f')} "
+              f"{r['fwd_ms']:9.2f} {r['fwd_min_ms']:9.2f} {_fmt(r['fwd_cpu_ms'], '9.2f')} {_fmt(r['bwd_ms'], '9.2f')} "
               f"{_fmt(r['fwd_bwd_ms'], '9.2f')} {_fmt(r['bwd_over_fwd'], '7.2f')} {_fmt(r['bwd_over_fwd_cpu_time'], '7.2f')} "
               f"{_fmt(r.get('fwd_speedup_vs_reference'), '9.1f')} {_fmt(r.get('fwd_speedup_vs_sequential'), '9.1f')} "
               f"{_fmt(r.get('fwd_over_floor'), '9.2f')} {_fmt(r.get('fwd_min_over_floor'), '9.2f')} "
