@@ -78,7 +78,10 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not a readable YAML training config ({exc})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a training config must be a YAML mapping")
         return cls.from_dict(data)

@@ -80,3 +80,10 @@ def test_sample_indices_cover_each_epoch():
     seen = [i for s in range(20) for i in sample_indices(5, 3, s, 1)]
     assert all(sorted(seen[e * 5:(e + 1) * 5]) == list(range(5)) for e in range(4))
     assert sample_indices(5, 3, 7, 2) == seen[14:16]
+
+
+def test_unreadable_config_yaml_names_the_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("steps: [1, 2\n")
+    with pytest.raises(ValueError, match=r"config\.yaml: not a readable YAML training config"):
+        TrainConfig.from_yaml(path)
