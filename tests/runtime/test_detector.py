@@ -104,3 +104,18 @@ def test_pick_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device is available"):
             pick_device("cuda")
+
+
+def test_a_model_trained_without_evaluation_is_deployable(synthetic_data, tmp_path):
+    from dhkd.persistence import load_model
+    from dhkd.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(preset="tiny", image_size=64, teacher="random", steps=1, evaluate=False,
+                      run_dir=str(tmp_path / "run"), **synthetic_data.train_options())
+    summary = Trainer(cfg).run()
+    assert summary["quantiles"]["num_images"] >= 1 and "results" not in summary
+    model = load_model(tmp_path / "run" / "model.safetensors")
+    assert model.has_quantiles
+    with torch.no_grad():
+        amap, score = AnomalyDetector(model)(torch.randn(1, 3, 64, 64))
+    assert amap.shape == (1, 1, 64, 64) and bool(torch.isfinite(score).all())
