@@ -29,11 +29,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dhkd_kernels import _ext, use_backend
-from dhkd_kernels.selective_scan.ops import selective_scan
+from hypothesis import given, settings
 
-from selective_scan_gpu_cases import (NAMES, TOL, Case, assert_near, check_backend, make_inputs, opcheck_args,
-                                     run_reference)
+import dhkd_kernels
+from dhkd_kernels import _ext, use_backend
+from selective_scan_cases import HYPOTHESIS, NAMES, TOL, assert_near, check_backend, make_inputs, require, \
+    run_reference, scan_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 FWD_GEO, BWD_GEO = (16, 16), (8, 32)  # (steps per lane, lanes per channel): Narrow and Wide in the .cu
@@ -205,25 +206,29 @@ def emulate(u, delta, A, B, C, D, z, bias, softplus, dout, fwd_geo=FWD_GEO, bwd_
     return cut(out), carry, [grads[n] for n in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
 
 
-EMULATION_CASES = [  # (case, forward geometry, backward geometry)
-    (Case(batch=2, dim=3, seqlen=21, dstate=3, groups=1), (4, 2), (2, 4)),  # 3 chunks of 8, the last partial
-    (Case(dim=4, seqlen=37, dstate=2, groups=2, C_var=False, softplus=False), (2, 4), (4, 2)),
-    (Case(dim=3, seqlen=16, B_var=False, has_z=False, has_bias=False), (4, 4), (2, 8)),  # one full chunk
-    (Case(dim=2, seqlen=300, dstate=2, groups=0, has_D=False), FWD_GEO, BWD_GEO),  # the kernels' geometry
+def _as_groups(inputs: list) -> list:
+    """The op hands the kernels mamba's 3-D (b, N, L) B/C as one group (b, 1, N, L)."""
+    return [t.unsqueeze(1) if i in (3, 4) and t.dim() == 3 else t for i, t in enumerate(inputs)]
+
+
+EMULATION_CASES = [  # ((batch, D, L, N, groups), options, forward geometry, backward geometry)
+    ((2, 3, 21, 3, 1), dict(), (4, 2), (2, 4)),  # 3 chunks of 8, the last partial
+    ((1, 4, 37, 2, 2), dict(var_C=False, softplus=False), (2, 4), (4, 2)),
+    ((1, 3, 16, 4, 1), dict(var_B=False, has_z=False, has_bias=False), (4, 4), (2, 8)),  # one full chunk
+    ((1, 2, 300, 2, 1), dict(three_d=True, has_d=False), FWD_GEO, BWD_GEO),  # the kernels' geometry
 ]
 
 
-@pytest.mark.parametrize("case,fwd_geo,bwd_geo", EMULATION_CASES, ids=lambda v: str(v))
-def test_emulation_matches_reference(case, fwd_geo, bwd_geo):
-    inputs = [None if t is None else t.double() for t in make_inputs(case, torch.float32)]
-    if inputs[3].dim() == 3:  # the op hands the kernels mamba's 3-D B/C as one group
-        inputs[3], inputs[4] = inputs[3].unsqueeze(1), inputs[4].unsqueeze(1)
-    dout = torch.randn(case.batch, case.dim, case.seqlen, generator=torch.Generator().manual_seed(1)).double()
-    out, last, grads = emulate(*inputs, case.softplus, dout, fwd_geo, bwd_geo)
-    out_ref, last_ref, grads_ref = run_reference(inputs, dout, case.softplus)
+@pytest.mark.parametrize("shape,opts,fwd_geo,bwd_geo", EMULATION_CASES, ids=lambda v: str(v))
+def test_emulation_matches_reference(shape, opts, fwd_geo, bwd_geo):
+    softplus = opts.get("softplus", True)
+    inputs = _as_groups([None if t is None else t.double() for t in make_inputs(*shape, **opts)])
+    dout = torch.randn(shape[:3], generator=torch.Generator().manual_seed(1)).double()
+    out, last, grads = emulate(*inputs, softplus, dout, fwd_geo, bwd_geo)
+    out_ref, last_ref, grads_ref = run_reference(inputs, dout, softplus)
     torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(last, last_ref, rtol=1e-10, atol=1e-10)
-    names = [n for n, t in zip(("u", "delta", "A", "B", "C", "D", "z", "delta_bias"), inputs) if t is not None]
+    names = [n for n, t in zip(NAMES, inputs) if t is not None]
     for name, got, want in zip(names, [g for g in grads if g is not None], grads_ref):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=lambda m: f"d{name}: {m}")
 
@@ -256,20 +261,20 @@ def host_kernels(tmp_path_factory):
     return ctypes.CDLL(str(lib))
 
 
-def run_host_kernels(lib, case: Case, dtype: torch.dtype, sms: int):
-    """(out, last_state, grads by input name) of the kernels on the host emulation, allocated as cuda.py does."""
+def run_host_kernels(lib, inputs: list, softplus: bool, sms: int):
+    """(out, last_state, grads by input name, dout) of the kernels on the host emulation, allocated as cuda.py
+    does, for ``inputs`` from ``make_inputs``."""
     lib.emu_set_sms(sms)
-    u, delta, A, B, C, D, z, bias = make_inputs(case, dtype)
-    B, C = (t.unsqueeze(1) if t.dim() == 3 else t for t in (B, C))  # as ops.py hands them to the backends
+    u, delta, A, B, C, D, z, bias = _as_groups(inputs)
     bsz, Dch, L = u.shape
     N = A.shape[1]
     B_var, C_var = B.dim() == 4, C.dim() == 4
     groups = B.shape[1] if B_var else (C.shape[1] if C_var else 1)
     ptr = lambda t: ctypes.c_void_p(0 if t is None else t.data_ptr())  # noqa: E731
-    sizes = [ctypes.c_int(v) for v in (bsz, Dch, L, N, groups, B_var, C_var, _ext.dtype_code(u), case.softplus)]
+    sizes = [ctypes.c_int(v) for v in (bsz, Dch, L, N, groups, B_var, C_var, _ext.dtype_code(u), softplus)]
     out, last = torch.empty_like(u), torch.empty(bsz, Dch, N)
     lib.emu_forward(*map(ptr, (u, delta, A, B, C, D, z, bias, out, last)), *sizes)
-    dout = torch.randn(bsz, Dch, L, generator=torch.Generator().manual_seed(1)).to(dtype)
+    dout = torch.randn(bsz, Dch, L, generator=torch.Generator().manual_seed(1)).to(u.dtype)
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else None
     dA, dB, dC = torch.zeros(A.shape), torch.zeros(B.shape), torch.zeros(C.shape)
@@ -281,24 +286,25 @@ def run_host_kernels(lib, case: Case, dtype: torch.dtype, sms: int):
     return out, last, grads, dout
 
 
-HOST_CASES = [  # (case, dtype, SM count the launch plan sees)
-    (Case(), torch.float32, 4),                                                       # one partial chunk
-    (Case(batch=2, dim=6, seqlen=300, dstate=3, groups=2, has_z=False), torch.float32, 4),  # 2 chunks, vector staging
-    (Case(dim=5, seqlen=17, dstate=2, groups=0, B_var=False, has_D=False, has_bias=False, softplus=False),
+HOST_CASES = [  # ((batch, D, L, N, groups), options, dtype, SM count the launch plans see)
+    ((1, 4, 21, 4, 1), dict(), torch.float32, 4),                       # one partial chunk
+    ((2, 6, 300, 3, 2), dict(has_z=False), torch.float32, 4),           # 2 chunks, B/C staged 4 steps per load
+    ((1, 5, 17, 2, 1), dict(var_B=False, three_d=True, has_d=False, has_bias=False, softplus=False),
      torch.float32, 4),
-    (Case(dim=10, seqlen=37, dstate=3, groups=5, C_var=False), torch.float32, 1),   # 8 channels per block, 6 dead
-    (Case(dim=3, seqlen=1, B_var=False, C_var=False), torch.float32, 4),             # L = 1
-    (Case(dim=2, seqlen=40, dstate=32, groups=1), torch.float32, 4),                 # largest state: two carries
-    (Case(batch=2, dim=4, seqlen=260, dstate=4, groups=2), torch.float16, 2),
-    (Case(batch=3, dim=6, seqlen=128, dstate=2, groups=0, B_var=False), torch.bfloat16, 64),
+    ((1, 10, 37, 3, 5), dict(var_C=False), torch.float32, 1),           # 8 channels per block, 6 of them dead
+    ((1, 3, 1, 4, 1), dict(var_B=False, var_C=False), torch.float32, 4),  # L = 1
+    ((1, 2, 40, 32, 1), dict(), torch.float32, 4),                      # largest state: two carries per lane
+    ((2, 4, 260, 4, 2), dict(), torch.float16, 2),
+    ((3, 6, 128, 2, 1), dict(var_B=False, three_d=True), torch.bfloat16, 64),
 ]
 
 
-@pytest.mark.parametrize("case,dtype,sms", HOST_CASES, ids=lambda v: str(v).replace("torch.", ""))
-def test_kernel_source_on_host_matches_reference(host_kernels, case, dtype, sms):
-    out, last, grads, dout = run_host_kernels(host_kernels, case, dtype, sms)
-    inputs = make_inputs(case, dtype)
-    out_ref, last_ref, grads_ref = run_reference(inputs, dout.float(), case.softplus)
+@pytest.mark.parametrize("shape,opts,dtype,sms", HOST_CASES, ids=lambda v: str(v).replace("torch.", ""))
+def test_kernel_source_on_host_matches_reference(host_kernels, shape, opts, dtype, sms):
+    softplus = opts.get("softplus", True)
+    inputs = make_inputs(*shape, dtype=dtype, **opts)
+    out, last, grads, dout = run_host_kernels(host_kernels, inputs, softplus, sms)
+    out_ref, last_ref, grads_ref = run_reference(inputs, dout, softplus)
     tol = TOL[dtype]
     assert_near("out", out, out_ref, tol)
     assert_near("last_state", last, last_ref, tol)
@@ -354,69 +360,76 @@ def test_kernels_compile_for_sm90_without_spills():
 needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and _ext.has("_cuda", "selective_scan_fwd")),
                                reason="needs a CUDA GPU and the selective-scan CUDA kernels")
 
-GPU_CASES = [
-    Case(),
-    Case(batch=2, dim=6, seqlen=300, dstate=3, groups=2, has_z=False),      # 2 chunks, 2 groups, partial block
-    Case(dim=5, seqlen=17, dstate=2, groups=0, B_var=False, has_D=False, has_bias=False, softplus=False),
-    Case(batch=2, dim=20, seqlen=513, dstate=16, groups=4, C_var=False),   # 3 chunks, 5 channels per group
-    Case(dim=3, seqlen=1, B_var=False, C_var=False),                       # L = 1, both constant
-    Case(batch=3, dim=33, seqlen=700, dstate=32, groups=1),                # largest state, dead warps
+GPU_CASES = [  # (batch, D, L, N, groups), options
+    ((1, 4, 21, 4, 1), dict()),
+    ((2, 6, 300, 3, 2), dict(has_z=False)),                                  # 2 chunks, 2 groups, partial block
+    ((1, 5, 17, 2, 1), dict(var_B=False, three_d=True, has_d=False, has_bias=False, softplus=False)),
+    ((2, 20, 513, 16, 4), dict(var_C=False)),                                # 3 chunks, 5 channels per group
+    ((1, 3, 1, 4, 1), dict(var_B=False, var_C=False)),                       # L = 1, both constant
+    ((3, 33, 700, 32, 1), dict()),                                           # largest state, dead channels
 ]
 
 
 @needs_gpu
-@pytest.mark.parametrize("case", GPU_CASES, ids=str)
-def test_fp32_matches_reference(case):
-    check_backend("cuda", case, torch.float32, "cuda")
+@pytest.mark.parametrize("shape,opts", GPU_CASES, ids=lambda v: str(v))
+def test_fp32_matches_reference(shape, opts):
+    check_backend("cuda", "cuda", shape, **opts)
 
 
-FLAG_CASES = [Case(batch=2, dim=6, seqlen=259, dstate=5, groups=2, B_var=bv, C_var=cv, has_D=hd, has_z=hz,
-                   has_bias=hb, softplus=sp)
-              for bv, cv, hd, hz, hb, sp in itertools.product((True, False), repeat=6)]
+FLAGS = {"var_B": "B", "var_C": "C", "has_d": "D", "has_z": "z", "has_bias": "b", "softplus": "s"}
+FLAG_CASES = [dict(zip(FLAGS, values)) for values in itertools.product((True, False), repeat=len(FLAGS))]
 
 
 @needs_gpu
-@pytest.mark.parametrize("case", FLAG_CASES, ids=str)
-def test_every_feature_combination(case):
+@pytest.mark.parametrize("opts", FLAG_CASES, ids=lambda o: "".join(FLAGS[k] if v else "-" for k, v in o.items()))
+def test_every_feature_combination(opts):
     """All 64 combinations of variable/constant B and C, D, z, delta_bias and softplus (two chunks, groups)."""
-    check_backend("cuda", case, torch.float32, "cuda")
+    check_backend("cuda", "cuda", (2, 6, 259, 5, 2), **opts)
 
 
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("case", [GPU_CASES[0], GPU_CASES[3]], ids=str)
-def test_half_precision_io(case, dtype):
-    check_backend("cuda", case, dtype, "cuda")
+@pytest.mark.parametrize("shape,opts", [GPU_CASES[0], GPU_CASES[3]], ids=lambda v: str(v))
+def test_half_precision_io(shape, opts, dtype):
+    check_backend("cuda", "cuda", shape, dtype=dtype, **opts)
+
+
+@needs_gpu
+@settings(max_examples=40, **HYPOTHESIS)
+@given(kw=scan_cases(dtypes=(torch.float32, torch.float16, torch.bfloat16)))
+def test_fuzzed_shapes(kw):
+    check_backend("cuda", "cuda", **kw)
 
 
 @needs_gpu
 def test_mamba_shape():
     """A Mamba-LM layer's shape (D = 1536 channels, N = 16, L = 2048, z gate, delta_bias, softplus) at batch 1;
     fp32 forward and backward against the reference (loose: long sequences accumulate rounding)."""
-    check_backend("cuda", Case(batch=1, dim=1536, seqlen=2048, dstate=16, groups=0), torch.float32, "cuda",
-                  tol=1e-3)
+    check_backend("cuda", "cuda", (1, 1536, 2048, 16, 1), three_d=True, tol=1e-3)
 
 
 @needs_gpu
 def test_vmamba_layout_and_non_contiguous():
-    """VMamba's (B, K*D, L) layout with K = 4 groups of B/C, from a non-contiguous view."""
-    case = Case(batch=2, dim=4 * 24, seqlen=64 * 64, dstate=16, groups=4, has_z=False)
-    u, delta, A, B, C, D, _, bias = make_inputs(case, torch.float32, "cuda")
+    """VMamba's (B, K*D, L) layout with K = 4 groups of B/C, from non-contiguous views."""
+    u, delta, A, B, C, D, _, bias = make_inputs(2, 4 * 24, 64 * 64, 16, 4, has_z=False, device="cuda")
     u_nc = u.transpose(1, 2).contiguous().transpose(1, 2)
+    B_nc = B.transpose(2, 3).contiguous().transpose(2, 3)
     with use_backend("cuda"):
-        out = selective_scan(u_nc, delta, A, B, C, D=D, delta_bias=bias, delta_softplus=True)
+        out = dhkd_kernels.selective_scan(u_nc, delta, A, B_nc, C, D=D, delta_bias=bias, delta_softplus=True)
     ref, _, _ = run_reference([u, delta, A, B, C, D, None, bias], torch.zeros_like(u), True)
-    torch.testing.assert_close(out.double(), ref, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(out.double().cpu(), ref, atol=1e-3, rtol=1e-3)
 
 
 @needs_gpu
 def test_opcheck():
-    torch.library.opcheck(torch.ops.dhkd.selective_scan.default, opcheck_args(Case(dim=3, seqlen=40), "cuda", "cuda"))
+    inputs = make_inputs(1, 3, 40, 4, 1, seed=5, device="cuda")
+    args = [None if t is None else t.requires_grad_() for t in inputs] + [True, "cuda"]
+    torch.library.opcheck(torch.ops.dhkd.selective_scan.default, args)
 
 
 @needs_gpu
 def test_large_state_is_a_clear_error():
-    case = Case(dim=2, seqlen=8, dstate=64)
-    inputs = make_inputs(case, torch.float32, "cuda")
+    require("cuda", "cuda")
+    inputs = make_inputs(1, 2, 8, 64, 1, device="cuda")
     with use_backend("cuda"), pytest.raises(ValueError, match="d_state"):
-        selective_scan(*inputs[:5], D=inputs[5], z=inputs[6], delta_bias=inputs[7])
+        dhkd_kernels.selective_scan(*inputs)
