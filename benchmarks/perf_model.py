@@ -73,6 +73,7 @@ SCMM_SHAPE = (384, 64, 64)  # channels, H, W of the SCMM modulation (Lnet)
 FCCM_POOL_SHAPE = (384, 32, 32)  # input of bias + maxpool + ReLU (after the stride-2 convolution)
 FCCM_GELU_SHAPE = (768, 16, 16)  # input of bias + GELU (the mixer's hidden layer)
 BYTES = {"fp32": 4, "bf16": 2}
+FWD_DYNAMIC_SMEM = (8976 + 64 + 2) * 4  # kFwdSmemBytes of the SS2D forward (csrc/ss2d/ss2d_cuda.cu)
 FORWARD_KERNELS = ("ss2d_fwd_kernel", "two_scale_fwd_kernel", "gate_fwd_kernel", "pool_relu_fwd_kernel",
                    "bias_gelu_fwd_kernel", "selective_scan_fwd_kernel", "_segment_summary_kernel",
                    "_segment_carry_kernel", "_ss2d_fwd_kernel", "convert_kernel")
@@ -291,7 +292,7 @@ def ss2d_cuda_forward(batch: int, H: int, W: int, dtype: str, pt: dict[str, Ptxa
     atomics = batch * 4 * L * D * 4  # one fp32 red per (direction, pixel, channel): 4 bytes SM -> L2 each
     unique = batch * L * (D + 4 * D + 8 * N) * s + batch * L * D * 4
     out_f32 = out_float or dtype == "fp32"
-    fwd = Launch("ss2d_fwd_kernel", ctas, 256, k.registers, k.smem,
+    fwd = Launch("ss2d_fwd_kernel", ctas, 256, k.registers, k.smem + FWD_DYNAMIC_SMEM,
                  mufu=elems + ctas * seg * tile * 3,  # one exp per element; softplus: exp, log, rcp per (t, d)
                  # per element: 7 FP32 (A*dt, du*B, h fma, P, y fma, Q, fix-up fma) + the exp + half a
                  # 16-byte LDS of B/C; per (t, d): staging, softplus and the atomic, ~12 instructions

@@ -353,9 +353,10 @@ constexpr int kPairStride = kMaxState + 1;  // padded (thread, state) scratch: a
 constexpr int kStageFloats = 4 * kSeg * kStride;                         // u, dt, B, C tiles
 constexpr int kPairFloats = 2 * kFwdThreads * kPairStride;               // P and H of every (thread, state)
 constexpr int kFwdSmemFloats = (kStageFloats > kPairFloats ? kStageFloats : kPairFloats) + kTile * kPairStride;
+constexpr int kFwdSmemBytes = (kFwdSmemFloats + kSeg + 2) * 4;  // + px_s[kSeg], ticket and flag (ints)
 static_assert(kTile == kMaxState, "the staging helper copies rows of 16 values for both tiles");
 static_assert(kFwdThreads == kTile * kMaxState, "one thread per (channel, state) pair in the look-back");
-static_assert(kFwdSmemFloats * 4 <= 48 * 1024, "static shared memory");
+static_assert(kFwdSmemBytes <= 48 * 1024, "dynamic shared memory without an opt-in");
 
 // Segment status in the look-back: 0 not yet published, 1 aggregate published, 2 inclusive prefix published.
 constexpr int kAggregate = 1;
@@ -379,13 +380,21 @@ struct FwdParams {
 };
 
 __device__ __forceinline__ int ld_acquire(const int* p) {
+#ifdef __CUDA_ARCH__
   int v;
   asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
+#else  // host builds of this source (the CPU emulation in tests/kernels/test_ss2d_cuda.py)
+  return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+#endif
 }
 
 __device__ __forceinline__ void st_release(int* p, int v) {
+#ifdef __CUDA_ARCH__
   asm volatile("st.release.gpu.global.s32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+#else
+  __atomic_store_n(p, v, __ATOMIC_RELEASE);
+#endif
 }
 
 // Makes this CTA's global writes visible, then sets the segment's status (called by all threads).
@@ -440,9 +449,10 @@ __device__ __forceinline__ void stage_tile(float* __restrict__ dst, const T* __r
 //      y is added into the fp32 accumulator (four directions per pixel, one fp32 atomic each).
 template <typename T>
 __global__ void __launch_bounds__(kFwdThreads, 2) ss2d_fwd_kernel(const FwdParams p) {
-  __shared__ __align__(16) float smem[kFwdSmemFloats];
-  __shared__ int ticket_s, flag_s;
-  __shared__ int px_s[kSeg];  // pixel of each step of the segment (computed once: integer divisions)
+  extern __shared__ float smem[];  // kFwdSmemBytes, 16-byte aligned
+  int* px_s = reinterpret_cast<int*>(smem + kFwdSmemFloats);  // pixel of each step (integer divisions once)
+  int& ticket_s = px_s[kSeg];
+  int& flag_s = px_s[kSeg + 1];
   float* u_s = smem;
   float* dt_s = u_s + kSeg * kStride;
   float* B_s = dt_s + kSeg * kStride;
@@ -736,7 +746,7 @@ void ss2d_cuda_forward(const void* u, const void* delta, const float* A, const v
     prm.vec_bc = brow % 16 == 0 && aligned16(B) && aligned16(C);
     check_cuda(cudaMemsetAsync(workspace, 0, pl.status_words * sizeof(float), stream), "workspace reset");
     check_cuda(cudaMemsetAsync(prm.yacc, 0, pl.acc_words * sizeof(float), stream), "accumulator reset");
-    ss2d_fwd_kernel<T><<<(unsigned)pl.ctas, kFwdThreads, 0, stream>>>(prm);
+    ss2d_fwd_kernel<T><<<(unsigned)pl.ctas, kFwdThreads, kFwdSmemBytes, stream>>>(prm);
     check_cuda(cudaGetLastError(), "forward launch");
     if (!direct) {
       const unsigned blocks = (unsigned)std::min<size_t>((pl.acc_words + kThreads - 1) / kThreads, 4096);

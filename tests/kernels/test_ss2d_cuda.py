@@ -7,11 +7,20 @@ Two parts:
   look-back over earlier segments (through inclusive states or aggregates). Backward: chunks of 4 steps,
   chunk-local scans, the lane-segmented prefix combine over chunks, the reverse chunk-local g scans, reverse
   combine and per-chunk recomputation. This catches algebra mistakes without a GPU.
+* CPU (when g++ with C++20 is there): the CUDA source itself, built for the host emulation of CUDA threads,
+  barriers, shuffles and atomics in tests/kernels/cuda_host (CTAs run one after another, so the forward's
+  look-back always finds inclusive states), against the reference: indexing, staging, shared-memory layout,
+  synchronisation and the launch plans.
 * GPU (skipped without one): the compiled kernels against the reference.
 """
 from __future__ import annotations
 
+import ctypes
 import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -289,6 +298,156 @@ def test_emulated_softplus_threshold_gradient():
     want = reference_grads(dy, args, True)
     got = emulate_backward(dy, *args, softplus=True, G=2)
     torch.testing.assert_close(got[1], want[1], rtol=1e-9, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The CUDA source on the CPU (host emulation of tests/kernels/cuda_host)
+# ----------------------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST_DIR = Path(__file__).resolve().parent / "cuda_host"
+CUDA_SOURCE = ROOT / "csrc" / "ss2d" / "ss2d_cuda.cu"
+# What the SS2D source needs beyond the emulated runtime: vector types, integer atomics, fences, L2 loads,
+# memset, and launches of kernels with several arguments.
+HOST_SHIM = r"""
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+template <typename T> inline T __ldcg(const T* p) { return *p; }
+inline float __logf(float v) { return std::log(v); }
+inline cudaError_t cudaMemsetAsync(void* p, int v, std::size_t n, cudaStream_t) {
+  std::memset(p, v, n);
+  return cudaSuccess;
+}
+template <typename K, typename A0, typename A1, typename... R>
+void emu_launch(K kernel, dim3 grid, unsigned threads, std::size_t smem, cudaStream_t s, const A0& a0, const A1& a1,
+                const R&... rest) {
+  emu_launch([&](const int&) { kernel(a0, a1, rest...); }, grid, threads, smem, s, 0);
+}
+"""
+HOST_HARNESS = r"""
+#include "kernel_host.cu"
+namespace {
+alignas(16) float smem[1 << 22];
+void use_smem() { emu_smem = smem; emu_smem_floats = sizeof(smem) / sizeof(float); }
+}  // namespace
+extern "C" {
+void emu_set_sms(int n) { emu_num_sms = n; }
+long long emu_workspace_floats(int bwd, int b, int H, int W, int D, int N) {
+  return ss2d_cuda_workspace_floats(bwd, b, H, W, D, N);
+}
+void emu_forward(const void* u, const void* delta, const float* A, const void* B, const void* C, const float* Dw,
+                 const float* bias, void* y, float* ws, long long ws_floats, int b, int H, int W, int D, int N,
+                 int dtype, int out_f32, int softplus) {
+  use_smem();
+  ss2d_cuda_forward(u, delta, A, B, C, Dw, bias, y, ws, ws_floats, b, H, W, D, N, dtype, out_f32, softplus, nullptr);
+}
+void emu_backward(const void* dy, int dy_f32, const void* u, const void* delta, const float* A, const void* B,
+                  const void* C, const float* Dw, const float* bias, void* du, void* ddelta, float* dA, float* dB,
+                  float* dC, float* dD, float* dbias, float* ws, long long ws_floats, int b, int H, int W, int D,
+                  int N, int dtype, int softplus) {
+  use_smem();
+  ss2d_cuda_backward(dy, dy_f32, u, delta, A, B, C, Dw, bias, du, ddelta, dA, dB, dC, dD, dbias, ws, ws_floats, b,
+                     H, W, D, N, dtype, softplus, nullptr);
+}
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def host_kernels(tmp_path_factory):
+    """csrc/ss2d/ss2d_cuda.cu compiled for the host emulation (g++, C++20 <barrier>), loaded with ctypes."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None or not (HOST_DIR / "cuda_runtime.h").exists():
+        pytest.skip("no C++ compiler or no host emulation headers")
+    out = tmp_path_factory.mktemp("ss2d_host")
+    source, n = re.subn(r"([\w:]+(?:<\w+>)?)<<<(.*?)>>>\((.*?)\);", r"emu_launch(\1, \2, \3);",
+                        CUDA_SOURCE.read_text(), flags=re.S)
+    assert n >= 3, "kernel launches to rewrite not found"
+    (out / "kernel_host.cu").write_text(HOST_SHIM + source)
+    (out / "harness.cpp").write_text(HOST_HARNESS)
+    lib = out / "libss2d_host.so"
+    cmd = [cxx, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-x", "c++", f"-I{HOST_DIR}", f"-I{out}",
+           f"-I{ROOT / 'csrc'}", str(out / "harness.cpp"), "-o", str(lib)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if res.returncode != 0 and "barrier" in res.stderr and "No such file" in res.stderr:
+        pytest.skip("the C++ compiler has no C++20 <barrier>")
+    assert res.returncode == 0, res.stderr[-4000:]
+    lib = ctypes.CDLL(str(lib))
+    lib.emu_workspace_floats.restype = ctypes.c_longlong
+    return lib
+
+
+def _ptr(t):
+    return ctypes.c_void_p(0 if t is None else t.data_ptr())
+
+
+def run_host_forward(lib, args, out_float, softplus=True):
+    u, delta, A, B, C, D, bias = args
+    bsz, H, W, Dch = u.shape
+    N = A.shape[2]
+    sizes = (bsz, H, W, Dch, N)
+    ws_n = lib.emu_workspace_floats(0, *sizes)
+    ws = torch.full((ws_n,), float("nan"))  # the launcher must reset what it relies on
+    y = torch.empty(u.shape, dtype=torch.float32 if out_float else u.dtype)
+    lib.emu_forward(*map(_ptr, (u, delta, A, B, C, D, bias, y, ws)), ctypes.c_longlong(ws_n),
+                    *map(ctypes.c_int, (*sizes, _ext.dtype_code(u), out_float, softplus)))
+    return y
+
+
+def run_host_backward(lib, dy, args, softplus=True):
+    u, delta, A, B, C, D, bias = args
+    bsz, H, W, Dch = u.shape
+    N = A.shape[2]
+    sizes = (bsz, H, W, Dch, N)
+    ws_n = lib.emu_workspace_floats(1, *sizes)
+    ws = torch.empty(max(ws_n, 1))
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dA, dB, dC = torch.zeros(A.shape), torch.zeros(B.shape), torch.zeros(C.shape)
+    dD, dbias = torch.zeros(4, Dch), torch.zeros(4, Dch)
+    lib.emu_backward(_ptr(dy), ctypes.c_int(1), *map(_ptr, (u, delta, A, B, C, D, bias, du, ddelta, dA, dB, dC, dD,
+                                                            dbias, ws if ws_n else None)),
+                     ctypes.c_longlong(ws_n), *map(ctypes.c_int, (*sizes, _ext.dtype_code(u), softplus)))
+    return du, ddelta, dA, dB, dC, dD, dbias
+
+
+HOST_FWD_CASES = [  # (bsz, H, W, D, N, dtype, out_float, with_d, with_bias)
+    (1, 9, 17, 20, 16, torch.float32, True, True, True),  # 3 segments (last partial), 2 tiles (second partial)
+    (2, 3, 5, 16, 3, torch.float32, True, False, True),  # d_state 3: scalar B/C staging
+    (1, 13, 11, 5, 8, torch.bfloat16, False, True, False),  # bf16 in and out: the conversion kernel
+    (1, 1, 1, 4, 16, torch.float16, True, True, True),  # one step
+]
+
+
+@pytest.mark.parametrize("bsz,H,W,Dch,N,dtype,out_float,with_d,with_bias", HOST_FWD_CASES)
+def test_host_emulated_forward_matches_reference(host_kernels, bsz, H, W, Dch, N, dtype, out_float, with_d,
+                                                 with_bias):
+    args = make_inputs(bsz, H, W, Dch, N, dtype=dtype, with_d=with_d, with_bias=with_bias)
+    y = run_host_forward(host_kernels, args, out_float)
+    assert y.dtype == (torch.float32 if out_float else dtype)
+    want = reference.ss2d_scan_reference(*[None if t is None else t.double() for t in args], out_float=True)
+    assert rel_err(y, want) < (2e-5 if dtype == torch.float32 and out_float else 1e-2)
+
+
+def test_host_emulated_backward_matches_reference(host_kernels):
+    """32-channel tiles (one SM in the plan) over 40 channels: a partial tile with dead lanes; L = 64 keeps
+    every warp's lanes in step (the emulated __syncwarp is a whole-warp barrier)."""
+    host_kernels.emu_set_sms(1)
+    args = make_inputs(1, 8, 8, 40, 4, dtype=torch.float32)
+    dy = torch.randn(1, 8, 8, 40, generator=torch.Generator().manual_seed(1))
+    got = run_host_backward(host_kernels, dy, args)
+    want = reference_grads(dy.double(), args, True)
+    for name, g, w in zip(["du", "ddelta", "dA", "dB", "dC", "dD", "ddelta_bias"], got, want):
+        assert rel_err(g, w) < 1e-4, name
 
 
 # ----------------------------------------------------------------------------------------------------------
