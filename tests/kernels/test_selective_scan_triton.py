@@ -9,8 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hypothesis import given, settings
+
 import dhkd_kernels
-from selective_scan_cases import TINY_CASES, check_backend, make_inputs, require, run_reference
+from selective_scan_cases import HYPOTHESIS, TINY_CASES, check_backend, make_inputs, require, run_reference, \
+    scan_cases
 
 pytest.importorskip("triton")
 
@@ -37,6 +40,13 @@ def test_fp32_matches_float64_reference(shape, opts):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_half_precision_io(dtype):
     check_backend("triton", DEVICE, (2, 4, 20, 4, 2), dtype=dtype)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="compiled Triton on a GPU (the interpreter is too slow for these)")
+@settings(max_examples=40, **HYPOTHESIS)
+@given(kw=scan_cases(dtypes=(torch.float32, torch.float16, torch.bfloat16)))
+def test_fuzzed_shapes(kw):
+    check_backend("triton", DEVICE, **kw)
 
 
 def test_non_contiguous_inputs():
