@@ -118,7 +118,7 @@ def test_weights_checks(tmp_path):
     assert read_safetensors(tmp_path / "w.safetensors", check_finite_values=False)[0]["a"].sum() == 2
     data = (tmp_path / "w.safetensors").read_bytes()
     (tmp_path / "t.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(WeightsFileError, match=r"t\.safetensors is not a valid safetensors file"):
+    with pytest.raises(WeightsFileError, match=r"t\.safetensors: not a valid safetensors file"):
         read_safetensors(tmp_path / "t.safetensors")
 
 

@@ -20,10 +20,10 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_write
+from .weights import WeightsFileError, read_safetensors
 
 # Sequential indices of the convolutions in EfficientAD's get_pdn_small / get_pdn_medium.
 _SEQUENTIAL_CONV_INDEX = {"small": (0, 3, 6, 8), "medium": (0, 3, 6, 8, 10, 12)}
@@ -43,13 +43,11 @@ def _read_tensors(path: Path) -> tuple[dict, dict]:
     """Return (mapping read from the file, safetensors metadata or {})."""
     if not path.is_file():
         raise FileNotFoundError(f"teacher weights {path}: no such file")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":  # (values are checked for NaN/Inf after the keys are mapped)
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-        except Exception as e:  # safetensors raises its own error types for bad headers and short files
-            raise TeacherFileError(f"teacher weights {path}: not a readable safetensors file, truncated or "
-                                   f"corrupt ({e})") from e
+            return read_safetensors(path, check_finite_values=False)
+        except WeightsFileError as e:
+            raise TeacherFileError(f"teacher weights {e}") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, garbage bytes, or pickled objects refused by weights_only

@@ -49,7 +49,7 @@ def read_safetensors(path: str | os.PathLike, check_finite_values: bool = True
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsFileError(f"{path} is not a valid safetensors file, truncated or corrupt ({exc})") from exc
+        raise WeightsFileError(f"{path}: not a valid safetensors file, truncated or corrupt ({exc})") from exc
     if check_finite_values:
         check_finite(tensors, path)
     return tensors, metadata
