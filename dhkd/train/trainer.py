@@ -75,6 +75,7 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         model = DHKD.from_preset(cfg.preset, **{"image_size": cfg.image_size, **cfg.model_overrides})
+        model.check_input(torch.empty(1, 3, cfg.image_size, cfg.image_size, device="meta"))  # size fits the model
         if cfg.teacher not in UNTRAINED_TEACHERS:
             from dhkd.models import load_teacher
 

@@ -150,6 +150,15 @@ def test_training_without_a_teacher_is_an_error(synth_root, tmp_path):
     assert not (tmp_path / "synthetic").exists()  # refused before a run folder was made
 
 
+def test_too_small_image_size_fails_before_any_work(synth_root, tmp_path, monkeypatch):
+    def no_teacher_pass(*args, **kwargs):
+        raise AssertionError("the teacher pass ran")
+    monkeypatch.setattr(trainer_module, "teacher_statistics", no_teacher_pass)
+    with pytest.raises(ValueError, match="input 48×48 is too small for this model"):
+        Trainer(_config(synth_root, image_size=48, steps=1, output=str(tmp_path))).run()
+    assert not (tmp_path / "synthetic").exists()
+
+
 def test_corrupt_images_are_listed_before_training(synth_root, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(synth_root, root)
