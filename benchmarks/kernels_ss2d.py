@@ -303,11 +303,19 @@ def _rel_err(x, ref) -> float:
     return ((x.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
+REF_GRAD_MAX_E = 1 << 28  # 4·b·L·D·N above which the float64 reference's autograd (~100 B per E) is skipped
+
+
 def _reference(inputs):
-    """float64 reference output and gradients (dy fixed by seed) on the same device."""
-    leaves = [t.detach().double().requires_grad_() for t in inputs]
+    """float64 reference output and gradients (dy fixed by seed) on the same device; gradients None where the
+    reference's autograd would hold too much (batch 16 at 64x64: about 50 GB)."""
+    u, A = inputs[0], inputs[2]
+    big = 4 * u.numel() * A.shape[-1] > REF_GRAD_MAX_E
+    leaves = [t.detach().double().requires_grad_(not big) for t in inputs]
     y = ss2d_reference.ss2d_scan_reference(*leaves, delta_softplus=True, out_float=True)
     dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y)
+    if big:
+        return y.detach(), dy, None
     grads = torch.autograd.grad(y, leaves, dy)
     return y.detach(), dy, [g.detach() for g in grads]
 
@@ -322,11 +330,14 @@ def _check_variant(backend, inputs, ref, dtype_name) -> dict:
     with dhkd_kernels.use_backend(backend):
         y = dhkd_kernels.ss2d_scan(*leaves, out_float=True)  # as DHKD's SS2D module calls it
     row["fwd_rel_err"] = _rel_err(y, y_ref)
-    grads = torch.autograd.grad(y, leaves, dy.float())
-    row["bwd_rel_err"] = {n: _rel_err(g, r) for n, g, r in zip(GRAD_NAMES, grads, g_ref)}
     fwd_tol, bwd_tol = GPU_TOL[dtype_name]
-    row["ok"] = bool(row["fwd_rel_err"] <= fwd_tol and max(row["bwd_rel_err"].values()) <= bwd_tol
-                     and torch.isfinite(y).all().item())
+    row["ok"] = bool(row["fwd_rel_err"] <= fwd_tol and torch.isfinite(y).all().item())
+    if g_ref is None:
+        row["bwd_rel_err"] = "not checked: the float64 reference's autograd is too large here"
+    else:
+        grads = torch.autograd.grad(y, leaves, dy.float())
+        row["bwd_rel_err"] = {n: _rel_err(g, r) for n, g, r in zip(GRAD_NAMES, grads, g_ref)}
+        row["ok"] = row["ok"] and max(row["bwd_rel_err"].values()) <= bwd_tol
     args = [t.detach() for t in inputs]
     dy_io = dy.float()
     with torch.no_grad():

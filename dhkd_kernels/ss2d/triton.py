@@ -200,11 +200,16 @@ def _segment_carry_kernel(a_ptr, dtsum_ptr, val_ptr, out_ptr, D, N, n_seg, REVER
     decay = tl.exp2(dts[:, :, None] * a2[None, :, :])
     incl = tl.associative_scan((decay, val), 0, _linear_combine)[1]  # state after each segment, from 0
     # the state entering position e is the state after position e - 1; position 0 enters with 0
-    nxt = tl.where(REVERSE, seg - 1, seg + 1)
+    if REVERSE:
+        nxt = seg - 1
+        first = pid_bk * n_seg + n_seg - 1
+    else:
+        nxt = seg + 1
+        first = pid_bk * n_seg
     nxt_rows = (pid_bk * n_seg + nxt).to(tl.int64)
     m_next = ((e + 1) < n_seg)[:, None, None] & m_dn[None, :, :]
     tl.store(out_ptr + nxt_rows[:, None, None] * D * N + dn[None, :, :], incl, mask=m_next)
-    first = (pid_bk * n_seg + tl.where(REVERSE, n_seg - 1, 0)).to(tl.int64)
+    first = first.to(tl.int64)
     tl.store(out_ptr + first * D * N + dn, tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32), mask=m_dn)
 
 
