@@ -573,10 +573,15 @@ Plan make_plan(bool bwd, int batch, int Dch, int L, int N, int groups, bool B_va
   // Fewer channels per block while there would be fewer than two blocks per SM (better balance at batch 1).
   while (pl.channels > 2 && (long long)batch * groups * ((Dg + pl.channels - 1) / pl.channels) < 2LL * nsm)
     pl.channels /= 2;
+  auto smem_of = [&](int channels) {
+    return (size_t)smem_floats(bwd, N, B_var, C_var, channels, G::kSlots) * sizeof(float);
+  };
+  // Fewer channels per block where the per-channel arrays would not fit (large N on a smaller-memory GPU).
+  while (pl.channels > 32 / G::kLanes && smem_of(pl.channels) > (size_t)smem_max) pl.channels /= 2;
   pl.blocks_per_group = (Dg + pl.channels - 1) / pl.channels;
   if ((long long)groups * pl.blocks_per_group > 0x7fffffffLL)
     throw std::invalid_argument("selective_scan CUDA: too many channels");
-  pl.smem = (size_t)smem_floats(bwd, N, B_var, C_var, pl.channels, G::kSlots) * sizeof(float);
+  pl.smem = smem_of(pl.channels);
   pl.smem_max = smem_max;
   if (pl.smem > (size_t)smem_max)
     throw std::invalid_argument("selective_scan CUDA: d_state N=" + std::to_string(N) + " needs " +

@@ -261,10 +261,10 @@ def host_kernels(tmp_path_factory):
     return ctypes.CDLL(str(lib))
 
 
-def run_host_kernels(lib, inputs: list, softplus: bool, sms: int):
-    """(out, last_state, grads by input name, dout) of the kernels on the host emulation, allocated as cuda.py
-    does, for ``inputs`` from ``make_inputs``."""
-    lib.emu_set_sms(sms)
+def run_host_kernels(lib, inputs: list, softplus: bool, sms: int, smem_kib: int = 227):
+    """(out, last_state, grads by input name, dout) of the kernels on the host emulation of a device with ``sms``
+    SMs and ``smem_kib`` KiB of shared memory per block, allocated as cuda.py does, for ``make_inputs`` inputs."""
+    lib.emu_set_device(sms, smem_kib * 1024)
     u, delta, A, B, C, D, z, bias = _as_groups(inputs)
     bsz, Dch, L = u.shape
     N = A.shape[1]
@@ -286,7 +286,7 @@ def run_host_kernels(lib, inputs: list, softplus: bool, sms: int):
     return out, last, grads, dout
 
 
-HOST_CASES = [  # ((batch, D, L, N, groups), options, dtype, SM count the launch plans see)
+HOST_CASES = [  # ((batch, D, L, N, groups), options, dtype, SM count the launch plans see[, shared KiB])
     ((1, 4, 21, 4, 1), dict(), torch.float32, 4),                       # one partial chunk
     ((2, 6, 300, 3, 2), dict(has_z=False), torch.float32, 4),           # 2 chunks, B/C staged 4 steps per load
     ((1, 5, 17, 2, 1), dict(var_B=False, three_d=True, has_d=False, has_bias=False, softplus=False),
@@ -294,16 +294,18 @@ HOST_CASES = [  # ((batch, D, L, N, groups), options, dtype, SM count the launch
     ((1, 10, 37, 3, 5), dict(var_C=False), torch.float32, 1),           # 8 channels per block, 6 of them dead
     ((1, 3, 1, 4, 1), dict(var_B=False, var_C=False), torch.float32, 4),  # L = 1
     ((1, 2, 40, 32, 1), dict(), torch.float32, 4),                      # largest state: two carries per lane
+    ((1, 10, 40, 32, 1), dict(), torch.float32, 1, 163),                # an A100's shared memory: fewer channels
     ((2, 4, 260, 4, 2), dict(), torch.float16, 2),
     ((3, 6, 128, 2, 1), dict(var_B=False, three_d=True), torch.bfloat16, 64),
 ]
 
 
-@pytest.mark.parametrize("shape,opts,dtype,sms", HOST_CASES, ids=lambda v: str(v).replace("torch.", ""))
-def test_kernel_source_on_host_matches_reference(host_kernels, shape, opts, dtype, sms):
+@pytest.mark.parametrize("case", HOST_CASES, ids=lambda v: str(v).replace("torch.", ""))
+def test_kernel_source_on_host_matches_reference(host_kernels, case):
+    shape, opts, dtype, *device = case
     softplus = opts.get("softplus", True)
     inputs = make_inputs(*shape, dtype=dtype, **opts)
-    out, last, grads, dout = run_host_kernels(host_kernels, inputs, softplus, sms)
+    out, last, grads, dout = run_host_kernels(host_kernels, inputs, softplus, *device)
     out_ref, last_ref, grads_ref = run_reference(inputs, dout, softplus)
     tol = TOL[dtype]
     assert_near("out", out, out_ref, tol)

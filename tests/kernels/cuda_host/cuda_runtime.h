@@ -33,12 +33,13 @@ enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount, cudaDevAttrMaxSharedMemory
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
 
 inline int emu_num_sms = 4;                 // what the launch plans see as the device's SM count
+inline int emu_smem_optin = 227 * 1024;     // ... and as its opt-in shared memory per block, bytes
 inline float* emu_smem = nullptr;           // the harness's definition of the kernels' `smem`
 inline std::size_t emu_smem_floats = 0;
 
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
-  *v = a == cudaDevAttrMultiProcessorCount ? emu_num_sms : 227 * 1024;
+  *v = a == cudaDevAttrMultiProcessorCount ? emu_num_sms : emu_smem_optin;
   return cudaSuccess;
 }
 inline cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }
@@ -90,7 +91,8 @@ inline int min(int a, int b) { return a < b ? a : b; }
 template <typename K, typename P>
 void emu_launch(K kernel, dim3 grid, unsigned threads, std::size_t smem_bytes, cudaStream_t, const P& prm) {
   if (threads % 32 != 0) throw std::runtime_error("emulated launch: threads per block must be whole warps");
-  if (smem_bytes / sizeof(float) > emu_smem_floats) throw std::runtime_error("emulated shared memory too small");
+  if (smem_bytes > (std::size_t)emu_smem_optin || smem_bytes / sizeof(float) > emu_smem_floats)
+    throw std::runtime_error("emulated launch: more shared memory than the device has");
   for (unsigned by = 0; by < grid.y; ++by)
     for (unsigned bx = 0; bx < grid.x; ++bx) {
       std::barrier<> bar((std::ptrdiff_t)threads);

@@ -13,7 +13,10 @@ void use_smem() {
 }  // namespace
 
 extern "C" {
-void emu_set_sms(int n) { emu_num_sms = n; }
+void emu_set_device(int sms, int smem_optin_bytes) {
+  emu_num_sms = sms;
+  emu_smem_optin = smem_optin_bytes;
+}
 
 void emu_forward(const void* u, const void* delta, const float* A, const void* B, const void* C, const float* Dw,
                  const void* z, const float* bias, void* out, float* last_state, int batch, int Dch, int L, int N,
