@@ -258,7 +258,14 @@ def host_kernels(tmp_path_factory):
     if res.returncode != 0 and "barrier" in res.stderr and "No such file" in res.stderr:
         pytest.skip("the C++ compiler has no C++20 <barrier>")
     assert res.returncode == 0, res.stderr
-    return ctypes.CDLL(str(lib))
+    dll = ctypes.CDLL(str(lib))
+    dll.emu_error.restype = ctypes.c_char_p
+    return dll
+
+
+def _check(lib, status: int) -> None:
+    if status != 0:
+        raise RuntimeError(lib.emu_error().decode())
 
 
 def run_host_kernels(lib, inputs: list, softplus: bool, sms: int, smem_kib: int = 227):
@@ -273,15 +280,15 @@ def run_host_kernels(lib, inputs: list, softplus: bool, sms: int, smem_kib: int 
     ptr = lambda t: ctypes.c_void_p(0 if t is None else t.data_ptr())  # noqa: E731
     sizes = [ctypes.c_int(v) for v in (bsz, Dch, L, N, groups, B_var, C_var, _ext.dtype_code(u), softplus)]
     out, last = torch.empty_like(u), torch.empty(bsz, Dch, N)
-    lib.emu_forward(*map(ptr, (u, delta, A, B, C, D, z, bias, out, last)), *sizes)
+    _check(lib, lib.emu_forward(*map(ptr, (u, delta, A, B, C, D, z, bias, out, last)), *sizes))
     dout = torch.randn(bsz, Dch, L, generator=torch.Generator().manual_seed(1)).to(u.dtype)
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else None
     dA, dB, dC = torch.zeros(A.shape), torch.zeros(B.shape), torch.zeros(C.shape)
     dD, dbias = torch.zeros(Dch), torch.zeros(Dch)
     chunk_states = torch.empty(bsz, Dch, math.ceil(L / CHUNK), N)
-    lib.emu_backward(*map(ptr, (dout, u, delta, A, B, C, D, z, bias, du, ddelta, dz, dA, dB, dC, dD, dbias,
-                                chunk_states)), ctypes.c_int64(chunk_states.numel()), *sizes)
+    _check(lib, lib.emu_backward(*map(ptr, (dout, u, delta, A, B, C, D, z, bias, du, ddelta, dz, dA, dB, dC, dD,
+                                            dbias, chunk_states)), ctypes.c_int64(chunk_states.numel()), *sizes))
     grads = dict(u=du, delta=ddelta, A=dA, B=dB, C=dC, D=dD, z=dz, delta_bias=dbias)
     return out, last, grads, dout
 
@@ -314,6 +321,13 @@ def test_kernel_source_on_host_matches_reference(host_kernels, case):
     for (name, inp), want in zip(present, grads_ref):
         got = grads[name].reshape(inp.shape)  # dB/dC of mamba's 3-D layout come back as one group
         assert_near(f"d{name}", got, want, tol)
+
+
+def test_launch_plan_rejects_what_cannot_fit(host_kernels):
+    """A device whose shared memory cannot hold one block's B/C rows is a clear error naming the alternatives."""
+    inputs = make_inputs(1, 2, 40, 32, 1)
+    with pytest.raises(RuntimeError, match="shared memory.*'triton' or 'reference'"):
+        run_host_kernels(host_kernels, inputs, True, sms=4, smem_kib=48)
 
 
 # ----------------------------------------------------------------------------------------------------------
