@@ -153,7 +153,8 @@ test_group() {  # test_group TAG LIMIT ARGS...: one pytest process, JUnit XML in
   shift 2
   gpu_step "tests[$tag]" "$limit" "$TMP/tests.log" "${PYTEST[@]}" --junitxml "$TMP/junit_$tag.xml" "$@"
 }
-test_group ss2d 90 tests/kernels/test_ss2d_cuda.py tests/kernels/test_ss2d_triton.py
+test_group ss2d 90 tests/kernels/test_ss2d_cuda.py tests/kernels/test_ss2d_triton.py \
+  -k "not emulated and not compile_for"  # the CPU emulations and the offline sm_90 compile are CI's
 test_group ss2d-op 30 tests/kernels/test_ss2d.py -m gpu -k "not random_shapes"
 test_group fused 30 tests/kernels/test_scmm.py tests/kernels/test_fccm.py -m gpu
 test_group selective-scan 40 tests/kernels/test_selective_scan_cuda.py tests/kernels/test_selective_scan_triton.py
