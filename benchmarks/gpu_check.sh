@@ -179,7 +179,7 @@ EOF
 fi
 
 # ---- 6 fused kernels, 7 selective scan, 8 small preset -----------------------------------------------------
-gpu_step fused 40 "$TMP/fused.log" "$PY" benchmarks/kernels_fused.py --quick --out "$DEST/6_fused.json"
+gpu_step fused 60 "$TMP/fused.log" "$PY" benchmarks/kernels_fused.py --quick --out "$DEST/6_fused.json"
 if [ -f benchmarks/kernels_selective_scan.py ]; then
   gpu_step selective_scan 35 "$TMP/selscan.log" "$PY" benchmarks/kernels_selective_scan.py --quick \
     --out "$DEST/7_selective_scan.json"
