@@ -12,7 +12,8 @@ import torch
 import dhkd.persistence.atomic as atomic
 import dhkd.train.trainer as trainer_module
 from dhkd.data import DatasetError
-from dhkd.persistence import CheckpointError, load_model
+from dhkd.persistence import CheckpointError, CheckpointFiles, load_model
+from dhkd.persistence.training import load_checkpoint
 from dhkd.train import TrainConfig, Trainer
 from dhkd.train.trainer import TrainingDiverged
 
@@ -43,15 +44,14 @@ class Killer:
     later one (including the clean-up in ``except`` blocks, which a real kill never runs) raise Killed."""
 
     def __init__(self, at: int | None):
-        self.at, self.count, self.armed, self.dead = at, 0, False, False
+        self.at, self.count, self.dead = at, 0, False
 
     def wrap(self, fn):
         def op(*args, **kwargs):
-            if self.armed:
-                if self.dead or self.count == self.at:
-                    self.dead = True
-                    raise Killed
-                self.count += 1
+            if self.dead or self.count == self.at:
+                self.dead = True
+                raise Killed
+            self.count += 1
             return fn(*args, **kwargs)
         return op
 
@@ -62,50 +62,71 @@ class Killer:
                             (atomic.os, "replace"), (atomic.os, "unlink"), (pathlib.Path, "unlink"),
                             (pathlib.Path, "write_bytes"), (weights, "save_file")):
             monkeypatch.setattr(owner, name, self.wrap(getattr(owner, name)))
-        save = trainer_module.save_checkpoint
-
-        def armed_save(*args, **kwargs):  # only the final checkpoint write of the run is attacked
-            self.armed = args[1] == 4
-            return save(*args, **kwargs)
-        monkeypatch.setattr(trainer_module, "save_checkpoint", armed_save)
 
 
 def _weights(run_dir):
     return load_model(run_dir / "model.safetensors").state_dict()
 
 
+def _state_at(run_dir, cfg):
+    """Model, optimizer and scheduler restored from a run folder's checkpoint (global RNG states too)."""
+    from dhkd.models import DHKD
+
+    model = DHKD.from_preset(cfg.preset, image_size=cfg.image_size)
+    opt = torch.optim.Adam(model.student_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_decay_step, cfg.lr_gamma)
+    load_checkpoint(run_dir, model, opt, sched)
+    return model, opt, sched
+
+
 def test_kill_between_every_file_operation_of_a_checkpoint_write(synth_root, tmp_path, monkeypatch):
     """A run checkpointed at step 2 is killed while writing its step-4 checkpoint, at each file operation in
-    turn; resuming must give exactly the weights of an uninterrupted run and leave no temporaries."""
-    Trainer(_config(synth_root, steps=4, run_dir=str(tmp_path / "straight"))).run()
+    turn. What is on disk must then load as exactly the step-2 or the step-4 state of an uninterrupted run
+    (same tensor bytes, same JSON), leaving no temporaries; and the trainer resumes from the two kinds of
+    leftovers (killed before and after the JSON is replaced) to exactly the uninterrupted run's weights."""
+    cfg = _config(synth_root, steps=4, run_dir=str(tmp_path / "straight"))
+    Trainer(cfg).run()
     reference = _weights(tmp_path / "straight")
     Trainer(_config(synth_root, steps=2, run_dir=str(tmp_path / "base"))).run()
     (tmp_path / "base" / "model.safetensors").unlink()
+    committed = {step: CheckpointFiles(tmp_path / name).load()[0] for step, name in ((2, "base"), (4, "straight"))}
+    model, opt, sched = _state_at(tmp_path / "straight", cfg)
 
-    counter = Killer(at=None)  # count the operations of one complete write
-    with monkeypatch.context() as m:
-        counter.install(m)
-        shutil.copytree(tmp_path / "base", tmp_path / "count")
-        Trainer(_config(synth_root, steps=4, run_dir=str(tmp_path / "count"))).run()
-    assert counter.count >= 10  # two files x (create, write, sync, chmod, rename, sync folder) + clean-up
-
-    for at in range(counter.count):
-        run = tmp_path / f"kill{at}"
+    def killed_save(at, tag=""):
+        run = tmp_path / f"kill{at}{tag}"
         shutil.copytree(tmp_path / "base", run)
         killer = Killer(at)
         with monkeypatch.context() as m:
             killer.install(m)
-            with pytest.raises(Killed):
-                Trainer(_config(synth_root, steps=4, run_dir=str(run))).run()
+            try:
+                trainer_module.save_checkpoint(run, 4, model, opt, sched, cfg.to_dict())
+            except Killed:
+                pass
+        return run, killer
+
+    _, complete = killed_save(None)
+    total = complete.count
+    assert total >= 10 and not complete.dead  # two files x (create, write, sync, chmod, rename, sync folder) ...
+    stepped = {}
+    for at in range(total):
+        run, killer = killed_save(at)
         assert killer.dead
+        doc = CheckpointFiles(run).load()[0]  # removes what the kill left
+        assert doc == committed[doc["step"]], f"killed at operation {at}"
+        names = sorted(p.name for p in run.iterdir())
+        assert [n for n in names if n.startswith(("checkpoint", "."))] == [
+            doc["tensors"], "checkpoint.json"], (at, names)
+        stepped.setdefault(doc["step"], at)
+    assert set(stepped) == {2, 4}
+
+    for step, at in stepped.items():  # the last kill point that still gives step 2, the first that gives 4
+        at = max(a for a in range(total) if a < stepped[4]) if step == 2 else at
+        run, _ = killed_save(at, "-resumed")
         summary = Trainer(_config(synth_root, steps=4, run_dir=str(run))).run()
         assert summary["steps"] == 4
         got = _weights(run)
         assert all(torch.equal(got[k], reference[k]) for k in reference), f"killed at operation {at}"
-        names = sorted(p.name for p in run.iterdir())
-        assert not [n for n in names if n.endswith(".tmp")], (at, names)
-        assert [n for n in names if n.startswith("checkpoint")] == ["checkpoint-00000004.safetensors",
-                                                                    "checkpoint.json"], (at, names)
+        assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_nan_loss_stops_at_that_step(synth_root, tmp_path, monkeypatch):
@@ -219,5 +240,6 @@ def test_checkpoint_json_damaged_or_from_another_model(synth_root, tmp_path):
     with pytest.raises(CheckpointError, match=r"checkpoint\.json is unreadable \(truncated.*checkpoint-00000002"):
         Trainer(_config(synth_root, steps=3, run_dir=str(run))).run()
     (run / "checkpoint.json").write_text(saved)
-    with pytest.raises(CheckpointError, match=r"another model \(preset: 'tiny' in the checkpoint, 'small' now"):
-        Trainer(_config(synth_root, steps=3, preset="small", run_dir=str(run))).run()
+    with pytest.raises(CheckpointError, match=r"another model \(model_overrides: \{\} in the checkpoint, "
+                                              r"\{'use_hstm': False\} now"):
+        Trainer(_config(synth_root, steps=3, model_overrides={"use_hstm": False}, run_dir=str(run))).run()
