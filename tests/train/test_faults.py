@@ -17,22 +17,12 @@ from dhkd.persistence.training import load_checkpoint
 from dhkd.train import TrainConfig, Trainer
 from dhkd.train.trainer import TrainingDiverged
 
-SYNTH = {"dataset": "synthetic", "category": "synthetic", "preset": "tiny", "image_size": 64, "teacher": "random",
-         "lr": 1e-3, "dataset_options": {"size": 64, "n_train": 4, "n_test_good": 2, "n_test_defect": 2},
-         "checkpoint_every": 2, "evaluate": False, "log_every": 1}
+SYNTH = {"preset": "tiny", "image_size": 64, "teacher": "random", "lr": 1e-3, "checkpoint_every": 2,
+         "evaluate": False, "log_every": 1}
 
 
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    from dhkd.data import synthetic
-
-    root = tmp_path_factory.mktemp("data")
-    synthetic.ensure(root, "synthetic", size=64, n_train=4, n_test_good=2, n_test_defect=2)
-    return root
-
-
-def _config(root, **kw):
-    return TrainConfig(**{**SYNTH, "root": str(root), **kw})
+def _config(data, **kw):
+    return TrainConfig(**{**SYNTH, **data.train_options(), **kw})
 
 
 class Killed(BaseException):
@@ -79,15 +69,15 @@ def _state_at(run_dir, cfg):
     return model, opt, sched
 
 
-def test_kill_between_every_file_operation_of_a_checkpoint_write(synth_root, tmp_path, monkeypatch):
+def test_kill_between_every_file_operation_of_a_checkpoint_write(synthetic_data, tmp_path, monkeypatch):
     """A run checkpointed at step 2 is killed while writing its step-4 checkpoint, at each file operation in
     turn. What is on disk must then load as exactly the step-2 or the step-4 state of an uninterrupted run
     (same tensor bytes, same JSON), leaving no temporaries; and the trainer resumes from the two kinds of
     leftovers (killed before and after the JSON is replaced) to exactly the uninterrupted run's weights."""
-    cfg = _config(synth_root, steps=4, run_dir=str(tmp_path / "straight"))
+    cfg = _config(synthetic_data, steps=4, run_dir=str(tmp_path / "straight"))
     Trainer(cfg).run()
     reference = _weights(tmp_path / "straight")
-    Trainer(_config(synth_root, steps=2, run_dir=str(tmp_path / "base"))).run()
+    Trainer(_config(synthetic_data, steps=2, run_dir=str(tmp_path / "base"))).run()
     (tmp_path / "base" / "model.safetensors").unlink()
     committed = {step: CheckpointFiles(tmp_path / name).load()[0] for step, name in ((2, "base"), (4, "straight"))}
     model, opt, sched = _state_at(tmp_path / "straight", cfg)
@@ -122,14 +112,14 @@ def test_kill_between_every_file_operation_of_a_checkpoint_write(synth_root, tmp
     for step, at in stepped.items():  # the last kill point that still gives step 2, the first that gives 4
         at = max(a for a in range(total) if a < stepped[4]) if step == 2 else at
         run, _ = killed_save(at, "-resumed")
-        summary = Trainer(_config(synth_root, steps=4, run_dir=str(run))).run()
+        summary = Trainer(_config(synthetic_data, steps=4, run_dir=str(run))).run()
         assert summary["steps"] == 4
         got = _weights(run)
         assert all(torch.equal(got[k], reference[k]) for k in reference), f"killed at operation {at}"
         assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_nan_loss_stops_at_that_step(synth_root, tmp_path, monkeypatch):
+def test_nan_loss_stops_at_that_step(synthetic_data, tmp_path, monkeypatch):
     from dhkd.models import DHKD
 
     losses, calls = DHKD.losses, []
@@ -143,13 +133,13 @@ def test_nan_loss_stops_at_that_step(synth_root, tmp_path, monkeypatch):
     monkeypatch.setattr(DHKD, "losses", poisoned)
     run = tmp_path / "r"
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3 .*lower learning rate.*checkpoint in"):
-        Trainer(_config(synth_root, steps=6, run_dir=str(run))).run()
+        Trainer(_config(synthetic_data, steps=6, run_dir=str(run))).run()
     assert len(calls) == 3  # stopped at once, not at the end
     assert json.loads((run / "checkpoint.json").read_text())["step"] == 2
     assert "TrainingDiverged" in json.loads((run / "failed.json").read_text())["error"]
 
 
-def test_nan_weights_are_refused_at_load(synth_root, tmp_path):
+def test_nan_weights_are_refused_at_load(synthetic_data, tmp_path):
     from dhkd.models import DHKD
     from dhkd.persistence import save_model
 
@@ -162,43 +152,43 @@ def test_nan_weights_are_refused_at_load(synth_root, tmp_path):
         load_model(tmp_path / "m.safetensors")
 
 
-def test_training_without_a_teacher_is_an_error(synth_root, tmp_path):
+def test_training_without_a_teacher_is_an_error(synthetic_data, tmp_path):
     with pytest.raises(ValueError, match=r"--teacher FILE.*docs/teacher\.md.*--teacher random"):
-        Trainer(_config(synth_root, teacher="", steps=1, run_dir=str(tmp_path / "r")))
+        Trainer(_config(synthetic_data, teacher="", steps=1, run_dir=str(tmp_path / "r")))
     assert not (tmp_path / "r").exists()
     with pytest.raises(FileNotFoundError, match="no.such.pth"):
-        Trainer(_config(synth_root, teacher=str(tmp_path / "no.such.pth"), steps=1, output=str(tmp_path))).run()
+        Trainer(_config(synthetic_data, teacher=str(tmp_path / "no.such.pth"), steps=1, output=str(tmp_path))).run()
     assert not (tmp_path / "synthetic").exists()  # refused before a run folder was made
 
 
-def test_too_small_image_size_fails_before_any_work(synth_root, tmp_path, monkeypatch):
+def test_too_small_image_size_fails_before_any_work(synthetic_data, tmp_path, monkeypatch):
     def no_teacher_pass(*args, **kwargs):
         raise AssertionError("the teacher pass ran")
     monkeypatch.setattr(trainer_module, "teacher_statistics", no_teacher_pass)
     with pytest.raises(ValueError, match="input 48×48 is too small for this model"):
-        Trainer(_config(synth_root, image_size=48, steps=1, output=str(tmp_path))).run()
+        Trainer(_config(synthetic_data, image_size=48, steps=1, output=str(tmp_path))).run()
     assert not (tmp_path / "synthetic").exists()
 
 
-def test_corrupt_images_are_listed_before_training(synth_root, tmp_path):
+def test_corrupt_images_are_listed_before_training(synthetic_data, tmp_path):
     root = tmp_path / "data"
-    shutil.copytree(synth_root, root)
+    shutil.copytree(synthetic_data.root, root)
     train_img = sorted((root / "synthetic" / "train" / "good").iterdir())[0]
     test_img = sorted((root / "synthetic" / "test" / "blob").iterdir())[0]
     train_img.write_bytes(train_img.read_bytes()[:200])  # truncated PNG
     test_img.write_bytes(b"not an image")
     with pytest.raises(DatasetError, match=rf"2 of \d+ image files are unreadable") as exc:
-        Trainer(_config(root, steps=1, evaluate=True, output=str(tmp_path / "runs"))).run()
+        Trainer(_config(synthetic_data, root=str(root), steps=1, evaluate=True, output=str(tmp_path / "runs"))).run()
     assert train_img.name in str(exc.value) and test_img.name in str(exc.value)
     assert not (tmp_path / "runs").exists()
 
 
-def test_concurrent_runs_get_distinct_folders(synth_root, tmp_path):
+def test_concurrent_runs_get_distinct_folders(synthetic_data, tmp_path):
     results, errors = [], []
 
     def train():
         try:
-            results.append(Trainer(_config(synth_root, steps=1, output=str(tmp_path)), timestamp="same").run())
+            results.append(Trainer(_config(synthetic_data, steps=1, output=str(tmp_path)), timestamp="same").run())
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
     threads = [threading.Thread(target=train) for _ in range(2)]
@@ -213,33 +203,33 @@ def test_concurrent_runs_get_distinct_folders(synth_root, tmp_path):
         assert {"config.yaml", "model.safetensors", "summary.json"} <= set(os.listdir(d))
 
 
-def test_failed_run_leaves_no_half_folder(synth_root, tmp_path, monkeypatch):
+def test_failed_run_leaves_no_half_folder(synthetic_data, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
     monkeypatch.setattr(trainer_module, "teacher_statistics", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
-        Trainer(_config(synth_root, steps=1, output=str(tmp_path))).run()
+        Trainer(_config(synthetic_data, steps=1, output=str(tmp_path))).run()
     assert list((tmp_path / "synthetic" / "synthetic").iterdir()) == []
 
 
-def test_files_follow_the_umask(synth_root, tmp_path):
+def test_files_follow_the_umask(synthetic_data, tmp_path):
     old = os.umask(0o022)
     try:
-        Trainer(_config(synth_root, steps=1, run_dir=str(tmp_path / "r"))).run()
+        Trainer(_config(synthetic_data, steps=1, run_dir=str(tmp_path / "r"))).run()
     finally:
         os.umask(old)
     for p in (tmp_path / "r").iterdir():
         assert p.stat().st_mode & 0o777 == 0o644, p.name
 
 
-def test_checkpoint_json_damaged_or_from_another_model(synth_root, tmp_path):
+def test_checkpoint_json_damaged_or_from_another_model(synthetic_data, tmp_path):
     run = tmp_path / "r"
-    Trainer(_config(synth_root, steps=2, run_dir=str(run))).run()
+    Trainer(_config(synthetic_data, steps=2, run_dir=str(run))).run()
     saved = (run / "checkpoint.json").read_text()
     (run / "checkpoint.json").write_text(saved[: len(saved) // 2])
     with pytest.raises(CheckpointError, match=r"checkpoint\.json is unreadable \(truncated.*checkpoint-00000002"):
-        Trainer(_config(synth_root, steps=3, run_dir=str(run))).run()
+        Trainer(_config(synthetic_data, steps=3, run_dir=str(run))).run()
     (run / "checkpoint.json").write_text(saved)
     with pytest.raises(CheckpointError, match=r"another model \(model_overrides: \{\} in the checkpoint, "
                                               r"\{'use_hstm': False\} now"):
-        Trainer(_config(synth_root, steps=3, model_overrides={"use_hstm": False}, run_dir=str(run))).run()
+        Trainer(_config(synthetic_data, steps=3, model_overrides={"use_hstm": False}, run_dir=str(run))).run()
