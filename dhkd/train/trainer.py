@@ -26,6 +26,8 @@ from dhkd.runtime.progress import progress
 
 from .config import UNTRAINED_TEACHERS, TrainConfig
 
+FAILED = "failed.json"  # written into a run folder whose training failed after its first checkpoint
+
 
 def sample_indices(n: int, seed: int, step: int, batch_size: int) -> list[int]:
     """Dataset indices for ``step``: a fresh seeded permutation per epoch, so any step can be recomputed."""
@@ -221,9 +223,6 @@ class Trainer:
             raise TrainingDiverged(f"training loss is {value} at step {step} ({terms}): the run diverged; try a "
                                    f"lower learning rate (--set lr=...), amp=false on GPU, or check the teacher "
                                    f"file and the training images{where}")
-
-
-FAILED = "failed.json"
 
 
 class _ImageSource:
