@@ -337,44 +337,57 @@ void check_sizes(int64_t B, int64_t C, int64_t H, int64_t W, int64_t min_hw) {
     throw std::invalid_argument("fccm: need B, C >= 1 and H, W >= " + std::to_string(min_hw));
 }
 
+// Each epilogue's forward and backward kernels, by storage dtype code (kF32, kF16, kBF16).
+using FwdKernel = void (*)(const void*, const float*, void*, int64_t, int64_t, int64_t, int64_t, const Strides&,
+                           const Strides&);
+using BwdKernel = void (*)(const void*, const void*, const float*, void*, float*, int64_t, int64_t, int64_t, int64_t,
+                           const Strides&, const Strides&, const Strides&);
+constexpr FwdKernel kPoolReluFwd[] = {pool_relu_fwd<kF32>, pool_relu_fwd<kF16>, pool_relu_fwd<kBF16>};
+constexpr BwdKernel kPoolReluBwd[] = {pool_relu_bwd<kF32>, pool_relu_bwd<kF16>, pool_relu_bwd<kBF16>};
+constexpr FwdKernel kBiasGeluFwd[] = {bias_gelu_fwd<kF32>, bias_gelu_fwd<kF16>, bias_gelu_fwd<kBF16>};
+constexpr BwdKernel kBiasGeluBwd[] = {bias_gelu_bwd<kF32>, bias_gelu_bwd<kF16>, bias_gelu_bwd<kBF16>};
+
+void run_fwd(const FwdKernel (&kernels)[3], int64_t min_hw, std::uintptr_t x, std::uintptr_t bias, std::uintptr_t out,
+             int dtype, int64_t B, int64_t C, int64_t H, int64_t W, const Strides& xs, const Strides& os) {
+  check_sizes(B, C, H, W, min_hw);
+  dispatch_dtype(dtype, "fccm", [&](auto D) {
+    kernels[decltype(D)::value](as_ptr<const void>(x), as_ptr<const float>(bias), as_ptr<void>(out), B, C, H, W, xs,
+                                os);
+  });
+}
+
+void run_bwd(const BwdKernel (&kernels)[3], int64_t min_hw, std::uintptr_t dout, std::uintptr_t x,
+             std::uintptr_t bias, std::uintptr_t dx, std::uintptr_t db_part, int dtype, int64_t B, int64_t C,
+             int64_t H, int64_t W, const Strides& ds, const Strides& xs, const Strides& dxs) {
+  check_sizes(B, C, H, W, min_hw);
+  dispatch_dtype(dtype, "fccm", [&](auto D) {
+    kernels[decltype(D)::value](as_ptr<const void>(dout), as_ptr<const void>(x), as_ptr<const float>(bias),
+                                as_ptr<void>(dx), as_ptr<float>(db_part), B, C, H, W, ds, xs, dxs);
+  });
+}
+
 }  // namespace
 
 void fccm_cpu_pool_relu_fwd(std::uintptr_t z, std::uintptr_t bias, std::uintptr_t out, int dtype, int64_t B,
                             int64_t C, int64_t H, int64_t W, const Strides& zs, const Strides& os) {
-  check_sizes(B, C, H, W, 2);
-  dispatch_dtype(dtype, "fccm", [&](auto D) {
-    pool_relu_fwd<decltype(D)::value>(as_ptr<const void>(z), as_ptr<const float>(bias), as_ptr<void>(out), B, C, H,
-                                      W, zs, os);
-  });
+  run_fwd(kPoolReluFwd, 2, z, bias, out, dtype, B, C, H, W, zs, os);
+}
+
+void fccm_cpu_bias_gelu_fwd(std::uintptr_t h, std::uintptr_t bias, std::uintptr_t out, int dtype, int64_t B,
+                            int64_t C, int64_t H, int64_t W, const Strides& hs, const Strides& os) {
+  run_fwd(kBiasGeluFwd, 1, h, bias, out, dtype, B, C, H, W, hs, os);
 }
 
 void fccm_cpu_pool_relu_bwd(std::uintptr_t dout, std::uintptr_t z, std::uintptr_t bias, std::uintptr_t dz,
                             std::uintptr_t db_part, int dtype, int64_t B, int64_t C, int64_t H, int64_t W,
                             const Strides& ds, const Strides& zs, const Strides& dzs) {
-  check_sizes(B, C, H, W, 2);
-  dispatch_dtype(dtype, "fccm", [&](auto D) {
-    pool_relu_bwd<decltype(D)::value>(as_ptr<const void>(dout), as_ptr<const void>(z), as_ptr<const float>(bias),
-                                      as_ptr<void>(dz), as_ptr<float>(db_part), B, C, H, W, ds, zs, dzs);
-  });
-}
-
-void fccm_cpu_bias_gelu_fwd(std::uintptr_t h, std::uintptr_t bias, std::uintptr_t out, int dtype, int64_t B,
-                            int64_t C, int64_t H, int64_t W, const Strides& hs, const Strides& os) {
-  check_sizes(B, C, H, W, 1);
-  dispatch_dtype(dtype, "fccm", [&](auto D) {
-    bias_gelu_fwd<decltype(D)::value>(as_ptr<const void>(h), as_ptr<const float>(bias), as_ptr<void>(out), B, C, H,
-                                      W, hs, os);
-  });
+  run_bwd(kPoolReluBwd, 2, dout, z, bias, dz, db_part, dtype, B, C, H, W, ds, zs, dzs);
 }
 
 void fccm_cpu_bias_gelu_bwd(std::uintptr_t dout, std::uintptr_t h, std::uintptr_t bias, std::uintptr_t dh,
                             std::uintptr_t db_part, int dtype, int64_t B, int64_t C, int64_t H, int64_t W,
                             const Strides& ds, const Strides& hs, const Strides& dhs) {
-  check_sizes(B, C, H, W, 1);
-  dispatch_dtype(dtype, "fccm", [&](auto D) {
-    bias_gelu_bwd<decltype(D)::value>(as_ptr<const void>(dout), as_ptr<const void>(h), as_ptr<const float>(bias),
-                                      as_ptr<void>(dh), as_ptr<float>(db_part), B, C, H, W, ds, hs, dhs);
-  });
+  run_bwd(kBiasGeluBwd, 1, dout, h, bias, dh, db_part, dtype, B, C, H, W, ds, hs, dhs);
 }
 
 }  // namespace dhkd
