@@ -89,19 +89,21 @@ def image_size(path: Path) -> tuple[int, int]:
 def image_problem(path: Path) -> str | None:
     """Why the image file ``path`` cannot be used (missing, unreadable, truncated, empty), or None.
 
-    Fast: PNG/TIFF/BMP are checked with Pillow's ``verify`` (headers and checksums, no decoding); JPEGs
-    are decoded at 1/8 scale, which reads the whole entropy-coded stream and so finds truncated files.
+    Fast: PNGs are checked with Pillow's ``verify`` (every chunk's checksum, no decompression); JPEGs are
+    decoded at 1/8 scale, which still reads the whole entropy-coded stream and so finds truncated files;
+    other formats (BMP, TIFF: usually uncompressed) are decoded.
     """
     try:
         with Image.open(path) as img:
             w, h = img.size
             if w < 1 or h < 1:
                 return f"empty image ({w}x{h})"
-            if img.format == "JPEG":
-                img.draft("RGB", (max(1, w // 8), max(1, h // 8)))
-                img.load()
-            else:
+            if img.format == "PNG":
                 img.verify()
+            else:
+                if img.format == "JPEG":
+                    img.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                img.load()
     except FileNotFoundError:
         return "file not found"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:

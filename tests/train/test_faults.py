@@ -233,3 +233,26 @@ def test_checkpoint_json_damaged_or_from_another_model(synthetic_data, tmp_path)
     with pytest.raises(CheckpointError, match=r"another model \(model_overrides: \{\} in the checkpoint, "
                                               r"\{'use_hstm': False\} now"):
         Trainer(_config(synthetic_data, steps=3, model_overrides={"use_hstm": False}, run_dir=str(run))).run()
+
+
+def test_image_check_finds_truncated_and_empty_files(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from dhkd.data.common import check_images, image_problem
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for suffix in (".jpg", ".png", ".bmp"):
+        p = tmp_path / f"ok{suffix}"
+        Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+        cut = tmp_path / f"cut{suffix}"
+        cut.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+        paths.append(cut)
+    (tmp_path / "empty.png").write_bytes(b"")
+    paths.append(tmp_path / "empty.png")
+    assert [p.name for p in paths if image_problem(p) is None] == ["ok.jpg", "ok.png", "ok.bmp"]
+    with pytest.raises(DatasetError, match=r"4 of 7 image files are unreadable") as exc:
+        check_images(paths)
+    assert all(n in str(exc.value) for n in ("cut.jpg", "cut.png", "cut.bmp", "empty.png"))
