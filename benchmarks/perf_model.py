@@ -8,8 +8,9 @@ when their source is present) it reports the launch plan (CTAs, threads), what p
 the occupancy that follows, the work (exps, FP32/issue slots, DRAM and L2 bytes) and a predicted time on an
 H100 and an H200 from their peak rates. The model is a roofline plus fixed latencies:
 
-    predicted = max(MUFU, issue, DRAM, L2 time) + launch/gap latency + exposed serial latency
-    pessimistic = the two largest resource times added (no overlap between them) + the same latencies
+    predicted = Σ over launches of max(MUFU, issue, DRAM, L2 time, dependent-chain latency)
+                + exposed serial latency (look-back rounds) + launch/gap latency
+    pessimistic = the same with the two largest resource times added (no overlap between them)
 
 Each resource time is work / (peak rate per SM × SMs in use × wave efficiency), with a penalty when fewer
 than ``MIN_WARPS`` warps per SM are resident (too few to hide latency). Peak rates (PEAKS below): SM count
@@ -224,7 +225,8 @@ class Launch:
     issue: float  # thread-instructions issued
     dram: float  # bytes to/from HBM
     l2: float  # bytes through L2 (including DRAM traffic and L2-resident re-reads, atomics twice)
-    serial_us: float = 0.0  # exposed serial latency (look-back rounds, dependent chunk iterations)
+    serial_us: float = 0.0  # exposed serial latency added to the resource time (look-back rounds not covered)
+    latency_us: float = 0.0  # a floor for the launch: chains of dependent steps (max'ed with the resource time)
     min_blocks: int = 1  # __launch_bounds__ minimum blocks (informational)
 
 
@@ -270,8 +272,8 @@ class Op:
         best = worst = fixed
         for ln, r in zip(self.launches, rows):
             ts = sorted(r["times"].values(), reverse=True)
-            best += ts[0] + ln.serial_us
-            worst += ts[0] + ts[1] + ln.serial_us
+            best += max(ts[0], ln.latency_us) + ln.serial_us
+            worst += max(ts[0] + ts[1], ln.latency_us) + ln.serial_us
         return dict(rows=rows, predicted_us=best, pessimistic_us=worst)
 
 
@@ -372,12 +374,14 @@ def _triton_pass(name: str, batch: int, L: int, p: dict, s: int, pt: dict, exps_
     td = batch * 4 * p["n_dtiles"] * p["BLOCK_D"] * steps
     f = pt.get(name, Ptxas(registers=128))
     loads = td * 2 * s + batch * 4 * p["n_dtiles"] * steps * p["BLOCK_N"] * 2 * s
+    # ~33 instructions per element and pass: the PTX of _ss2d_fwd_kernel's chunk loop has about 530 for the
+    # 16 elements a thread holds (associative-scan shuffles, barriers, row extraction by masked sums)
     ln = Launch(name, progs, 128, f.registers, f.smem or 0, mufu=elems * exps_per_elem + td * 3,
-                issue=elems * 25 * exps_per_elem, dram=batch * L * (5 * SS2D_D + 8 * SS2D_N) * s + extra_bytes,
+                issue=elems * 33 * exps_per_elem, dram=batch * L * (5 * SS2D_D + 8 * SS2D_N) * s + extra_bytes,
                 l2=loads + extra_bytes)
     per_sm = occupancy(gpu, 128, ln.regs, ln.smem)
-    iters_per_slot = progs * p["seg_chunks"] / (per_sm * gpu.sms)
-    ln.serial_us = max(p["seg_chunks"], iters_per_slot) * CHUNK_ITER_US
+    iters_per_slot = progs * p["seg_chunks"] / (per_sm * gpu.sms)  # dependent iterations per resident program
+    ln.latency_us = max(p["seg_chunks"], iters_per_slot) * CHUNK_ITER_US
     return ln
 
 
@@ -502,6 +506,7 @@ def build(with_triton: bool = True) -> dict:
                                            smem=ln.smem, ctas_per_sm=r["per_sm"], occupancy=round(r["occupancy"], 3),
                                            waves=round(r["waves"], 2), mufu_ops=ln.mufu, dram_bytes=ln.dram,
                                            l2_bytes=ln.l2, serial_us=round(ln.serial_us, 2),
+                                           latency_us=round(ln.latency_us, 2),
                                            times_us={k: round(v, 2) for k, v in r["times"].items()})
                                       for ln, r in zip(op.launches, pr["rows"])]))
     peaks = {k: dataclasses.asdict(v) for k, v in PEAKS.items()}
@@ -527,9 +532,9 @@ def markdown(model: dict, command: str) -> str:
     out = ["# Offline performance model of the GPU kernels (2026-12-06)", "",
            f"Machine: no GPU (2-core CI-class VM); figures from ptxas for sm_90 and the launch plans. Command: "
            f"`{command}`.", "",
-           "Method (see the docstring of benchmarks/perf_model.py): predicted = max(MUFU, issue, DRAM, L2 time) "
-           "+ launch/gap latency + exposed serial latency; pessimistic adds the two largest resource times. "
-           "These are predictions, not measurements.", "", "## Peak rates used", "",
+           "Method (see the docstring of benchmarks/perf_model.py): per launch max(MUFU, issue, DRAM, L2 time, "
+           "dependent-chain floor) + exposed look-back latency, summed, + launch/gap latency; pessimistic adds the "
+           "two largest resource times. These are predictions, not measurements.", "", "## Peak rates used", "",
            "| | SMs | clock GHz | HBM TB/s | L2 TB/s (assumed) | MUFU/clk/SM | lanes issued/clk/SM |", "|---|---|---|---|---|---|---|"]
     for k, g in model["peaks"].items():
         out.append(f"| {g['name']} | {g['sms']} | {g['clock_ghz']} | {g['hbm_tbs']} | {g['l2_tbs']} | "
@@ -542,13 +547,14 @@ def markdown(model: dict, command: str) -> str:
                    f"{'yes' if k['forward'] else ''} |")
     out += ["", "## Predicted times", "",
             "| GPU | op | shape | predicted µs | pessimistic µs | launches: kernel (CTAs x threads, regs, CTAs/SM, "
-            "waves; MUFU/issue/DRAM/L2 µs; serial µs) | note |", "|---|---|---|---|---|---|---|"]
+            "waves; MUFU/issue/DRAM/L2 µs; chain floor µs; exposed serial µs) | note |", "|---|---|---|---|---|---|---|"]
     for row in model["ops"]:
         parts = []
         for ln in row["launches"]:
             t = ln["times_us"]
             parts.append(f"{ln['kernel']} ({ln['ctas']}x{ln['threads']}, {ln['registers']} r, {ln['ctas_per_sm']}/SM, "
-                         f"{ln['waves']} w; {t['mufu']}/{t['issue']}/{t['dram']}/{t['l2']}; {ln['serial_us']})")
+                         f"{ln['waves']} w; {t['mufu']}/{t['issue']}/{t['dram']}/{t['l2']}; {ln['latency_us']}; "
+                         f"{ln['serial_us']})")
         out.append(f"| {row['gpu']} | {row['op']} | {row['shape']} | {row['predicted_us']} | {row['pessimistic_us']} "
                    f"| {'; '.join(parts)} | {row['note']} |")
     spills = forward_spills(model)
