@@ -45,6 +45,7 @@ def test_paper_module_shapes_at_256():
         assert g(f_m, (64, 64)).shape == (1, 384, 64, 64)
 
 
+@pytest.mark.slow
 def test_paper_preset_end_to_end_finite_map():
     torch.manual_seed(0)
     m = DHKD.from_preset("paper").eval()
@@ -56,7 +57,8 @@ def test_paper_preset_end_to_end_finite_map():
     assert torch.isfinite(out["anomaly_map"]).all() and out["score"].shape == (1,)
 
 
-@pytest.mark.parametrize("name,size", [("tiny", (64, 64)), ("tiny", (72, 96)), ("small", (256, 256))])
+@pytest.mark.parametrize("name,size", [("tiny", (64, 64)), ("tiny", (72, 96)),
+                                       pytest.param("small", (256, 256), marks=pytest.mark.slow)])
 def test_preset_shapes(name, size):
     torch.manual_seed(0)
     m = DHKD.from_preset(name).eval()
@@ -151,6 +153,7 @@ def test_mixed_precision_autocast_forward_and_backward(tiny_model_factory):
     assert torch.isfinite(out["loss"]) and m.lnet.scmm.aggr.weight.grad.dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_fused_blocks_compile_fullgraph_in_a_fresh_process():
     """torch.compile(fullgraph=True) of the blocks built on custom ops, as the very first use of the kernels
     in a process (backend choice must not trace the extension import)."""

@@ -15,6 +15,7 @@ def _weights(run_dir):
     return load_model(run_dir / "model.safetensors").state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", [True, False])
 def test_resume_is_exact(synthetic_data, tmp_path, cache):
     base = dict(SYNTH, **synthetic_data.train_options(), cache_teacher=cache)
