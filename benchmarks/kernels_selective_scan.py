@@ -34,7 +34,7 @@ import dhkd_kernels
 from dhkd.allocator import keep_freed_memory
 from results_io import write_results
 from timing import cuda_time_ms, inner_count, timed
-from dhkd_kernels import _ext, registry
+from dhkd_kernels import registry
 
 OP = "selective_scan"
 REF_BWD_MAX_E = 4 * 1024 * 192 * 16  # reference autograd keeps every chunk's (64, D, N) intermediates
@@ -128,7 +128,7 @@ def _memory(case: Case, shape: dict, y, device: str) -> dict:
         return dict(bwd_peak_extra_bytes=torch.cuda.max_memory_allocated() - base)
     out = dict(bwd_grad_bytes=grads)
     if case.backend == "cpu":
-        out["bwd_workspace_bytes"] = _ext.load("_cpu").selective_scan_bwd_workspace_bytes(
+        out["bwd_workspace_bytes"] = registry.extension("_cpu").selective_scan_bwd_workspace_bytes(
             1, shape["D"], shape["L"], shape["N"], shape["G"], True, True, shape["z"], torch.get_num_threads())
     return out
 
