@@ -19,7 +19,7 @@ from dhkd.data import build_dataset
 from dhkd.data.common import check_images
 from dhkd.models import DHKD
 from dhkd.models.calibration import fit_quantiles, teacher_statistics
-from dhkd.persistence import atomic_write_bytes, atomic_write_json, save_model
+from dhkd.persistence import CheckpointError, atomic_write_bytes, atomic_write_json, save_model
 from dhkd.persistence.training import has_checkpoint, load_checkpoint, save_checkpoint, training_checkpoint
 from dhkd.runtime.device import pick_device
 from dhkd.runtime.progress import progress
@@ -122,7 +122,7 @@ class Trainer:
         except BaseException as exc:
             if created and not has_checkpoint(self.run_dir):
                 shutil.rmtree(self.run_dir, ignore_errors=True)
-            elif self.run_dir.is_dir():
+            elif self.run_dir.is_dir() and not isinstance(exc, CheckpointError):  # (a refused resume ran nothing)
                 atomic_write_json(self.run_dir / FAILED, {"error": f"{type(exc).__name__}: {exc}",
                                                           "resume": f"dhkd train --resume {self.run_dir}"})
             raise

@@ -233,6 +233,7 @@ def test_checkpoint_json_damaged_or_from_another_model(synthetic_data, tmp_path)
     with pytest.raises(CheckpointError, match=r"another model \(model_overrides: \{\} in the checkpoint, "
                                               r"\{'use_hstm': False\} now"):
         Trainer(_config(synthetic_data, steps=3, model_overrides={"use_hstm": False}, run_dir=str(run))).run()
+    assert not (run / "failed.json").exists()  # a refused resume leaves the run as it was
 
 
 def test_image_check_finds_truncated_and_empty_files(tmp_path):
