@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timed-images", type=int, default=20)
     p.add_argument("--save-grids", action="store_true",
                    help="also save each method's validation/test maps at its own resolution (benchmarks/recipe_maps.py)")
+    p.add_argument("--grid-sigma", type=float, default=0.0,
+                   help="Gaussian smoothing of the maps at each method's own resolution, in cells (docs/recipe.md)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.threads > 0:
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CompareConfig(output=args.output, teachers=parse_teachers(args.teacher), preset=args.preset,
                         steps=args.steps, lr=args.lr, lr_decay_step=args.lr_decay_step,
                         time_limit_minutes=args.time_limit_minutes, seed=args.seed, timed_images=args.timed_images,
-                        save_grids=args.save_grids)
+                        save_grids=args.save_grids, grid_sigma=args.grid_sigma)
     compare(args.data, [m.strip() for m in args.methods.split(",") if m.strip()], cfg)
     print(open(f"{args.output}/compare.md").read())
     return 0

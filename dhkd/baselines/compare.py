@@ -5,7 +5,8 @@ needs it, and scored on the test split by :mod:`dhkd.eval.evaluator` (full-resol
 dataset's ground truth allows). Per method and dataset: the evaluator's results.json, the fitting time
 (training, teacher statistics and calibration; teacher distillation excluded and reported apart) and the
 inference time per image at batch 1 (mean over the timed test images after one warm-up, fp32, this process's
-threads). ``compare(...)`` writes ``<output>/<dataset>_<category>/<method>/results.json`` and
+threads). ``grid_sigma`` > 0 smooths every method's maps at its own resolution before they are resized (the
+saved grids stay unsmoothed). ``compare(...)`` writes ``<output>/<dataset>_<category>/<method>/results.json`` and
 ``<output>/compare.md`` / ``compare.json``.
 
 Methods (:data:`METHODS`): ``knn`` (training-free, on the backbone's descriptors), ``knn-teacher`` (the
@@ -25,6 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 
 from ..data import build_dataset
 from ..eval.evaluator import evaluate_map_list
@@ -70,6 +72,7 @@ class CompareConfig:
     timed_images: int = 20
     knn_bank_size: int = 20000
     save_grids: bool = False    # also save the validation and test maps at the scorer's own resolution
+    grid_sigma: float = 0.0     # Gaussian smoothing of every method's maps at its own resolution, in cells
 
 
 @dataclass
@@ -205,11 +208,13 @@ def run_method(method: str, spec: DataSpec, cfg: CompareConfig) -> MethodResult:
         val = build_dataset(spec.dataset, spec.root, spec.category, "validation", cfg.image_size, cfg.seed)
         save_npy(grid_maps(map_fn, val), out / "grids_validation_grid.npy")
         save_npy(grids, out / "grids_test_grid.npy")
+    if cfg.grid_sigma > 0:
+        grids = gaussian_filter(grids, sigma=(0, 0, cfg.grid_sigma, cfg.grid_sigma)).astype(np.float32)
     masks = [test.mask(i) for i in range(len(test))]
     maps = [F.interpolate(torch.from_numpy(g[None]), size=gt.shape[1:], mode="bilinear",
                           align_corners=False)[0, 0].numpy() for g, gt in zip(grids, masks)]
     res = evaluate_map_list(test, maps, masks, out, source=method, smooth_sigma=0.0, seed=cfg.seed,
-                            extra={"method": method, "fit_seconds": round(fit_s, 1), "ms_per_image": round(ms, 1),
+                            extra={"method": method, "grid_sigma": cfg.grid_sigma, "fit_seconds": round(fit_s, 1), "ms_per_image": round(ms, 1),
                                    "steps": steps, "teacher": teacher, "notes": notes})
     return MethodResult(method, spec.dataset, spec.category, res["metrics"], fit_s, ms, steps, teacher,
                         str(out / "results.json"), notes)

@@ -86,6 +86,10 @@ def test_compare_writes_one_table_per_dataset(syn_root, tmp_path):
     assert results["method"] == "knn-teacher" and results["metrics"] == rows[0].metrics
     assert np.load(out / "grids_test_grid.npy").shape == (7, 1, 16, 16)
     assert np.load(out / "grids_validation_grid.npy").shape == (1, 1, 16, 16)
+    cfg.grid_sigma, cfg.output = 1.0, str(tmp_path / "smoothed")
+    smoothed = compare([DataSpec.parse(f"synthetic:{syn_root}:synthetic")], ["knn-teacher"], cfg)
+    results = json.loads((tmp_path / "smoothed" / "synthetic_synthetic" / "knn-teacher" / "results.json").read_text())
+    assert results["grid_sigma"] == 1.0 and smoothed[0].metrics != rows[0].metrics
     with pytest.raises(ValueError, match="unknown methods"):
         compare([], ["patchcore"], cfg)
     with pytest.raises(ValueError, match="dataset:root:category"):
