@@ -161,7 +161,7 @@ def _fit_efficientad(size: str):
 
 def _fit_dhkd(overrides: dict):
     def fit(spec: DataSpec, cfg: CompareConfig, out: Path):
-        from ..eval.evaluator import fit_quantiles
+        from ..persistence import load_model
         from ..train.config import TrainConfig
         from ..train.trainer import Trainer
 
@@ -173,12 +173,8 @@ def _fit_dhkd(overrides: dict):
                            checkpoint_every=max(cfg.steps, 1), evaluate=False)
         trainer = Trainer(tcfg)
         t0 = time.time()
-        summary = trainer.run()
-        from ..persistence import load_model
-
+        summary = trainer.run()  # trains, then fits the map quantiles on the validation good images
         model = load_model(Path(summary["run_dir"]) / "model.safetensors").eval()
-        fit_quantiles(model, build_dataset(spec.dataset, spec.root, spec.category, "validation",
-                                           cfg.image_size, cfg.seed), seed=cfg.seed)
 
         def map_fn(x):
             map_l, map_g = model.raw_maps(x)

@@ -96,3 +96,13 @@ def test_compare_writes_one_table_per_dataset(syn_root, tmp_path):
         DataSpec.parse("synthetic")
     with pytest.raises(ValueError, match="no teacher"):
         compare([DataSpec.parse(f"synthetic:{syn_root}:synthetic")], ["knn-teacher"], CompareConfig())
+
+
+def test_compare_trains_dhkd_rows(syn_root, tmp_path):
+    cfg = CompareConfig(output=str(tmp_path / "cmp"), teachers={"*": "random"}, preset="tiny", image_size=64,
+                        steps=2, lr_decay_step=0, timed_images=1)
+    rows = compare([DataSpec.parse(f"synthetic:{syn_root}:synthetic")], ["dhkd", "dhkd-no-hstm"], cfg)
+    assert [r.method for r in rows] == ["dhkd", "dhkd-no-hstm"] and all(r.steps == 2 for r in rows)
+    assert all(set(r.metrics) == {"image_auroc", "pixel_auroc", "au_pro"} for r in rows)
+    config = (tmp_path / "cmp" / "synthetic_synthetic" / "dhkd-no-hstm" / "run" / "config.yaml").read_text()
+    assert "use_hstm: false" in config and "use_hstm" in rows[1].notes
