@@ -41,6 +41,7 @@ class EfficientADConfig:
     jitter: float = 0.2
     seed: int = 0
     time_limit_minutes: float = 0.0  # > 0: stop training after this wall time
+    width_div: int = 1              # divides the PDNs' hidden widths (1 = EfficientAD; larger for tests only)
 
 
 def _channel_stats(outputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,14 +60,14 @@ class EfficientAD(nn.Module):
         self.config = cfg = config or EfficientADConfig()
         if cfg.size not in ("small", "medium"):
             raise ValueError(f"EfficientAD size must be 'small' or 'medium', got {cfg.size!r}")
-        self.teacher = PDN(cfg.size, OUT_CHANNELS, padding=False)
+        self.teacher = PDN(cfg.size, OUT_CHANNELS, padding=False, width_div=cfg.width_div)
         if teacher is not None:
             if teacher.size != cfg.size:
                 raise ValueError(f"the teacher is a PDN-{teacher.size}, EfficientAD-{cfg.size} needs PDN-{cfg.size}")
             self.teacher.load_state_dict(teacher.state_dict())
         self.teacher.requires_grad_(False).eval()
         torch.manual_seed(cfg.seed)
-        self.student = PDN(cfg.size, 2 * OUT_CHANNELS, padding=False)
+        self.student = PDN(cfg.size, 2 * OUT_CHANNELS, padding=False, width_div=cfg.width_div)
         self.autoencoder = Autoencoder(cfg.image_size, OUT_CHANNELS)
         self.register_buffer("teacher_mean", torch.zeros(1, OUT_CHANNELS, 1, 1))
         self.register_buffer("teacher_std", torch.ones(1, OUT_CHANNELS, 1, 1))

@@ -48,8 +48,8 @@ def test_knn_on_teacher_descriptors(synthetic_data, tmp_path):
 
 
 def test_efficientad_trains_and_calibrates(synthetic_data):
-    teacher = PDN("small", 384, padding=False)
-    model = EfficientAD(EfficientADConfig(size="small", steps=2), teacher)
+    teacher = PDN("small", 384, padding=False, width_div=8)
+    model = EfficientAD(EfficientADConfig(size="small", steps=2, width_div=8), teacher)
     assert torch.equal(model.teacher.convs[0].weight, teacher.convs[0].weight)
     before = [p.clone() for p in model.student.parameters()]
     model.fit(split(synthetic_data, "train"), split(synthetic_data, "validation"))
@@ -60,7 +60,7 @@ def test_efficientad_trains_and_calibrates(synthetic_data):
     m = model.anomaly_map(torch.randn(2, 3, 256, 256))
     assert m.shape == (2, 1, 64, 64)
     with pytest.raises(ValueError, match="PDN-medium"):
-        EfficientAD(EfficientADConfig(size="medium"), teacher)
+        EfficientAD(EfficientADConfig(size="medium", width_div=8), teacher)
 
 
 def test_compare_writes_one_table_per_dataset(synthetic_data, tmp_path):
