@@ -20,6 +20,7 @@ from torch import nn
 
 import dhkd_kernels
 from dhkd.models import DHKD
+from dhkd.persistence import atomic_write
 
 from .detector import AnomalyDetector
 from .export_scan import export_formulation
@@ -83,10 +84,8 @@ def export_onnx(model_or_detector: nn.Module, path: str | os.PathLike, image_siz
     require_onnx_packages()
     detector = as_detector(model_or_detector, map_size)
     x = _example(image_size, batch=2 if dynamic_batch else 1)  # a batch of 1 would be specialised
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
-    stage = Stages(f"export {path.name}")
+    stage = Stages(f"export {Path(path).name}")
     stage("tracing the detector and converting it to ONNX")
     with _traceable(), torch.no_grad():
         program = torch.onnx.export(detector, (x,), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
@@ -98,9 +97,7 @@ def export_onnx(model_or_detector: nn.Module, path: str | os.PathLike, image_siz
         stage(f"optimising the graph ({len(program.model.graph)} nodes)")
         optimize_ir(program.model, onnx_shape_inference=False)
     stage("saving")
-    tmp = path.with_name(path.name + ".tmp")
-    program.save(str(tmp))
-    os.replace(tmp, path)
+    path = atomic_write(path, program.save)
     stage("done")
     return path
 
@@ -117,11 +114,7 @@ def export_program(model_or_detector: nn.Module, image_size: int | tuple[int, in
     with _traceable(), torch.no_grad():
         program = torch.export.export(detector, (x,))
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         stage("saving")
-        tmp = path.with_name(path.name + ".tmp")
-        torch.export.save(program, str(tmp))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: torch.export.save(program, tmp))
     stage("done")
     return program
