@@ -47,8 +47,10 @@ def variant_maps(name: str, val: np.ndarray, test: np.ndarray) -> np.ndarray:
             mu = ref.mean(0, keepdims=True)
             out, ref = out - mu, ref - mu
         elif part == "zscore":
+            if ref.shape[0] < 2:
+                raise ValueError(f"zscore needs at least 2 validation maps, got {ref.shape[0]}")
             mu, sd = ref.mean(0, keepdims=True), ref.std(0, keepdims=True)
-            sd = sd + np.median(sd)  # a floor against near-zero pixel std from few images
+            sd = sd + max(float(np.median(sd)), 1e-12)  # a floor against near-zero pixel std from few images
             out, ref = (out - mu) / sd, (ref - mu) / sd
         elif part.startswith("gauss"):
             s = float(part[len("gauss"):])
