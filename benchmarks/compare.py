@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timed-images", type=int, default=20)
     p.add_argument("--save-grids", action="store_true",
-                   help="also save each method's validation/test maps at its own resolution (benchmarks/recipe_maps.py)")
+                   help="also save each method's validation/test maps at its own resolution "
+                        "(for benchmarks/recipe_maps.py)")
     p.add_argument("--grid-sigma", type=float, default=0.0,
                    help="Gaussian smoothing of the maps at each method's own resolution, in cells (docs/recipe.md)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

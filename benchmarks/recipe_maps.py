@@ -97,7 +97,8 @@ def main() -> int:
         rows.append({"variant": name, "metrics": res["metrics"], "good_max_in_outer_5pct": share})
         print(json.dumps(rows[-1]), flush=True)
     names = list(rows[0]["metrics"])
-    lines = ["| variant | " + " | ".join(names) + " | good maps peaking in outer 5 % |", "|---" * (len(names) + 2) + "|"]
+    lines = ["| variant | " + " | ".join(names) + " | good maps peaking in outer 5 % |",
+             "|---" * (len(names) + 2) + "|"]
     for r in rows:
         cells = [r["metrics"][k] for k in names]
         cells = [v.get("0.3") if isinstance(v, dict) else v for v in cells]

@@ -90,6 +90,17 @@ class MethodResult:
     notes: str = ""
 
 
+@dataclass
+class FittedMethod:
+    """What fitting a method yields: its map function (ImageNet-normalised batch -> (b, 1, h, w) maps),
+    fit time, training steps (None: training-free), teacher file (None: none) and a note for the table."""
+    map_fn: Callable[[torch.Tensor], torch.Tensor]
+    fit_seconds: float
+    steps: int | None
+    teacher: str | None
+    notes: str
+
+
 def _teacher_for(spec: DataSpec, cfg: CompareConfig) -> str:
     path = cfg.teachers.get(spec.key) or cfg.teachers.get("*")
     if not path:
@@ -136,8 +147,8 @@ def _fit_knn(on_teacher: bool):
         t0 = time.time()
         scorer.fit(build_dataset(spec.dataset, spec.root, spec.category, "train", cfg.image_size, cfg.seed))
         what = "teacher" if on_teacher else "backbone"
-        return (scorer.anomaly_map, time.time() - t0, None, teacher or None,
-                f"{what} descriptors, memory bank {scorer.bank.shape[0]} patches")
+        return FittedMethod(scorer.anomaly_map, time.time() - t0, None, teacher or None,
+                            f"{what} descriptors, memory bank {scorer.bank.shape[0]} patches")
     return fit
 
 
@@ -154,8 +165,8 @@ def _fit_efficientad(size: str):
         val = build_dataset(spec.dataset, spec.root, spec.category, "validation", cfg.image_size, cfg.seed)
         model.fit(train, val)
         losses = ", ".join(f"{k} {v:.4f}" for k, v in model.final_losses.items())
-        return (model.anomaly_map, model.train_seconds, model.steps_done, teacher_path,
-                f"EfficientAD lr 1e-4 (its own recipe); final losses {losses}")
+        return FittedMethod(model.anomaly_map, model.train_seconds, model.steps_done, teacher_path,
+                            f"EfficientAD lr 1e-4 (its own recipe); final losses {losses}")
     return fit
 
 
@@ -181,14 +192,15 @@ def _fit_dhkd(overrides: dict):
             return model.normalized_map(map_l, map_g, size=tuple(map_l.shape[-2:]))
 
         losses = ", ".join(f"{k} {v:.4f}" for k, v in summary["final_losses"].items())
-        return (map_fn, time.time() - t0, summary["steps"], teacher_path,
-                f"preset {cfg.preset}, overrides {overrides or 'none'}; final losses {losses}")
+        return FittedMethod(map_fn, time.time() - t0, summary["steps"], teacher_path,
+                            f"preset {cfg.preset}, overrides {overrides or 'none'}; final losses {losses}")
     return fit
 
 
-METHODS: dict[str, Callable] = {"knn": _fit_knn(False), "knn-teacher": _fit_knn(True), "efficientad-s": _fit_efficientad("small"),
-                                "efficientad-m": _fit_efficientad("medium"),
-                                **{name: _fit_dhkd(o) for name, o in DHKD_ABLATIONS.items()}}
+METHODS: dict[str, Callable[[DataSpec, CompareConfig, Path], FittedMethod]] = {
+    "knn": _fit_knn(False), "knn-teacher": _fit_knn(True),
+    "efficientad-s": _fit_efficientad("small"), "efficientad-m": _fit_efficientad("medium"),
+    **{name: _fit_dhkd(o) for name, o in DHKD_ABLATIONS.items()}}
 
 
 def run_method(method: str, spec: DataSpec, cfg: CompareConfig) -> MethodResult:
@@ -196,7 +208,8 @@ def run_method(method: str, spec: DataSpec, cfg: CompareConfig) -> MethodResult:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     out = Path(cfg.output) / spec.key / method
-    map_fn, fit_s, steps, teacher, notes = METHODS[method](spec, cfg, out)
+    f = METHODS[method](spec, cfg, out)
+    map_fn = f.map_fn
     test = build_dataset(spec.dataset, spec.root, spec.category, "test", cfg.image_size, cfg.seed)
     ms = time_per_image(map_fn, test, cfg.timed_images)
     grids = grid_maps(map_fn, test)
@@ -210,10 +223,11 @@ def run_method(method: str, spec: DataSpec, cfg: CompareConfig) -> MethodResult:
     maps = [F.interpolate(torch.from_numpy(g[None]), size=gt.shape[1:], mode="bilinear",
                           align_corners=False)[0, 0].numpy() for g, gt in zip(grids, masks)]
     res = evaluate_map_list(test, maps, masks, out, source=method, smooth_sigma=0.0, seed=cfg.seed,
-                            extra={"method": method, "grid_sigma": cfg.grid_sigma, "fit_seconds": round(fit_s, 1), "ms_per_image": round(ms, 1),
-                                   "steps": steps, "teacher": teacher, "notes": notes})
-    return MethodResult(method, spec.dataset, spec.category, res["metrics"], fit_s, ms, steps, teacher,
-                        str(out / "results.json"), notes)
+                            extra={"method": method, "grid_sigma": cfg.grid_sigma,
+                                   "fit_seconds": round(f.fit_seconds, 1), "ms_per_image": round(ms, 1),
+                                   "steps": f.steps, "teacher": f.teacher, "notes": f.notes})
+    return MethodResult(method, spec.dataset, spec.category, res["metrics"], f.fit_seconds, ms, f.steps, f.teacher,
+                        str(out / "results.json"), f.notes)
 
 
 def _cell(v) -> str:
