@@ -54,6 +54,7 @@ class DataSpec:
 
     @property
     def key(self) -> str:
+        """The folder name of this dataset's results: ``<dataset>_<category>``."""
         return f"{self.dataset}_{self.category}"
 
 

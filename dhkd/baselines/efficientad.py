@@ -84,6 +84,7 @@ class EfficientAD(nn.Module):
         return self.config.image_size
 
     def train(self, mode: bool = True) -> "EfficientAD":
+        """Set train/eval mode; the teacher stays in eval mode (frozen)."""
         super().train(mode)
         self.teacher.eval()
         return self

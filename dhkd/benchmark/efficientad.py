@@ -43,6 +43,7 @@ class Autoencoder(nn.Module):
         self.dec_last2 = nn.Conv2d(64, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruct the teacher features from the image through the bottleneck."""
         for conv in self.enc:
             x = F.relu(conv(x))
         x = self.enc_last(x)
@@ -92,5 +93,6 @@ class EfficientADM(nn.Module):
         self.weights = normalisation_weights((qa_st, qb_st, qa_ae, qb_ae))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anomaly map at the input's size, image score) of an image batch."""
         amap = F.pad(normalise_maps(*self.raw_maps(x), self.weights), (4, 4, 4, 4))
         return map_and_score(amap, (x.shape[-2], x.shape[-1]))

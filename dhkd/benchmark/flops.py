@@ -70,6 +70,7 @@ def flop_report(model: DHKD, image_size: int | tuple[int, int] | None = None, ba
 
 
 def format_flop_report(rep: dict) -> str:
+    """The report of :func:`flop_report` as a readable table."""
     g = 1e9
     h, w = rep["image_size"]
     lines = [f"parameters and FLOPs for one forward of {rep['batch']} image(s) at {h}×{w} "

@@ -15,6 +15,7 @@ HELP = "train and evaluate a small model on a synthetic anomaly dataset generate
 
 
 def add_arguments(parser) -> None:
+    """Add the ``dhkd demo`` options to ``parser``."""
     from dhkd.models import PRESETS
 
     parser.add_argument("--output", type=Path, default=Path("runs/demo"), help="where data and results go")
@@ -79,6 +80,7 @@ def headline(results: dict, threshold: float) -> str:
 
 
 def run(args) -> int:
+    """Run ``dhkd demo`` (synthetic data, train, calibrate, evaluate, overlays); returns the exit status."""
     import json
 
     from dhkd.train import TrainConfig, Trainer

@@ -8,6 +8,7 @@ HELP = "distil a PDN teacher (small or medium) from a pretrained backbone on any
 
 
 def add_arguments(parser) -> None:
+    """Add the ``dhkd distill-teacher`` options to ``parser``."""
     from ..teacher.backbones import BACKBONES
 
     parser.add_argument("images", help="folder of training images (searched recursively; jpg/png/bmp)")
@@ -39,6 +40,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """Run ``dhkd distill-teacher``; returns the exit status."""
     import torch
 
     from ..teacher.backbones import BackboneUnavailable, build_backbone

@@ -16,6 +16,7 @@ HELP = "evaluate anomaly maps (a folder of TIFF maps, or a trained model) on a d
 
 
 def add_arguments(parser) -> None:
+    """Add the ``dhkd evaluate`` options to ``parser``."""
     from dhkd.data import DATASETS
 
     parser.add_argument("--maps", type=Path, help="folder of float TIFF maps: <maps>/<category>/test/<defect>/"
@@ -53,11 +54,13 @@ def evaluate_loaded_model(model, args) -> dict:
 
 
 def print_summary(results: dict, output: Path) -> None:
+    """Print the metrics table of ``output/results.md`` and where the results were written."""
     print((output / "results.md").read_text().split("\n## Metric definitions")[0].rstrip())
     print(f"\nwrote {output / 'results.json'} and {output / 'results.md'}")
 
 
 def run(args) -> int:
+    """Run ``dhkd evaluate`` on a model's maps or on a folder of maps; returns the exit status."""
     from dhkd.eval.evaluator import evaluate_maps
 
     if (args.maps is None) == (args.model is None):

@@ -8,6 +8,7 @@ HELP = "export a trained model (detector: image in, anomaly map and score out) t
 
 
 def add_arguments(parser) -> None:
+    """Add the ``dhkd export`` options to ``parser``."""
     parser.add_argument("--model", type=Path, required=True, help="a run folder or its model.safetensors")
     parser.add_argument("--format", choices=["onnx", "torch-export"], default="onnx")
     parser.add_argument("--output", type=Path, required=True, help="file to write (.onnx or .pt2)")
@@ -20,6 +21,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """Run ``dhkd export`` (ONNX or torch.export); returns the exit status."""
     from dhkd.persistence import load_model
     from dhkd.runtime import export_onnx, export_program, require_onnx_packages
 

@@ -9,6 +9,7 @@ HELP = "show the version, the built kernel backends and the devices"
 
 
 def add_arguments(parser) -> None:
+    """Add the ``dhkd info`` options to ``parser``."""
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument("--flops", action="store_true",
                         help="report parameters and conv/linear/scan FLOPs per module instead")
@@ -17,6 +18,7 @@ def add_arguments(parser) -> None:
 
 
 def collect() -> dict:
+    """Versions, devices and the kernels built and chosen on this machine, as a dict."""
     import torch
 
     import dhkd
@@ -33,6 +35,7 @@ def collect() -> dict:
 
 
 def run_flops(args) -> int:
+    """Print the parameter and FLOP report of ``--preset`` at ``--image-size``; returns the exit status."""
     from dhkd.benchmark.flops import flop_report, format_flop_report
     from dhkd.models import DHKD
 
@@ -47,6 +50,7 @@ def run_flops(args) -> int:
 
 
 def run(args) -> int:
+    """Run ``dhkd info``; returns the exit status."""
     if args.flops:
         return run_flops(args)
     info = collect()

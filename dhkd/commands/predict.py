@@ -9,6 +9,7 @@ HELP = "score an image or a folder of images with a trained model: heat-map PNGs
 
 
 def add_arguments(parser) -> None:
+    """Add the ``dhkd predict`` options to ``parser``."""
     parser.add_argument("input", type=Path, help="an image file or a folder of images")
     parser.add_argument("--model", type=Path, required=True,
                         help="trained model (model.safetensors of a run, or the run folder)")
@@ -27,6 +28,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """Run ``dhkd predict`` on an image or a folder: heat maps and scores.json; returns the exit status."""
     import numpy as np
     import torch
 

@@ -11,6 +11,7 @@ HELP = "train DHKD on one or more categories of a dataset (paper recipe by defau
 
 
 def add_arguments(parser) -> None:
+    """Add the ``dhkd train`` options to ``parser``."""
     from dhkd.data import DATASETS
     from dhkd.models import PRESETS
 
@@ -36,6 +37,7 @@ def add_arguments(parser) -> None:
 
 
 def build_config(args):
+    """The :class:`~dhkd.train.TrainConfig` of the parsed arguments (a resumed run's, a YAML file's, or the flags')."""
     from dhkd.train import TrainConfig
 
     if args.resume is not None:
@@ -59,6 +61,7 @@ def format_metrics(row: dict) -> str:
 
 
 def run(args) -> int:
+    """Run ``dhkd train`` over the configured categories; returns the exit status."""
     from dhkd.train.multi import train_categories, world_size
 
     cfg = build_config(args)

@@ -12,6 +12,7 @@ CATEGORIES = ("01", "02", "03")
 
 
 def build(root: Path, category: str, split: str, image_size: int, seed: int = 0) -> AnomalyDataset:
+    """The BTAD ``split`` of ``category`` (``ok``/``ko`` folders) under ``root``."""
     cat_dir = require_dir(Path(root) / category, f"btad category {category!r}")
     train = read_train(cat_dir, good="ok") if split != "test" else []
     test = read_test(cat_dir, good="ok", mask_suffixes=("", "_mask")) if split == "test" else []

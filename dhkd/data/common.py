@@ -47,6 +47,7 @@ def list_images(directory: Path) -> list[Path]:
 
 
 def require_dir(path: Path, what: str) -> Path:
+    """``path`` if it is a directory, else a :class:`DatasetError` naming ``what`` was expected there."""
     path = Path(path)
     if not path.is_dir():
         raise DatasetError(f"{what} not found: expected directory {path}")
@@ -186,6 +187,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
 
     @property
     def labels(self) -> np.ndarray:
+        """Per-sample labels (0 good, 1 anomalous) as an int64 array."""
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
     def mask(self, index: int, size: tuple[int, int] | None = None) -> np.ndarray:

@@ -13,6 +13,7 @@ from . import DATASETS, build_dataset
 
 
 def export_split(dataset: str, root: str, category: str, split: str, out: Path, seed: int = 0) -> int:
+    """Link the images of one dataset split into ``out`` (numbered); returns how many."""
     samples = build_dataset(dataset, root, category, split, 1, seed).samples
     out.mkdir(parents=True, exist_ok=True)
     for i, s in enumerate(samples):
@@ -23,6 +24,7 @@ def export_split(dataset: str, root: str, category: str, split: str, out: Path, 
 
 
 def main() -> None:
+    """Command-line entry point of :func:`export_split`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=DATASETS)
     parser.add_argument("root")

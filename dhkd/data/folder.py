@@ -14,6 +14,7 @@ from .splits import select_split
 def build(root: Path, category: str, split: str, image_size: int, seed: int = 0, *,
           normal_dir: str = "normal", abnormal_dir: str = "abnormal", normal_test_dir: str = "normal_test",
           mask_dir: str = "mask") -> AnomalyDataset:
+    """A dataset from plain folders of normal, abnormal and good test images (and optional masks)."""
     base = require_dir(Path(root) / category if category else Path(root), "folder dataset")
     normal = require_dir(base / normal_dir, "normal-image folder")
     abnormal, good_test, masks = base / abnormal_dir, base / normal_test_dir, base / mask_dir

@@ -20,6 +20,7 @@ def find_mask(gt_dir: Path, stem: str, suffixes: tuple[str, ...]) -> Path:
 
 
 def read_train(category_dir: Path, good: str = "good") -> list[Sample]:
+    """The training samples of an MVTec-style category folder (``train/<good>``)."""
     d = require_dir(category_dir / "train" / good, "training folder")
     return [Sample(p, 0, good) for p in list_images(d)]
 

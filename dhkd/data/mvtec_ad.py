@@ -14,6 +14,7 @@ CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leath
 
 def build(root: Path, category: str, split: str, image_size: int, seed: int = 0,
           name: str = "mvtec_ad") -> AnomalyDataset:
+    """The MVTec AD ``split`` of ``category`` under ``root`` (validation: a seeded hold-out of train/good)."""
     cat_dir = require_dir(Path(root) / category, f"{name} category {category!r}")
     train = read_train(cat_dir) if split != "test" else []
     test = read_test(cat_dir) if split == "test" else []

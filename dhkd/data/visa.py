@@ -56,6 +56,7 @@ def _from_csv(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
 
 
 def build(root: Path, category: str, split: str, image_size: int, seed: int = 0) -> AnomalyDataset:
+    """The VisA ``split`` of ``category`` under ``root``, from ``split_csv/1cls.csv`` or plain folders."""
     root = Path(root)
     if (root / CSV_PATH).is_file():
         train, test = _from_csv(root, category)

@@ -10,10 +10,12 @@ TIFF_EXTENSIONS = (".tiff", ".tif", ".TIFF", ".TIF")
 
 
 def map_path(maps_root: Path, category: str, defect: str, image_path: Path) -> Path:
+    """Where the TIFF map of a test image goes: ``<maps_root>/<category>/test/<defect>/<stem>.tiff``."""
     return Path(maps_root) / category / "test" / defect / f"{Path(image_path).stem}.tiff"
 
 
 def write_map(path: Path, amap: np.ndarray) -> None:
+    """Write an anomaly map as a float32 TIFF, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(path, np.ascontiguousarray(amap, dtype=np.float32))
 

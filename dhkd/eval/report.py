@@ -53,10 +53,12 @@ class EvaluationResult:
 
     @property
     def num_images(self) -> int:
+        """How many images were evaluated."""
         return len(self.images)
 
     @property
     def num_anomalous(self) -> int:
+        """How many of the evaluated images are anomalous."""
         return sum(im.label for im in self.images)
 
     def to_dict(self) -> dict:

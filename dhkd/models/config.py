@@ -31,10 +31,12 @@ class DHKDConfig:
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)  # α (T̂,f_L) : β (T̂,f_G) : γ (f_G,f_S)
 
     def to_dict(self) -> dict:
+        """The config as a plain dict (the inverse of :meth:`from_dict`)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DHKDConfig":
+        """A config from a dict; unknown keys are an error, lists become tuples."""
         known = {f.name: f for f in fields(cls)}
         unknown = set(d) - set(known)
         if unknown:
@@ -57,6 +59,7 @@ PRESETS: dict[str, DHKDConfig] = {
 
 
 def preset(name: str, **overrides) -> DHKDConfig:
+    """The named preset (``paper``, ``small``, ``tiny``) with ``overrides`` applied."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
     return replace(PRESETS[name], **overrides)

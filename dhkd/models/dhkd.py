@@ -52,6 +52,7 @@ class DHKD(nn.Module):
 
     # ---------------------------------------------------------------- set-up
     def train(self, mode: bool = True) -> "DHKD":
+        """Set train/eval mode; the teacher stays in eval mode (frozen)."""
         super().train(mode)
         self.teacher.eval()  # frozen, always
         return self
@@ -117,6 +118,7 @@ class DHKD(nn.Module):
         return side(size[0]), side(size[1])
 
     def min_input_size(self) -> int:
+        """The smallest square input side this configuration accepts."""
         s = 8
         while not self._size_ok((s, s)):
             s += 1
@@ -128,6 +130,7 @@ class DHKD(nn.Module):
         return min(fh, fw) >= 2 and min(mh, mw) >= self.config.gnet_kernel
 
     def check_input(self, x: torch.Tensor) -> None:
+        """Raise a clear error if ``x`` is not a floating-point (b, 3, H, W) batch of a usable size."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"DHKD expects an image batch (b, 3, H, W), got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -204,6 +207,7 @@ class DHKD(nn.Module):
         return self.score_raw_maps(map_l, map_g, size or tuple(x.shape[-2:]), weights)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training: the loss terms of :meth:`losses`. Evaluation: anomaly map, score and the raw maps."""
         if self.training:
             return self.losses(x)
         map_l, map_g = self.raw_maps(x)

@@ -22,6 +22,7 @@ class FCCM(nn.Module):
             self.mix2 = nn.Conv2d(hidden, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """f_M (b, C, h/4, w/4) of the student features f_S through the fused FCCM op."""
         params = [self.down.weight, self.down.bias]
         if self.use_mixer:
             params += [self.mix1.weight, self.mix1.bias, self.mix2.weight, self.mix2.bias]

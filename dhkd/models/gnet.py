@@ -34,9 +34,11 @@ class Gnet(nn.Module):
         self.head4 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def stage_sizes(self, size: tuple[int, int]) -> list[tuple[int, int]]:
+        """The HSTM stage resolutions for a feature map of ``size``."""
         return [(max(1, size[0] // d), max(1, size[1] // d)) for d in self.stages]
 
     def forward(self, f_m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """f_G (b, C, *size) from the bottleneck map f_M."""
         x = self.lift(self.collapse(f_m))
         for block, stage in zip(self.blocks, self.stage_sizes(size)):
             x = F.interpolate(x, size=stage, mode="bicubic", align_corners=False)

@@ -22,6 +22,7 @@ class SCMM(nn.Module):
         self.proj = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The SCMM-modulated map f = proj(m ⊙ x + x) + x through the fused op."""
         params = (self.dw_a.weight, self.dw_a.bias, self.dw_b.weight, self.dw_b.bias,
                   self.aggr.weight, self.aggr.bias, self.proj.weight, self.proj.bias)
         # the op wants weights in the input's dtype: cast as autocast does for the library's convolutions
@@ -39,6 +40,7 @@ class Lnet(nn.Module):
         self.scmm = SCMM(channels) if use_scmm else None
 
     def forward(self, f_m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """f_L (b, C, *size) from the bottleneck map f_M."""
         h, w = size
         x = F.interpolate(f_m, size=(max(1, h // 2), max(1, w // 2)), mode="bicubic", align_corners=False)
         x = F.relu(self.conv1(x))

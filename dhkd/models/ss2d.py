@@ -42,6 +42,7 @@ class SS2D(nn.Module):
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The SS2D block on a channels-last map (b, H, W, d_model)."""
         x, z = self.in_proj(x).chunk(2, dim=-1)                                # (b, H, W, d_inner) each
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
         b, H, W, _ = x.shape
@@ -72,6 +73,7 @@ class HSTM(nn.Module):
         self.conv = nn.Conv2d(half, half, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The HSTM block on (b, C, H, W): Mamba branch and convolution branch, concatenated, ReLU."""
         x_m, x_c = x.chunk(2, dim=1)
         m = self.reduce(self.expand(x_m.permute(0, 2, 3, 1)))
         m = m + self.ss2d(self.norm(m))

@@ -23,6 +23,7 @@ class StudentEncoder(nn.Module):
         self.conv6 = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """f_S (b, C, h, w) of an image batch."""
         x = F.max_pool2d(F.relu(self.conv1(x)), 2, 2, padding=1)
         x = F.relu(self.conv3(F.relu(self.conv2(x))))
         x = F.max_pool2d(x, 2, 2, padding=1)
@@ -39,4 +40,5 @@ class ChannelMixer(nn.Module):
         self.mix2 = nn.Conv2d(hidden, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1×1(gelu(conv3×3(x)))."""
         return self.mix2(F.gelu(self.mix1(x)))

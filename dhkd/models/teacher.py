@@ -36,6 +36,7 @@ class PDN(nn.Module):
                                    for cin, cout, k, p in specs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch descriptors of an image batch (ReLU after every convolution but the last)."""
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
             x = conv(x)

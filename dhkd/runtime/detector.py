@@ -43,4 +43,5 @@ class AnomalyDetector(nn.Module):
         self.eval()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anomaly map, image score) of an image batch."""
         return self.model.detect(x, self.output_size, self.weights)

@@ -26,6 +26,7 @@ class Mode:
     cuda_graph: bool = False
 
     def to_dict(self) -> dict:
+        """The mode as a plain dict (for results files)."""
         return asdict(self)
 
 
@@ -99,6 +100,7 @@ class Runner:
         self.first_call_s: float | None = None
 
     def prepare(self, x_host: torch.Tensor) -> torch.Tensor:
+        """The host input on the runner's device, in its dtype and memory format."""
         x = x_host.to(self.device, non_blocking=False)
         return x.to(self.dtype).contiguous(memory_format=self.memory_format)
 

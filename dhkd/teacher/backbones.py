@@ -117,6 +117,7 @@ class WideResNetTarget(nn.Module):
         self.eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The distillation target: projected layer-2 and layer-3 features."""
         f2 = self.layer2(self.stem((x - self.mean) / self.std))
         f3 = self.layer3(f2)
         return project_patches([f2, f3], OUT_CHANNELS, mid_dim=1024)
@@ -156,6 +157,7 @@ class EfficientNetLite0Target(nn.Module):
         self.eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The distillation target: projected features of the tapped blocks."""
         x = self.stem(x * (255.0 / 128.0) - 127.0 / 128.0)
         taps = []
         for i, block in enumerate(self.blocks):

@@ -65,6 +65,7 @@ class DistillConfig:
 
 @dataclass
 class DistillResult:
+    """What a distillation run produced: the weights file, steps, losses and wall time."""
     output: Path
     steps: int
     final_loss: float  # mean loss of the last (up to) 100 steps
@@ -113,6 +114,7 @@ def target_loss(pdn: nn.Module, backbone: nn.Module, big: torch.Tensor, small: t
 
 
 def default_checkpoint_dir(output: Path) -> Path:
+    """Where a distillation writing ``output`` keeps its checkpoints (``<name>.ckpt`` beside it)."""
     return output.with_name(output.name.removesuffix(".safetensors") + ".ckpt")
 
 

@@ -45,6 +45,7 @@ def export_sample_images(dest: str | Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: copy the sample images into a folder."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dest", help="folder to copy the images into")
     args = parser.parse_args(argv)

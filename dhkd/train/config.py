@@ -18,6 +18,7 @@ NO_TEACHER_HELP = ("training needs a teacher: pass --teacher FILE with Efficient
 
 @dataclass
 class TrainConfig:
+    """Every setting of a training run (data, model, optimisation, checkpoints, evaluation); saved as config.yaml."""
     # data
     dataset: str = "mvtec_ad"
     root: str = ""
@@ -53,6 +54,7 @@ class TrainConfig:
     export_maps: bool = False          # with evaluate: float TIFF maps in the official evaluation layout
 
     def validate(self) -> "TrainConfig":
+        """Raise a clear error for an inconsistent setting; returns the config."""
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
         if not self.root:
@@ -66,10 +68,12 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict:
+        """The config as a plain dict (the inverse of :meth:`from_dict`)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """A config from a dict; unknown keys are an error."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -78,6 +82,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        """A config from a YAML mapping file."""
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as exc:
@@ -101,6 +106,7 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def dump_yaml(self) -> str:
+        """The config as YAML text (what config.yaml holds)."""
         return yaml.safe_dump(json.loads(json.dumps(self.to_dict())), sort_keys=False)
 
 

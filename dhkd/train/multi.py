@@ -64,6 +64,7 @@ def world_size() -> int:
 
 
 def train_categories(cfg: TrainConfig) -> list[dict]:
+    """Train every configured category (split over torchrun ranks); one summary row per category."""
     categories = resolve_categories(cfg)
     if cfg.run_dir and len(categories) > 1:
         raise ValueError("run_dir names one run; with several categories use output instead")

@@ -74,6 +74,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def build_model(self) -> DHKD:
+        """The seeded model of the config's preset with its teacher weights loaded."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         model = DHKD.from_preset(cfg.preset, **{"image_size": cfg.image_size, **cfg.model_overrides})
