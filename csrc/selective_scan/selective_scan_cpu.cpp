@@ -169,12 +169,26 @@ SS2D_INLINE void store_tile(void* dst, int dt, int64_t rowbase, int64_t L, int64
       store_from_f32(dst, (rowbase + c) * L + t0 + i, dt, src[i * nv + c / VL][c % VL]);
 }
 
-// out[i * N + n] = row (b, g, n) of a variable B or C at steps t0 .. t0 + steps (fp32).
+// out[i * N + n] = row (b, g, n) of a variable B or C at steps t0 .. t0 + steps (fp32); 16×16 blocks are
+// transposed in registers when N is a multiple of 16.
 SS2D_INLINE void load_bc_tile(const void* src, int dt, int64_t bg, int64_t N, int64_t L, int64_t t0, int steps,
                               float* out) {
+  int64_t i0 = 0;
+#ifdef SS2D_HAVE_SHUFFLE
+  if (N % VL == 0) {
+    for (; i0 + VL <= steps; i0 += VL) {
+      for (int64_t n0 = 0; n0 < N; n0 += VL) {
+        vf r[VL];
+        for (int l = 0; l < VL; ++l) r[l] = loadv(src, (bg * N + n0 + l) * L + t0 + i0, VL, dt);
+        transpose16(r);
+        for (int i = 0; i < VL; ++i) std::memcpy(out + (i0 + i) * N + n0, &r[i], sizeof(vf));
+      }
+    }
+  }
+#endif
   for (int64_t n = 0; n < N; ++n) {
     const int64_t base = (bg * N + n) * L + t0;
-    for (int i = 0; i < steps; ++i) out[i * N + n] = load_as_f32(src, base + i, dt);
+    for (int64_t i = i0; i < steps; ++i) out[i * N + n] = load_as_f32(src, base + i, dt);
   }
 }
 
@@ -297,13 +311,13 @@ SS2D_INLINE StepBC step_bc(const Inputs& in, const BwdWork& w, int64_t i, int v,
                 in.varB ? nullptr : w.prm.Bc.data() + v * N, in.varC ? nullptr : w.prm.Cc.data() + v * N};
 }
 
-// The chunk's tiles: u, dt (and d dt / d delta), variable B; with `all` also variable C, z and dout.
+// The chunk's tiles: u, dt, variable B; with `all` also d dt / d delta, variable C, z and dout.
 SS2D_INLINE void load_chunk(const Inputs& in, const Grads& g, BwdWork& w, const Item& it, int64_t rowbase,
                             int64_t bg, int64_t N, int64_t L, int64_t t0, int steps, bool all) {
   const int nv = it.nv;
   load_tile(in.u, in.dt, rowbase, L, t0, steps, it.cb, nv, w.ut.data());
   load_tile(in.delta, in.dt, rowbase, L, t0, steps, it.cb, nv, w.dtt.data());
-  dt_tile(w.dtt.data(), w.gr.data(), w.prm.bias.data(), in.softplus, steps, nv);
+  dt_tile(w.dtt.data(), all ? w.gr.data() : nullptr, w.prm.bias.data(), in.softplus, steps, nv);
   if (in.varB) load_bc_tile(in.B, in.dt, bg, N, L, t0, steps, w.bt.data());
   if (!all) return;
   if (in.varC) load_bc_tile(in.C, in.dt, bg, N, L, t0, steps, w.ct.data());
