@@ -1,7 +1,9 @@
 """SS2D (four-direction 2D selective scan block) and the HSTM block built on it (docs/method.md)."""
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,23 @@ from torch import nn
 from dhkd_kernels import ss2d_scan
 
 K = 4  # scan directions
+
+# The scan function SS2D blocks call: ``dhkd_kernels.ss2d_scan`` unless a caller swaps in another formulation
+# with the same signature for a block of code (export does: see :func:`scan_with`).
+_scan_fn: Callable[..., torch.Tensor] = ss2d_scan
+
+
+@contextlib.contextmanager
+def scan_with(fn: Callable[..., torch.Tensor]) -> Iterator[None]:
+    """Inside the block, every SS2D block scans with ``fn`` instead of ``dhkd_kernels.ss2d_scan``; ``fn``
+    takes the same arguments and returns the same tensor. Process-wide: meant for tracing (export), not for
+    concurrent inference threads."""
+    global _scan_fn
+    previous, _scan_fn = _scan_fn, fn
+    try:
+        yield
+    finally:
+        _scan_fn = previous
 
 
 class SS2D(nn.Module):
@@ -53,7 +72,7 @@ class SS2D(nn.Module):
         delta = (dt_low.reshape(-1, K * self.dt_rank) @ dt_weight).view(b, H, W, K, self.d_inner)
         A = -torch.exp(self.A_logs.float())
         io = x.dtype  # one I/O dtype for the scan (under autocast the projections may differ); fp32 inside
-        y = ss2d_scan(x.contiguous(), delta.to(io).contiguous(), A, B.to(io).contiguous(), C.to(io).contiguous(),
+        y = _scan_fn(x.contiguous(), delta.to(io).contiguous(), A, B.to(io).contiguous(), C.to(io).contiguous(),
                       self.Ds.float(), self.dt_projs_bias.float(), delta_softplus=True, out_float=True)
         y = self.out_norm(y.to(x.dtype)) * F.silu(z)
         return self.out_proj(y)

@@ -18,7 +18,6 @@ preset's 64×64 stage), where the reference holds one chunk.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -83,16 +82,10 @@ def ss2d_scan_export(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: t
     return y if out_float else y.to(u.dtype)
 
 
-@contextlib.contextmanager
-def export_formulation() -> Iterator[None]:
+def export_formulation() -> contextlib.AbstractContextManager:
     """Inside the block, the model's SS2D blocks (:mod:`dhkd.models.ss2d`) scan with :func:`ss2d_scan_export`
-    instead of ``dhkd_kernels.ss2d_scan``; used only while tracing a detector for export (one thread)."""
-    from dhkd.models import ss2d
+    instead of ``dhkd_kernels.ss2d_scan``; used while tracing a detector for export."""
+    from dhkd.models.ss2d import scan_with
 
-    original = ss2d.ss2d_scan
-    ss2d.ss2d_scan = ss2d_scan_export
-    try:
-        yield
-    finally:
-        ss2d.ss2d_scan = original
+    return scan_with(ss2d_scan_export)
 
