@@ -5,8 +5,11 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace dhkd_cuda {
 
@@ -57,6 +60,24 @@ __device__ __forceinline__ float block_sum(float v, float* smem /* kThreads / 32
 inline void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+// Raises a kernel's dynamic shared memory cap to the device's opt-in maximum, once per (kernel, device), so
+// later launches (possibly inside a CUDA graph capture) make no attribute calls. A failing call throws
+// "<op> CUDA <call>: <error>".
+inline void allow_max_smem(const void* kernel, int smem_max, const char* op) {
+  static std::mutex mu;
+  static std::set<std::pair<const void*, int>> done;
+  const auto check = [op](cudaError_t err, const char* what) {
+    if (err != cudaSuccess)
+      throw std::runtime_error(std::string(op) + " CUDA " + what + ": " + cudaGetErrorString(err));
+  };
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  std::lock_guard<std::mutex> lock(mu);
+  if (done.count({kernel, dev})) return;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max), "cudaFuncSetAttribute");
+  done.insert({kernel, dev});
 }
 
 inline void check_grid(long long planes, const char* what) {

@@ -27,8 +27,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <mutex>
-#include <set>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -590,23 +588,9 @@ Plan make_plan(bool bwd, int batch, int Dch, int L, int N, int groups, bool B_va
   return pl;
 }
 
-// Raises a kernel's dynamic shared memory cap to the device's opt-in maximum, once per (kernel, device), so
-// later launches (possibly inside a CUDA graph capture) make no attribute calls.
-void allow_max_smem(const void* kernel, int smem_max) {
-  static std::mutex mu;
-  static std::set<std::pair<const void*, int>> done;
-  int dev = 0;
-  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-  std::lock_guard<std::mutex> lock(mu);
-  if (done.count({kernel, dev})) return;
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max),
-             "cudaFuncSetAttribute");
-  done.insert({kernel, dev});
-}
-
 template <typename K>
 void launch(K kernel, const Plan& pl, int batch, int groups, const Params& prm, cudaStream_t stream) {
-  if (pl.smem > 48 * 1024) allow_max_smem(reinterpret_cast<const void*>(kernel), pl.smem_max);
+  if (pl.smem > 48 * 1024) dhkd_cuda::allow_max_smem(reinterpret_cast<const void*>(kernel), pl.smem_max, "selective_scan");
   kernel<<<dim3(groups * pl.blocks_per_group, batch), pl.channels * pl.lanes, pl.smem, stream>>>(prm);
   check_cuda(cudaGetLastError(), "kernel launch");
 }

@@ -33,8 +33,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <mutex>
-#include <set>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -681,24 +679,10 @@ Plan make_plan(bool bwd, int batch, int H, int W, int D, int N) {
   return pl;
 }
 
-// Raises a kernel's dynamic shared memory cap to the device's opt-in maximum, once per (kernel, device), so
-// later launches (possibly inside a CUDA graph capture) make no attribute calls.
-void allow_max_smem(const void* kernel, int smem_max) {
-  static std::mutex mu;
-  static std::set<std::pair<const void*, int>> done;
-  int dev = 0;
-  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-  std::lock_guard<std::mutex> lock(mu);
-  if (done.count({kernel, dev})) return;
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max),
-             "cudaFuncSetAttribute");
-  done.insert({kernel, dev});
-}
-
 template <typename K>
 void launch(K kernel, const Plan& pl, int batch, const Params& prm, cudaStream_t stream) {
   const size_t smem = pl.use_workspace ? 0 : pl.floats * sizeof(float);
-  if (smem > 48 * 1024) allow_max_smem(reinterpret_cast<const void*>(kernel), pl.smem_max);
+  if (smem > 48 * 1024) dhkd_cuda::allow_max_smem(reinterpret_cast<const void*>(kernel), pl.smem_max, "ss2d");
   kernel<<<dim3(pl.grid_x, batch), kThreads, smem, stream>>>(prm);
   check_cuda(cudaGetLastError(), "kernel launch");
 }
