@@ -16,45 +16,12 @@ All arithmetic is fp32: values are converted right after ``tl.load`` and back on
 """
 from __future__ import annotations
 
-import math
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from .._ext import device_guard
-
-LOG2E = tl.constexpr(math.log2(math.e))
-_ELEMS_PER_TILE = 2048  # BLOCK_T * BLOCK_D * BLOCK_N budget: ~16 fp32 registers per thread per live tile at 4 warps
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@triton.jit
-def _linear_combine(a1, x1, a2, x2):
-    """(a1, x1) then (a2, x2) for h -> a·h + x: the composition is (a1·a2, a2·x1 + x2)."""
-    return a1 * a2, a2 * x1 + x2
-
-
-@triton.jit
-def _adjoint_combine(fa_r, p_r, g_r, fa_l, p_l, g_l):
-    """The adjoint g_t = x_t + a_{t+1}·g_{t+1}, scanned from the end (reverse=True).
-
-    A segment [i..j] is (a_i, a_{i+1}···a_j, g_i with nothing beyond j); step t alone is (a_t, 1, x_t). The
-    first three arguments are the later segment, the last three the earlier one.
-    """
-    link = p_l * fa_r
-    return fa_l, link * p_r, g_l + link * g_r
-
-
-@triton.jit
-def _softplus(v):
-    """softplus(v) = log1p(exp(v)) for v ≤ 20 (log1p exact via the w = 1 + e trick), v above."""
-    e = tl.exp2(tl.minimum(v, 20.0) * LOG2E)
-    w = 1.0 + e
-    exact = w == 1.0  # e below fp32 resolution: log1p(e) = e
-    sp = tl.where(exact, e, tl.log(w) * (e / tl.where(exact, 1.0, w - 1.0)))
-    return tl.where(v > 20.0, v, sp)
+from .._triton_scan import ELEMS_PER_TILE, INTERPRET, LOG2E, adjoint_combine, dt_softplus, linear_combine
 
 
 @triton.jit
@@ -77,7 +44,7 @@ def _load_steps(u_ptr, delta_ptr, seq, t, m_td, bias, HAS_BIAS: tl.constexpr, SO
     if HAS_BIAS:
         zr = zr + bias[None, :]
     if SOFTPLUS:
-        dt = _softplus(zr)
+        dt = dt_softplus(zr)
     else:
         dt = zr
     dt = tl.where(m_td, dt, 0.0)  # padded steps/channels: a = 1, x = 0, the state passes through unchanged
@@ -100,7 +67,7 @@ def _chunk_states(h0, dt, u, bm, a2):
     """States of one chunk from the state h0 entering it: returns (a, x, h), each [T, BLOCK_D, BLOCK_N]."""
     a = tl.exp2(dt[:, :, None] * a2[None, :, :])
     x = (dt * u)[:, :, None] * bm
-    a_cum, x_cum = tl.associative_scan((a, x), 0, _linear_combine)
+    a_cum, x_cum = tl.associative_scan((a, x), 0, linear_combine)
     return a, x, a_cum * h0[None, :, :] + x_cum
 
 
@@ -213,7 +180,7 @@ def _bwd_kernel(dout_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_pt
         else:
             dy = dout
         xg = dy[:, :, None] * cm + tl.where((rows == BLOCK_T - 1)[:, None, None], g_in[None], 0.0)
-        _, _, g = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), xg), 0, _adjoint_combine,
+        _, _, g = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), xg), 0, adjoint_combine,
                                       reverse=True)
         g_in = _row(a * g, rows, 0)
         g = tl.where(m_td[:, :, None], g, 0.0)
@@ -258,9 +225,9 @@ def _geometry(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
     G = B.shape[1] if B_var else (C.shape[1] if C_var else 1)
     block_n = triton.next_power_of_2(N)
     block_t = min(16, triton.next_power_of_2(L))
-    while block_t > 1 and block_t * block_n > _ELEMS_PER_TILE:
+    while block_t > 1 and block_t * block_n > ELEMS_PER_TILE:
         block_t //= 2
-    block_d = max(1, min(triton.next_power_of_2(Dch // G), _ELEMS_PER_TILE // (block_t * block_n)))
+    block_d = max(1, min(triton.next_power_of_2(Dch // G), ELEMS_PER_TILE // (block_t * block_n)))
     return dict(bsz=bsz, Dch=Dch, L=L, N=N, G=G, B_var=B_var, C_var=C_var, block_t=block_t, block_d=block_d,
                 block_n=block_n, n_dtiles=triton.cdiv(Dch // G, block_d), n_chunks=triton.cdiv(L, block_t))
 
@@ -268,7 +235,7 @@ def _geometry(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
 def _launch(kernel, geo: dict, *args, **flags) -> None:
     grid = (geo["bsz"], geo["G"], geo["n_dtiles"])
     kernel[grid](*args, geo["Dch"], geo["L"], geo["N"], geo["G"], **flags, BLOCK_T=geo["block_t"],
-                 BLOCK_D=geo["block_d"], BLOCK_N=geo["block_n"], **({} if _INTERPRET else {"num_warps": 4}))
+                 BLOCK_D=geo["block_d"], BLOCK_N=geo["block_n"], **({} if INTERPRET else {"num_warps": 4}))
 
 
 def _flags(geo: dict, D, z, delta_bias, delta_softplus) -> dict:

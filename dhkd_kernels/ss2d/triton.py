@@ -18,36 +18,14 @@ All arithmetic is fp32: values are converted right after ``tl.load`` and back on
 """
 from __future__ import annotations
 
-import math
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from .._ext import device_guard
+from .._triton_scan import ELEMS_PER_TILE, INTERPRET, LOG2E, adjoint_combine, dt_softplus, linear_combine
 
-LOG2E = tl.constexpr(math.log2(math.e))
 K = tl.constexpr(4)  # SS2D directions
-_ELEMS_PER_TILE = 2048  # BLOCK_T * BLOCK_D * BLOCK_N budget: ~16 fp32 registers per thread per live tile at 4 warps
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@triton.jit
-def _linear_combine(a1, x1, a2, x2):
-    """(a1, x1) then (a2, x2) for h -> a·h + x: the composition is (a1·a2, a2·x1 + x2)."""
-    return a1 * a2, a2 * x1 + x2
-
-
-@triton.jit
-def _adjoint_combine(fa_r, p_r, g_r, fa_l, p_l, g_l):
-    """Backward recurrence g_t = x_t + a_{t+1}·g_{t+1}, scanned from the end (reverse=True).
-
-    A segment [i..j] is summarised by (a_i, a_{i+1}···a_j, g_i with nothing beyond j). The accumulator
-    (first three arguments) is the later segment, the new element (last three) the earlier one.
-    """
-    link = p_l * fa_r
-    return fa_l, link * p_r, g_l + link * g_r
 
 
 @triton.jit
@@ -56,16 +34,6 @@ def _pixel_index(t, L, H, W, k):
     s = tl.where(k >= 2, L - 1 - t, t)
     p = tl.where(k % 2 == 1, (s % H) * W + s // H, s)
     return tl.where((t >= 0) & (t < L), p, 0)
-
-
-@triton.jit
-def _softplus(z):
-    """softplus(z) = log1p(exp(z)) for z ≤ 20 (log1p done exactly via the w = 1 + e trick), z above."""
-    e = tl.exp2(tl.minimum(z, 20.0) * LOG2E)
-    w = 1.0 + e
-    exact = w == 1.0  # e below fp32 resolution: log1p(e) = e
-    sp = tl.where(exact, e, tl.log(w) * (e / tl.where(exact, 1.0, w - 1.0)))
-    return tl.where(z > 20.0, z, sp)
 
 
 @triton.jit
@@ -79,7 +47,7 @@ def _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n, row_ok,
     if HAS_BIAS:
         z = z + bias[None, :]
     if SOFTPLUS:
-        dt = _softplus(z)
+        dt = dt_softplus(z)
     else:
         dt = z
     dt = tl.where(m_td, dt, 0.0)  # padded rows/channels: a = 1, b = 0, the state passes through unchanged
@@ -93,7 +61,7 @@ def _chunk_states(h0, dt, u, bm, a2):
     """States of one chunk from the state h0 entering it: returns (a, b, h), each [T, BLOCK_D, BLOCK_N]."""
     a = tl.exp2(dt[:, :, None] * a2[None, :, :])
     bx = (dt * u)[:, :, None] * bm[:, None, :]
-    a_cum, x_cum = tl.associative_scan((a, bx), 0, _linear_combine)
+    a_cum, x_cum = tl.associative_scan((a, bx), 0, linear_combine)
     return a, bx, a_cum * h0[None, :, :] + x_cum
 
 
@@ -101,7 +69,6 @@ def _chunk_states(h0, dt, u, bm, a2):
 def _row(x, rows, r):
     """Row r of a [T, ...] tile (a masked sum: register tiles cannot be indexed)."""
     return tl.sum(tl.where((rows == r)[:, None, None], x, 0.0), axis=0)
-
 
 
 @triton.jit
@@ -168,7 +135,7 @@ def _segment_summary_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, bias_ptr, dy_
                          other=0.0).to(tl.float32)
             a = tl.exp2(dt[:, :, None] * a2[None, :, :])
             x = dy[:, :, None] * cm[:, None, :] + tl.where((rows == BLOCK_T - 1)[:, None, None], g_in[None], 0.0)
-            g = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), x), 0, _adjoint_combine,
+            g = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), x), 0, adjoint_combine,
                                     reverse=True)[2]
             g_in = _row(a * g, rows, 0)
         tl.store(gout_ptr + out * D * N + offs_d[:, None] * N + offs_n[None, :], g_in, mask=m_dn)
@@ -198,7 +165,7 @@ def _segment_carry_kernel(a_ptr, dtsum_ptr, val_ptr, out_ptr, D, N, n_seg, REVER
     dts = tl.load(dtsum_ptr + rows[:, None] * D + offs_d[None, :], mask=m_sd, other=0.0)
     val = tl.load(val_ptr + rows[:, None, None] * D * N + dn[None, :, :], mask=m_sdn, other=0.0)
     decay = tl.exp2(dts[:, :, None] * a2[None, :, :])
-    incl = tl.associative_scan((decay, val), 0, _linear_combine)[1]  # state after each segment, from 0
+    incl = tl.associative_scan((decay, val), 0, linear_combine)[1]  # state after each segment, from 0
     # the state entering position e is the state after position e - 1; position 0 enters with 0
     if REVERSE:
         nxt = seg - 1
@@ -305,7 +272,7 @@ def _ss2d_bwd_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, b
         pix_d = p[:, None] * D + offs_d[None, :]
         dy = tl.load(dy_ptr + pix_d, mask=m_td, other=0.0).to(tl.float32)
         x = dy[:, :, None] * cm[:, None, :] + tl.where((rows == BLOCK_T - 1)[:, None, None], g_in[None], 0.0)
-        g = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), x), 0, _adjoint_combine, reverse=True)[2]
+        g = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), x), 0, adjoint_combine, reverse=True)[2]
         g_in = _row(a * g, rows, 0)
         pix_n = (p[:, None] * K + k) * N + offs_n[None, :]
         tl.store(dc_ptr + pix_n, tl.sum(dy[:, :, None] * hs, axis=1), mask=m_tn)
@@ -339,9 +306,9 @@ def _blocks(L: int, Dch: int, N: int) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_D, BLOCK_N): the chunk length and channel tile that keep a tile within budget."""
     block_n = triton.next_power_of_2(N)
     block_t = min(16, triton.next_power_of_2(L))
-    while block_t > 1 and block_t * block_n > _ELEMS_PER_TILE:
+    while block_t > 1 and block_t * block_n > ELEMS_PER_TILE:
         block_t //= 2
-    block_d = max(1, min(triton.next_power_of_2(Dch), _ELEMS_PER_TILE // (block_t * block_n)))
+    block_d = max(1, min(triton.next_power_of_2(Dch), ELEMS_PER_TILE // (block_t * block_n)))
     return block_t, block_d, block_n
 
 
@@ -357,7 +324,7 @@ def _plan(L: int, Dch: int, N: int) -> dict:
 
 
 def _launch_options() -> dict:
-    return {} if _INTERPRET else {"num_warps": 4}
+    return {} if INTERPRET else {"num_warps": 4}
 
 
 def _carry(A, dtsum, val, bsz, Dch, N, plan, reverse: bool) -> torch.Tensor:

@@ -21,7 +21,7 @@ from dhkd_kernels.ss2d import reference
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
-from dhkd_kernels.ss2d.triton import _adjoint_combine  # noqa: E402  (needs triton)
+from dhkd_kernels._triton_scan import adjoint_combine  # noqa: E402  (needs triton)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = [pytest.mark.gpu] if DEVICE == "cuda" else []
@@ -138,12 +138,12 @@ def test_opcheck():
 def _reverse_adjoint_scan(a_ptr, x_ptr, g_ptr, T: tl.constexpr):
     t = tl.arange(0, T)
     a, x = tl.load(a_ptr + t), tl.load(x_ptr + t)
-    _, _, g = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), x), 0, _adjoint_combine, reverse=True)
+    _, _, g = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), x), 0, adjoint_combine, reverse=True)
     tl.store(g_ptr + t, g)
 
 
 def test_reverse_adjoint_scan_semantics():
-    """The backward's reverse ``tl.associative_scan`` with the order-sensitive ``_adjoint_combine`` gives
+    """The backward's reverse ``tl.associative_scan`` with the order-sensitive ``adjoint_combine`` gives
     g_t = x_t + a_{t+1}·g_{t+1}. Some Triton releases lowered reverse scans wrongly on GPUs (triton-lang/triton
     #4362, #8412); on a GPU this test isolates that from the rest of the backward."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
