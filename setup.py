@@ -35,6 +35,7 @@ CPU_SOURCES = [
     "csrc/fccm/fccm_cpu.cpp",
     "csrc/fccm/fccm_bind_cpu.cpp",
     "csrc/selective_scan/selective_scan_cpu.cpp",
+    "csrc/selective_scan/selective_scan_bind_cpu.cpp",
 ]
 CUDA_SOURCES = [
     "csrc/bindings_cuda.cpp",

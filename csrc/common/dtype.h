@@ -7,8 +7,6 @@
 #include <string>
 #include <type_traits>
 
-#include "common/strided.h"  // transitional: as_ptr for code that still takes it from here
-
 namespace dhkd {
 
 enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };

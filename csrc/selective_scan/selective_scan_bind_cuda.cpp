@@ -4,29 +4,14 @@
 
 #include <cstdint>
 
+#include "common/strided.h"
+#include "selective_scan/selective_scan.h"
+
 namespace py = pybind11;
 
-typedef struct CUstream_st* cudaStream_t;
-
-extern int selective_scan_cuda_max_state();
-extern int selective_scan_cuda_chunk();
-extern void selective_scan_cuda_forward(const void* u, const void* delta, const float* A, const void* B,
-                                        const void* C, const float* Dw, const void* z, const float* bias, void* out,
-                                        float* last_state, int batch, int Dch, int L, int N, int groups, bool B_var,
-                                        bool C_var, int dtype, bool softplus, cudaStream_t stream);
-extern void selective_scan_cuda_backward(const void* dout, const void* u, const void* delta, const float* A,
-                                         const void* B, const void* C, const float* Dw, const void* z,
-                                         const float* bias, void* du, void* ddelta, void* dz, float* dA, float* dB,
-                                         float* dC, float* dD, float* dbias, float* chunk_states,
-                                         int64_t chunk_state_floats, int batch, int Dch, int L, int N, int groups,
-                                         bool B_var, bool C_var, int dtype, bool softplus, cudaStream_t stream);
+using dhkd::as_ptr;
 
 namespace {
-
-template <typename P>
-P* as_ptr(std::uintptr_t v) {
-  return reinterpret_cast<P*>(v);
-}
 
 void fwd(std::uintptr_t u, std::uintptr_t delta, std::uintptr_t A, std::uintptr_t B, std::uintptr_t C,
          std::uintptr_t Dw, std::uintptr_t z, std::uintptr_t bias, std::uintptr_t out, std::uintptr_t last_state,

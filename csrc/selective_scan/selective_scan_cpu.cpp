@@ -12,8 +12,6 @@
 // The backward never holds anything of size L·D·N: a forward pass stores the state every T steps, then the
 // chunks are walked in reverse, each recomputing its states and decays into a T·N·block buffer and running
 // the reverse recurrence. dA/dD/ddelta_bias and dB/dC are summed in per-thread fp32 partials, then reduced.
-#include <pybind11/pybind11.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -25,17 +23,11 @@
 #endif
 
 #include "common/dtype.h"
+#include "common/simd.h"
+#include "common/strided.h"
+#include "common/threads.h"
+#include "selective_scan/selective_scan.h"
 #include "ss2d/ss2d_cpu_simd.h"
-
-// Hot loops compiled for AVX-512, AVX2+FMA and baseline x86-64, picked at load time (as in the SS2D kernel).
-#if defined(SSCAN_CLONES)
-#elif defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define SSCAN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SSCAN_CLONES
-#endif
-
-namespace py = pybind11;
 
 namespace dhkd {
 namespace {
@@ -95,7 +87,7 @@ struct BlockParams {
 #ifdef SS2D_HAVE_SHUFFLE
 // Swap bit `S` of the row and column index of a 16×16 block held as 16 row vectors (rows i and i + S).
 template <int S>
-SS2D_INLINE void swap_bit(vf& lo, vf& hi) {
+DHKD_INLINE void swap_bit(vf& lo, vf& hi) {
 #define SSCAN_LO(j) (((j) & S) ? 16 + (j) - S : (j))
 #define SSCAN_HI(j) (((j) & S) ? 16 + (j) : (j) + S)
   const vf a = __builtin_shufflevector(lo, hi, SSCAN_LO(0), SSCAN_LO(1), SSCAN_LO(2), SSCAN_LO(3), SSCAN_LO(4),
@@ -111,13 +103,13 @@ SS2D_INLINE void swap_bit(vf& lo, vf& hi) {
 }
 
 template <int S>
-SS2D_INLINE void swap_stage(vf* r) {
+DHKD_INLINE void swap_stage(vf* r) {
   for (int i = 0; i < VL; ++i)
     if (!(i & S)) swap_bit<S>(r[i], r[i + S]);
 }
 
 // In-register transpose of a 16×16 fp32 block (64 two-source shuffles).
-SS2D_INLINE void transpose16(vf* r) {
+DHKD_INLINE void transpose16(vf* r) {
   swap_stage<1>(r);
   swap_stage<2>(r);
   swap_stage<4>(r);
@@ -127,7 +119,7 @@ SS2D_INLINE void transpose16(vf* r) {
 
 // dst[i * nv + v][l] = src[row(c) + t0 + i] for channel c = v * VL + l < cb and step i < steps (other lanes 0),
 // where row(c) = (rowbase + c) * L; `dt` is src's dtype.
-SS2D_INLINE void load_tile(const void* src, int dt, int64_t rowbase, int64_t L, int64_t t0, int steps, int cb,
+DHKD_INLINE void load_tile(const void* src, int dt, int64_t rowbase, int64_t L, int64_t t0, int steps, int cb,
                            int nv, vf* dst) {
   int64_t i0 = 0;
 #ifdef SS2D_HAVE_SHUFFLE
@@ -150,7 +142,7 @@ SS2D_INLINE void load_tile(const void* src, int dt, int64_t rowbase, int64_t L, 
 }
 
 // Inverse of load_tile: dst[row(c) + t0 + i] = src[i * nv + v][l] (dtype dt).
-SS2D_INLINE void store_tile(void* dst, int dt, int64_t rowbase, int64_t L, int64_t t0, int steps, int cb,
+DHKD_INLINE void store_tile(void* dst, int dt, int64_t rowbase, int64_t L, int64_t t0, int steps, int cb,
                             int nv, const vf* src) {
   int64_t i0 = 0;
 #ifdef SS2D_HAVE_SHUFFLE
@@ -171,7 +163,7 @@ SS2D_INLINE void store_tile(void* dst, int dt, int64_t rowbase, int64_t L, int64
 
 // out[i * N + n] = row (b, g, n) of a variable B or C at steps t0 .. t0 + steps (fp32); 16×16 blocks are
 // transposed in registers when N is a multiple of 16.
-SS2D_INLINE void load_bc_tile(const void* src, int dt, int64_t bg, int64_t N, int64_t L, int64_t t0, int steps,
+DHKD_INLINE void load_bc_tile(const void* src, int dt, int64_t bg, int64_t N, int64_t L, int64_t t0, int steps,
                               float* out) {
   int64_t i0 = 0;
 #ifdef SS2D_HAVE_SHUFFLE
@@ -193,7 +185,7 @@ SS2D_INLINE void load_bc_tile(const void* src, int dt, int64_t bg, int64_t N, in
 }
 
 // dt = softplus(delta + bias) (or delta + bias) in place; grad (if non-null) = d dt / d delta.
-SS2D_INLINE void dt_tile(vf* dtt, vf* grad, const vf* bias, bool softplus, int steps, int nv) {
+DHKD_INLINE void dt_tile(vf* dtt, vf* grad, const vf* bias, bool softplus, int steps, int nv) {
   for (int i = 0; i < steps; ++i) {
     for (int v = 0; v < nv; ++v) {
       const vf z = dtt[i * nv + v] + bias[v];
@@ -209,7 +201,7 @@ SS2D_INLINE void dt_tile(vf* dtt, vf* grad, const vf* bias, bool softplus, int s
   }
 }
 
-SS2D_INLINE vf sigmoid_v(vf z) { return 1.0f / (1.0f + exp2v(z * -kLog2e)); }
+DHKD_INLINE vf sigmoid_v(vf z) { return 1.0f / (1.0f + exp2v(z * -kLog2e)); }
 
 // One step's state update for vector v: h = exp(dt·A)·h + dt·u·B_t, returns <C_t, h> (if want_y).
 struct StepBC {
@@ -217,8 +209,8 @@ struct StepBC {
   const vf *Bc, *Cc;     // constant per-lane rows of this vector, or null
 };
 
-SS2D_INLINE vf b_at(const StepBC& s, int64_t n) { return s.bt ? splat(s.bt[n]) : s.Bc[n]; }
-SS2D_INLINE vf c_at(const StepBC& s, int64_t n) { return s.ct ? splat(s.ct[n]) : s.Cc[n]; }
+DHKD_INLINE vf b_at(const StepBC& s, int64_t n) { return s.bt ? splat(s.bt[n]) : s.Bc[n]; }
+DHKD_INLINE vf c_at(const StepBC& s, int64_t n) { return s.ct ? splat(s.ct[n]) : s.Cc[n]; }
 
 // ---------------------------------------------------------------------------------------------------
 // Forward
@@ -230,7 +222,7 @@ struct FwdWork {
   std::vector<float> bt, ct;
 };
 
-SSCAN_CLONES void fwd_block(const Inputs& in, const Dims& s, const Item& it, void* out, float* last_state,
+DHKD_CLONES void fwd_block(const Inputs& in, const Dims& s, const Item& it, void* out, float* last_state,
                             FwdWork& w) {
   const int64_t L = s.L, N = s.N;
   const int nv = it.nv;
@@ -299,20 +291,14 @@ struct BwdWork {
   std::vector<float> bt, ct;
 };
 
-// Steps per recomputed chunk: keeps the chunk's decays + states (2·T·N·nv vectors) within ~256 kB of L2.
-int64_t chunk_steps(int64_t L, int64_t N, int nv) {
-  const int64_t per_step = 2 * N * nv * static_cast<int64_t>(sizeof(vf));
-  return std::max<int64_t>(4, std::min<int64_t>(L, (256 * 1024) / per_step));
-}
-
 // B_t/C_t of step i for channel vector v: variable rows of the chunk, or the block's constant rows.
-SS2D_INLINE StepBC step_bc(const Inputs& in, const BwdWork& w, int64_t i, int v, int64_t N) {
+DHKD_INLINE StepBC step_bc(const Inputs& in, const BwdWork& w, int64_t i, int v, int64_t N) {
   return StepBC{in.varB ? w.bt.data() + i * N : nullptr, in.varC ? w.ct.data() + i * N : nullptr,
                 in.varB ? nullptr : w.prm.Bc.data() + v * N, in.varC ? nullptr : w.prm.Cc.data() + v * N};
 }
 
 // The chunk's tiles: u, dt, variable B; with `all` also d dt / d delta, variable C, z and dout.
-SS2D_INLINE void load_chunk(const Inputs& in, const Grads& g, BwdWork& w, const Item& it, int64_t rowbase,
+DHKD_INLINE void load_chunk(const Inputs& in, const Grads& g, BwdWork& w, const Item& it, int64_t rowbase,
                             int64_t bg, int64_t N, int64_t L, int64_t t0, int steps, bool all) {
   const int nv = it.nv;
   load_tile(in.u, in.dt, rowbase, L, t0, steps, it.cb, nv, w.ut.data());
@@ -325,7 +311,7 @@ SS2D_INLINE void load_chunk(const Inputs& in, const Grads& g, BwdWork& w, const 
   load_tile(g.dout, g.doutdt, rowbase, L, t0, steps, it.cb, nv, w.dot.data());
 }
 
-SSCAN_CLONES void bwd_block(const Inputs& in, const Dims& s, const Item& it, const Grads& g, const Partials& p,
+DHKD_CLONES void bwd_block(const Inputs& in, const Dims& s, const Item& it, const Grads& g, const Partials& p,
                             BwdWork& w) {
   const int64_t L = s.L, N = s.N;
   const int nv = it.nv;
@@ -475,13 +461,6 @@ void require(std::uintptr_t p, const char* name) {
   if (p == 0) throw std::invalid_argument(std::string("selective_scan: null pointer for ") + name);
 }
 
-int team_size(int nthreads, int64_t items) {
-#ifdef _OPENMP
-  if (nthreads <= 0) nthreads = omp_get_max_threads();
-#endif
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, items)));
-}
-
 // Threads get at least kMinWorkPerThread state updates (~50 µs) each, as in the SS2D kernel.
 constexpr int64_t kMinWorkPerThread = int64_t(1) << 17;
 
@@ -515,6 +494,14 @@ Inputs make_inputs(std::uintptr_t u, std::uintptr_t delta, std::uintptr_t A, std
                 dt, softplus, varB, varC};
 }
 
+// Floats of one thread's gradient partials (see Partials).
+int64_t partial_floats(const Dims& s, bool varB, bool varC) {
+  const int64_t var = s.bsz * s.G * s.L * s.N, fixed = s.D * s.N;
+  return (varB ? var : fixed) + (varC ? var : fixed) + s.D * s.N + 2 * s.D;
+}
+
+}  // namespace
+
 void selective_scan_fwd(std::uintptr_t u, std::uintptr_t delta, std::uintptr_t A, std::uintptr_t B,
                         std::uintptr_t C, std::uintptr_t Dw, std::uintptr_t z, std::uintptr_t bias,
                         std::uintptr_t out, std::uintptr_t last_state, int64_t bsz, int64_t D, int64_t L, int64_t N,
@@ -532,12 +519,6 @@ void selective_scan_fwd(std::uintptr_t u, std::uintptr_t delta, std::uintptr_t A
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < lc.items; ++k) fwd_block(in, s, lc.item(k, s), op, ls, w);
   }
-}
-
-// Floats of one thread's gradient partials (see Partials).
-int64_t partial_floats(const Dims& s, bool varB, bool varC) {
-  const int64_t var = s.bsz * s.G * s.L * s.N, fixed = s.D * s.N;
-  return (varB ? var : fixed) + (varC ? var : fixed) + s.D * s.N + 2 * s.D;
 }
 
 void selective_scan_bwd(std::uintptr_t dout, int doutdt, std::uintptr_t u, std::uintptr_t delta, std::uintptr_t A,
@@ -608,23 +589,4 @@ int64_t selective_scan_bwd_workspace_bytes(int64_t bsz, int64_t D, int64_t L, in
   return lc.team * (vectors * static_cast<int64_t>(sizeof(vf)) + bc_rows + partial_floats(s, varB, varC) * 4);
 }
 
-}  // namespace
 }  // namespace dhkd
-
-void bind_selective_scan_cpu(py::module_& m) {
-  using namespace pybind11::literals;
-  m.def("selective_scan_fwd", &dhkd::selective_scan_fwd, py::call_guard<py::gil_scoped_release>(),
-        "Selective scan forward; writes out and last_state. Pointers are data_ptr() ints (Dw, z, delta_bias "
-        "may be 0 for None); var_B / var_C tell whether B / C are (b, G, N, L) (else (D, N) fp32).",
-        "u"_a, "delta"_a, "A"_a, "B"_a, "C"_a, "Dw"_a, "z"_a, "delta_bias"_a, "out"_a, "last_state"_a, "batch"_a,
-        "D"_a, "L"_a, "N"_a, "G"_a, "var_B"_a, "var_C"_a, "dtype"_a, "delta_softplus"_a, "num_threads"_a = 0);
-  m.def("selective_scan_bwd", &dhkd::selective_scan_bwd, py::call_guard<py::gil_scoped_release>(),
-        "Selective scan backward with chunked recomputation; writes du, ddelta, dA, dB, dC, dD, dz (if z), "
-        "ddelta_bias.",
-        "dout"_a, "dout_dtype"_a, "u"_a, "delta"_a, "A"_a, "B"_a, "C"_a, "Dw"_a, "z"_a, "delta_bias"_a, "du"_a,
-        "ddelta"_a, "dA"_a, "dB"_a, "dC"_a, "dD"_a, "dz"_a, "ddelta_bias"_a, "batch"_a, "D"_a, "L"_a, "N"_a,
-        "G"_a, "var_B"_a, "var_C"_a, "dtype"_a, "delta_softplus"_a, "num_threads"_a = 0);
-  m.def("selective_scan_bwd_workspace_bytes", &dhkd::selective_scan_bwd_workspace_bytes,
-        "Bytes selective_scan_bwd allocates for itself (besides its outputs) for these sizes and threads.",
-        "batch"_a, "D"_a, "L"_a, "N"_a, "G"_a, "var_B"_a, "var_C"_a, "has_z"_a, "num_threads"_a = 0);
-}

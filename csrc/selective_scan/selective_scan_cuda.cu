@@ -33,6 +33,7 @@
 #include <utility>
 
 #include "common/cuda_helpers.cuh"
+#include "selective_scan/selective_scan.h"
 
 namespace {
 

@@ -4,28 +4,14 @@
 
 #include <cstdint>
 
+#include "common/strided.h"
+#include "ss2d/ss2d.h"
+
 namespace py = pybind11;
 
-typedef struct CUstream_st* cudaStream_t;
-
-extern int ss2d_cuda_max_state();
-extern int64_t ss2d_cuda_workspace_floats(bool backward, int batch, int H, int W, int D, int N);
-extern void ss2d_cuda_forward(const void* u, const void* delta, const float* A, const void* B, const void* C,
-                              const float* Dw, const float* bias, void* y, float* workspace,
-                              int64_t workspace_floats, int batch, int H, int W, int D, int N, int dtype,
-                              bool out_f32, bool softplus, cudaStream_t stream);
-extern void ss2d_cuda_backward(const void* dy, bool dy_f32, const void* u, const void* delta, const float* A,
-                               const void* B, const void* C, const float* Dw, const float* bias, void* du,
-                               void* ddelta, float* dA, float* dB, float* dC, float* dD, float* dbias,
-                               float* workspace, int64_t workspace_floats, int batch, int H, int W, int D, int N,
-                               int dtype, bool softplus, cudaStream_t stream);
+using dhkd::as_ptr;
 
 namespace {
-
-template <typename P>
-P* as_ptr(std::uintptr_t v) {
-  return reinterpret_cast<P*>(v);
-}
 
 void fwd(std::uintptr_t u, std::uintptr_t delta, std::uintptr_t A, std::uintptr_t B, std::uintptr_t C,
          std::uintptr_t Dw, std::uintptr_t bias, std::uintptr_t y, std::uintptr_t workspace,

@@ -3,6 +3,7 @@
 // fp32/fp16/bf16 storage. No intrinsics, so the header compiles on any target.
 #pragma once
 #pragma GCC diagnostic ignored "-Wpsabi"  // vector arguments only cross always_inline helpers
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -39,8 +40,6 @@ struct Aligned64 {
   bool operator!=(const Aligned64<U>&) const { return false; }
 };
 using vbuf = std::vector<vf, Aligned64<vf>>;
-
-#define SS2D_INLINE DHKD_INLINE  // transitional alias for code not yet moved to DHKD_INLINE
 
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -205,6 +204,13 @@ DHKD_INLINE void accumulate(float* dst, int cnt, vf v, bool first) {
     return;
   }
   for (int i = 0; i < cnt; ++i) dst[i] = first ? v[i] : dst[i] + v[i];
+}
+
+// Steps per recomputed chunk of the backward kernels: keeps the chunk's decays + states (2·T·N·nv vectors)
+// within ~256 kB of L2.
+inline int64_t chunk_steps(int64_t L, int64_t N, int nv) {
+  const int64_t per_step = 2 * N * nv * static_cast<int64_t>(sizeof(vf));
+  return std::max<int64_t>(4, std::min<int64_t>(L, (256 * 1024) / per_step));
 }
 
 }  // namespace ss2d_simd

@@ -38,6 +38,7 @@
 #include <utility>
 
 #include "common/cuda_helpers.cuh"
+#include "ss2d/ss2d.h"
 
 namespace {
 
