@@ -87,11 +87,13 @@ class CrossScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
+        """The four scan orders of x: (B, C, H, W) -> (B, 4, C, L)."""
         ctx.shape = x.shape
         return cross_scan_fn(x)
 
     @staticmethod
     def backward(ctx, ys):
+        """The gradient of the cross-scan is the cross-merge of the incoming gradients."""
         bsz, C, H, W = ctx.shape
         return cross_merge_fn(ys.reshape(bsz, K, C, H, W)).reshape(bsz, C, H, W)
 
@@ -101,11 +103,13 @@ class CrossMerge(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, ys):
+        """The four directions summed back per pixel: (B, 4, D, H, W) -> (B, D, L)."""
         ctx.shape = ys.shape
         return cross_merge_fn(ys)
 
     @staticmethod
     def backward(ctx, x):
+        """The gradient of the cross-merge is the cross-scan of the incoming gradient."""
         bsz, _, C, H, W = ctx.shape
         return cross_scan_fn(x.reshape(bsz, C, H, W)).reshape(bsz, K, C, H, W)
 

@@ -1,38 +1,44 @@
 """Public selective-scan op (Mamba S6): validation, backend choice, torch custom op, fake kernels, autograd.
 
-Backends (``dhkd_kernels/selective_scan/{cpu,cuda,triton}.py``) share one calling convention on contiguous
-tensors validated and normalised here::
-
-    forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> (out, last_state)
-    backward(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        -> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)
-
-u, delta, z: (b, D, L) in the io dtype (fp32, fp16 or bf16; z may be None); A: (D, N) fp32; B, C each either
-variable (b, G, N, L) in the io dtype (G divides D) or input-independent (D, N) fp32; D, delta_bias: (D,) fp32
-or None. out has the io dtype, last_state (b, D, N) is fp32 and carries no gradient. The backward recomputes
-the forward (nothing of size L·D·N is stored); du, ddelta, dz come back in the io dtype (dz empty when z is
-None), dB/dC in the dtype and shape of B/C, dA, dD, ddelta_bias in fp32 (dD and ddelta_bias are computed even
-when D/delta_bias are None; the autograd wrapper drops them then).
+Backends (``dhkd_kernels/selective_scan/{cpu,cuda,triton}.py``) implement :class:`SelectiveScanBackend`.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
 
-from .. import _registry
+from .. import registry
 from .._checks import IO_DTYPES, check_tensor
 from . import reference
 
 OP = "selective_scan"
 PARAM_DTYPES = (torch.float32, torch.float64)
 
-_registry.register_op(OP, preference=_registry.DEFAULT_PREFERENCE)
-_registry.register_kernel_backends(OP, "selective_scan_fwd")
+
+class SelectiveScanBackend(Protocol):
+    """What a selective-scan kernel backend module defines, on contiguous tensors validated and normalised by
+    :func:`selective_scan`.
+
+    u, delta, z: (b, D, L) in the io dtype (fp32, fp16 or bf16; z may be None); A: (D, N) fp32; B, C each either
+    variable (b, G, N, L) in the io dtype (G divides D) or input-independent (D, N) fp32; D, delta_bias: (D,) fp32
+    or None. out has the io dtype, last_state (b, D, N) is fp32 and carries no gradient. The backward recomputes
+    the forward (nothing of size L·D·N is stored); du, ddelta, dz come back in the io dtype (dz empty when z is
+    None), dB/dC in the dtype and shape of B/C, dA, dD, ddelta_bias in fp32 (dD and ddelta_bias are computed even
+    when D/delta_bias are None; the autograd wrapper drops them then).
+    """
+
+    def forward(self, u, delta, A, B, C, D, z, delta_bias,
+                delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(out, last_state)."""
+
+    def backward(self, dout, u, delta, A, B, C, D, z, delta_bias,
+                 delta_softplus: bool) -> tuple[torch.Tensor, ...]:
+        """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)."""
 
 
-def _impl(backend: str):
-    return _registry.backend_module(__package__, backend)
+_op = registry.register_op(OP, __package__, SelectiveScanBackend, symbol="selective_scan_fwd")
+_impl = _op.implementation
 
 
 @torch.library.custom_op("dhkd::selective_scan", mutates_args=())
@@ -150,8 +156,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     Returns: out (batch, D, L) in u's dtype, or ``(out, last_state)`` with last_state (batch, D, N) fp32.
     """
     check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    backend = _registry.choose(OP, u.device)
-    if backend == "reference" or u.dtype == torch.float64:
+    backend = _op.backend_for(u)
+    if backend == "reference":
         out, last_state = reference.selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     else:
         out, last_state = _selective_scan_op(*_normalise(u, delta, A, B, C, D, z, delta_bias), delta_softplus,

@@ -46,6 +46,7 @@ def _workspace(mod, backward: bool, sizes, device: torch.device) -> tuple[Option
 def forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
             D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool,
             out_float: bool) -> torch.Tensor:
+    """The fused SS2D forward on the CUDA kernel (see :class:`~dhkd_kernels.ss2d.ops.SS2DBackend`)."""
     mod = _module()
     sizes = _sizes(mod, u, A, delta, B, C)
     A, D, delta_bias = _f32(A), _f32(D), _f32(delta_bias)
@@ -61,6 +62,7 @@ def forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tens
 def backward(dy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
              C: torch.Tensor, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
              delta_softplus: bool):
+    """(du, ddelta, dA, dB, dC, dD, ddelta_bias) of the fused SS2D scan on the CUDA kernel."""
     mod = _module()
     sizes = _sizes(mod, u, A, delta, B, C)
     bsz, H, W, Dch, N = sizes

@@ -50,7 +50,7 @@ def test_benchmark_tiny_quick_writes_json(tmp_path, capsys):
     assert "7.6 ms" in format_report(res)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_benchmark_tiny_gpu_modes(tmp_path):
     code = main(["benchmark", "--presets", "tiny", "--device", "cuda", "--modes", "eager", "fp16", "cudagraph",
                  "fp16-cudagraph", "--peers", "dhkd-reference", "--warmup", "2", "--repeats", "3",

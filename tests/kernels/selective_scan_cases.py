@@ -14,7 +14,7 @@ from hypothesis import HealthCheck
 from hypothesis import strategies as st
 
 import dhkd_kernels
-from dhkd_kernels import _registry
+from dhkd_kernels import registry
 from dhkd_kernels.selective_scan.reference import selective_scan_reference
 
 OP = "selective_scan"
@@ -28,7 +28,7 @@ def require(backend: str, device: str) -> None:
     """Skip unless ``backend`` runs the selective scan on ``device`` tensors here."""
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    if not _registry.is_available(OP, backend, device):
+    if not registry.is_available(OP, backend, device):
         pytest.skip(f"backend {backend!r} is not available for {device} tensors here")
 
 

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 
 import dhkd_kernels
-from dhkd_kernels import _registry
+from dhkd_kernels import registry
 from dhkd_kernels.compat import mamba, vmamba
 from dhkd_kernels.ss2d.reference import to_sequence
 
 from selective_scan_cases import TOL, assert_near, make_inputs
 
-CPU = "cpu" if _registry.is_available("selective_scan", "cpu", "cpu") else "reference"
+CPU = "cpu" if registry.is_available("selective_scan", "cpu", "cpu") else "reference"
 
 
 def test_mamba_selective_scan_fn_return_conventions():

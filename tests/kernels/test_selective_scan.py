@@ -10,14 +10,14 @@ import torch
 from hypothesis import event, given, settings
 
 import dhkd_kernels
-from dhkd_kernels import _ext, _registry
+from dhkd_kernels import _ext, registry
 from dhkd_kernels.selective_scan import reference
 from dhkd_kernels.selective_scan.ops import check_selective_scan_inputs
 
 from selective_scan_cases import (HYPOTHESIS, NAMES, OP, TINY_CASES, TOL, assert_near, check_backend, make_inputs,
                                   run_backend, run_reference, scan_cases)
 
-needs_cpu = pytest.mark.skipif(not _registry.is_available(OP, "cpu", "cpu"),
+needs_cpu = pytest.mark.skipif(not registry.is_available(OP, "cpu", "cpu"),
                                reason=f"C++ selective-scan kernels not built ({_ext.error('_cpu')})")
 
 
@@ -96,7 +96,7 @@ def test_delta_softplus_defaults_to_false():
 
 @needs_cpu
 def test_cpu_is_the_default_for_cpu_tensors():
-    assert _registry.choose(OP, torch.device("cpu")) == "cpu"
+    assert registry.choose(OP, torch.device("cpu")) == "cpu"
 
 
 @needs_cpu

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import dhkd_kernels
-from dhkd_kernels import _ext, _registry
+from dhkd_kernels import _ext, registry
 from dhkd_kernels.ss2d import reference
 from dhkd_kernels.ss2d.ops import check_ss2d_inputs
 
@@ -29,7 +29,7 @@ TINY_BACKENDS = FULL_BACKENDS + [("triton", "cpu")]  # + the Triton interpreter,
 def require(backend: str, device: str) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    if not _registry.is_available(OP, backend, device):
+    if not registry.is_available(OP, backend, device):
         pytest.skip(f"backend {backend!r} is not available for {device} tensors here")
 
 
@@ -128,7 +128,7 @@ def test_reference_matches_naive_loop(shape, softplus):
     want = naive_ss2d(*inputs, softplus)
     got = reference.ss2d_scan_reference(*inputs, delta_softplus=softplus, out_float=True)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    if _registry.is_available(OP, "cpu", "cpu"):
+    if registry.is_available(OP, "cpu", "cpu"):
         fp32 = [None if t is None else t.float() for t in inputs]
         with dhkd_kernels.use_backend("cpu"):
             y = dhkd_kernels.ss2d_scan(*fp32, delta_softplus=softplus)
@@ -220,13 +220,13 @@ def test_random_shapes_half(backend, device, case):
 # CPU backend specifics
 # ---------------------------------------------------------------------------------------------------
 
-needs_cpu = pytest.mark.skipif(not _registry.is_available(OP, "cpu", "cpu"),
+needs_cpu = pytest.mark.skipif(not registry.is_available(OP, "cpu", "cpu"),
                                reason=f"C++ SS2D kernels not built ({_ext.error('_cpu')})")
 
 
 @needs_cpu
 def test_cpu_is_the_default_for_cpu_tensors():
-    assert _registry.choose(OP, torch.device("cpu")) == "cpu"
+    assert registry.choose(OP, torch.device("cpu")) == "cpu"
 
 
 @needs_cpu
