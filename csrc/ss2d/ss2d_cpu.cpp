@@ -22,6 +22,7 @@
 #include "common/dtype.h"
 #include "common/simd.h"
 #include "common/strided.h"
+#include "common/threads.h"
 #include "ss2d/ss2d.h"
 #include "ss2d/ss2d_cpu_simd.h"
 
@@ -180,12 +181,6 @@ struct BwdWork {
   vbuf ckpt, abuf, hbuf, dtbuf, gbuf, carry, dA, duacc, dBv, dCv;
   std::vector<float> bt, ct;
 };
-
-// Steps per recomputed chunk: keeps the chunk's decays + states (2·T·N·nv vectors) within ~256 kB of L2.
-int64_t chunk_steps(int64_t L, int64_t N, int nv) {
-  const int64_t per_step = 2 * N * nv * static_cast<int64_t>(sizeof(vf));
-  return std::max<int64_t>(4, std::min<int64_t>(L, (256 * 1024) / per_step));
-}
 
 DHKD_CLONES void bwd_block(const Inputs& in, const Dims& s, const int64_t* ord, const Grads& g, int64_t b,
                            int64_t c0, int cb, BwdWork& w) {
@@ -353,13 +348,6 @@ Dims check_dims(int64_t bsz, int64_t H, int64_t W, int64_t Dc, int64_t N, int dt
 
 void require(std::uintptr_t p, const char* name) {
   if (p == 0) throw std::invalid_argument(std::string("ss2d: null pointer for ") + name);
-}
-
-int team_size(int nthreads, int64_t items) {
-#ifdef _OPENMP
-  if (nthreads <= 0) nthreads = omp_get_max_threads();
-#endif
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, items)));
 }
 
 // Channel block, number of work items and thread team of a call.
