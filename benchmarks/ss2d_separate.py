@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 
 from dhkd_kernels.ss2d import reference
-from dhkd_kernels.ss2d.triton import LOG2E, _blocks, _chunk_states, _launch_options, _row, _softplus
+from dhkd_kernels._triton_scan import LOG2E, dt_softplus
+from dhkd_kernels.ss2d.triton import _blocks, _chunk_states, _launch_options, _row
 
 K = 4  # directions
 
@@ -45,7 +46,7 @@ def _scan_sequences_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bia
         tn = (s * L + t[:, None]) * N + offs_n[None, :]
         u = tl.load(u_ptr + td, mask=m_td, other=0.0).to(tl.float32)
         z = tl.load(delta_ptr + td, mask=m_td, other=0.0).to(tl.float32) + bias[None, :]
-        dt = tl.where(m_td, _softplus(z), 0.0)
+        dt = tl.where(m_td, dt_softplus(z), 0.0)
         bm = tl.load(b_ptr + tn, mask=m_tn, other=0.0).to(tl.float32)
         cm = tl.load(c_ptr + tn, mask=m_tn, other=0.0).to(tl.float32)
         _, _, hs = _chunk_states(h, dt, u, bm, a2)
