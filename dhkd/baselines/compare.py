@@ -155,7 +155,7 @@ def _fit_knn(on_teacher: bool):
 
 def _fit_efficientad(size: str):
     def fit(spec: DataSpec, cfg: CompareConfig, out: Path):
-        from ..models import load_teacher
+        from ..persistence import load_teacher
         from .efficientad import EfficientAD, EfficientADConfig
 
         teacher_path = _teacher_for(spec, cfg)

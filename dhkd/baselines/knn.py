@@ -43,7 +43,7 @@ class KNNScorer(nn.Module):
         if self.config.bank_size < 1:
             raise ValueError(f"bank_size must be positive, got {self.config.bank_size}")
         if self.config.teacher:
-            from ..models import load_teacher
+            from ..persistence import load_teacher
 
             self.backbone = load_teacher(self.config.teacher, size=self.config.teacher_size, padding=True)
         else:

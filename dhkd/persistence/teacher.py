@@ -146,7 +146,7 @@ def load_teacher(path: str | os.PathLike, size: str = "medium", padding: bool = 
     at 256²). The file's safetensors metadata, if any, is kept in ``teacher.metadata``. Raises
     :class:`TeacherFileError` (a ``ValueError``) naming the file for any unusable file.
     """
-    from dhkd.models.teacher import PDN  # imported here: dhkd.models re-exports this module's functions
+    from dhkd.models.teacher import PDN  # imported on use: importing the models loads the kernel extensions
 
     if size not in _SEQUENTIAL_CONV_INDEX:
         raise ValueError(f"teacher size must be 'small' or 'medium', got {size!r}")

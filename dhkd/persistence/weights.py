@@ -70,7 +70,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     tensors, meta = read_safetensors(path)
     if meta.get("format") != "dhkd-model" or "config" not in meta:
         raise WeightsFileError(f"{path} is not a dhkd model file (no dhkd-model metadata); for teacher weights "
-                               f"use dhkd.models.load_teacher")
+                               f"use dhkd.persistence.load_teacher")
     model = DHKD(DHKDConfig.from_dict(json.loads(meta["config"])))
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)

@@ -80,7 +80,7 @@ class Trainer:
         model = DHKD.from_preset(cfg.preset, **{"image_size": cfg.image_size, **cfg.model_overrides})
         model.check_input(torch.empty(1, 3, cfg.image_size, cfg.image_size, device="meta"))  # size fits the model
         if cfg.teacher not in UNTRAINED_TEACHERS:
-            from dhkd.models import load_teacher
+            from dhkd.persistence import load_teacher
 
             teacher = load_teacher(cfg.teacher, size=model.config.teacher_size, padding=True)
             model.teacher.load_state_dict(teacher.state_dict())

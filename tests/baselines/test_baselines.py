@@ -10,7 +10,8 @@ import torch
 from dhkd.baselines.compare import CompareConfig, DataSpec, compare, to_markdown
 from dhkd.baselines.efficientad import EfficientAD, EfficientADConfig
 from dhkd.data import build_dataset
-from dhkd.models import PDN, save_teacher
+from dhkd.models import PDN
+from dhkd.persistence import save_teacher
 
 def split(data, name, size=256):
     return build_dataset("synthetic", data.root, data.category, name, size, **data.options)

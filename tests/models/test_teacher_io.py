@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dhkd.models import PDN, load_teacher, save_teacher
+from dhkd.models import PDN
+from dhkd.persistence import load_teacher, save_teacher
 from dhkd.persistence.teacher import TeacherFileError
 
 SEQ_INDEX = {"small": (0, 3, 6, 8), "medium": (0, 3, 6, 8, 10, 12)}

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from dhkd.cli import main as cli_main
-from dhkd.models import load_teacher
+from dhkd.persistence import load_teacher
 from dhkd.teacher.backbones import BackboneUnavailable, build_backbone, project_patches
 from dhkd.persistence.distill import load_distill_checkpoint as load_checkpoint
 from dhkd.teacher.distill import DistillConfig, distill, estimate_target_stats, initial_pdn, target_loss
