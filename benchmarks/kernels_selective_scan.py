@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 import dhkd_kernels
 from dhkd.allocator import keep_freed_memory
-from results_io import write_results
-from timing import cuda_time_ms, inner_count, timed
+from results_io import add_speedups, fmt, write_results
+from timing import checked_baseline_ms, cuda_time_ms, inner_count, timed
 from dhkd_kernels import registry
 
 OP = "selective_scan"
@@ -133,17 +133,6 @@ def _memory(case: Case, shape: dict, y, device: str) -> dict:
     return out
 
 
-def _sequential_ms(inputs, cases, device, repeats) -> float:
-    """Median forward ms of the sequential baseline, after checking it computes what the op computes."""
-    fn = lambda: sequential_scan(*inputs)  # noqa: E731
-    with torch.no_grad():
-        got, want = fn(), cases[0].forward()
-        if not torch.allclose(got, want.float(), rtol=1e-3, atol=1e-3):
-            raise AssertionError(f"sequential baseline disagrees with selective_scan: {(got - want).abs().max():.3g}")
-        inner = inner_count(fn, device)
-        return statistics.median(timed(fn, device, inner)[0] for _ in range(repeats))
-
-
 def _measure(plan: dict, device: str, repeats: int) -> dict:
     """{backend: {what: (median ms, median process CPU ms or None, min ms)}}. CPU: ``repeats`` calibrated
     samples interleaved across backends (each repeat times every backend once); CUDA: CUDA events over CUDA
@@ -201,16 +190,11 @@ def bench_shape(shape: dict, device: str, repeats: int) -> list[dict]:
         if with_bwd[c.backend]:
             row.update(_memory(c, shape, graphs[c.backend], device))
         rows.append(row)
-    seq_ms = _sequential_ms(inputs, cases, device, repeats) if device == "cpu" else None
-    ref = next((r for r in rows if r["backend"] == "reference"), None)
-    for r in rows:
-        if seq_ms is not None:
-            r["sequential_fwd_ms"] = seq_ms
-            r["fwd_speedup_vs_sequential"] = seq_ms / r["fwd_ms"]
-        if ref is not None:
-            r["fwd_speedup_vs_reference"] = ref["fwd_ms"] / r["fwd_ms"]
-            both = ref["fwd_bwd_ms"] is not None and r["fwd_bwd_ms"] is not None
-            r["fwd_bwd_speedup_vs_reference"] = ref["fwd_bwd_ms"] / r["fwd_bwd_ms"] if both else None
+    seq_ms = None
+    if device == "cpu":
+        seq_ms = checked_baseline_ms("sequential", lambda: sequential_scan(*inputs), "selective_scan",
+                                     cases[0].forward, device, repeats)
+    add_speedups(rows, {"sequential": seq_ms})
     return rows
 
 
@@ -233,10 +217,6 @@ def run(quick: bool, threads: int | None = None) -> list[dict]:
     return rows
 
 
-def _fmt(v, spec):
-    return "-" if v is None else format(v, spec)
-
-
 def print_table(rows: list[dict]) -> None:
     head = (f"{'dev':4} {'thr':>3} {'group':>11} {'D':>4} {'L':>5} {'N':>3} {'backend':>9} {'fwd ms':>9} {'fwd min':>9} "
             f"{'fwd cpu':>9} {'bwd ms':>9} {'f+b ms':>9} {'bwd/fwd':>7} {'(cpu t)':>7} {'x ref fwd':>9} {'x seq fwd':>9} "
@@ -246,11 +226,11 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         mem = r.get("bwd_peak_extra_bytes", (r.get("bwd_grad_bytes") or 0) + (r.get("bwd_workspace_bytes") or 0))
         print(f"{r['device']:4} {r['threads']:>3} {r['group']:>11} {r['D']:>4} {r['L']:>5} {r['N']:>3} {r['backend']:>9} "
-              f"{r['fwd_ms']:9.2f} {r['fwd_min_ms']:9.2f} {_fmt(r['fwd_cpu_ms'], '9.2f')} {_fmt(r['bwd_ms'], '9.2f')} "
-              f"{_fmt(r['fwd_bwd_ms'], '9.2f')} {_fmt(r['bwd_over_fwd'], '7.2f')} {_fmt(r['bwd_over_fwd_cpu_time'], '7.2f')} "
-              f"{_fmt(r.get('fwd_speedup_vs_reference'), '9.1f')} {_fmt(r.get('fwd_speedup_vs_sequential'), '9.1f')} "
-              f"{_fmt(r.get('fwd_over_floor'), '9.2f')} {_fmt(r.get('fwd_min_over_floor'), '9.2f')} "
-              f"{_fmt(mem / 1e6 if mem else None, '7.1f')}")
+              f"{r['fwd_ms']:9.2f} {r['fwd_min_ms']:9.2f} {fmt(r['fwd_cpu_ms'], '9.2f')} {fmt(r['bwd_ms'], '9.2f')} "
+              f"{fmt(r['fwd_bwd_ms'], '9.2f')} {fmt(r['bwd_over_fwd'], '7.2f')} {fmt(r['bwd_over_fwd_cpu_time'], '7.2f')} "
+              f"{fmt(r.get('fwd_speedup_vs_reference'), '9.1f')} {fmt(r.get('fwd_speedup_vs_sequential'), '9.1f')} "
+              f"{fmt(r.get('fwd_over_floor'), '9.2f')} {fmt(r.get('fwd_min_over_floor'), '9.2f')} "
+              f"{fmt(mem / 1e6 if mem else None, '7.1f')}")
     print(f"\nTimes are medians over interleaved repeats (fwd min: the fastest repeat); fwd cpu, (cpu t) = process CPU "
           f"time per call (all threads). x seq fwd: forward speed-up over a sequential PyTorch scan (materialised "
           f"decays, one Python step per position). {FLOOR_NOTE}.")

@@ -45,8 +45,8 @@ import torch
 
 import dhkd_kernels
 from dhkd.allocator import keep_freed_memory
-from results_io import write_results
-from timing import cuda_time_ms, inner_count, timed
+from results_io import add_speedups, fmt, write_results
+from timing import checked_baseline_ms, cuda_time_ms, inner_count, timed
 from dhkd_kernels import registry
 from dhkd_kernels.ss2d import reference as ss2d_reference
 
@@ -160,17 +160,6 @@ def _memory(case: Case, shape: dict, y) -> dict:
     return out
 
 
-def _baseline_ms(name: str, fn, cases, device: str, repeats: int) -> float:
-    """Median forward ms of a baseline (``fn`` takes no arguments), after checking it computes what the op
-    computes (a baseline computing something else would make every ratio against it meaningless)."""
-    with torch.no_grad():
-        got, want = fn(), cases[0].forward()
-        if not torch.allclose(got, want.float(), rtol=1e-3, atol=1e-3):
-            raise AssertionError(f"{name} baseline disagrees with ss2d_scan: {(got - want).abs().max():.3g}")
-        inner = inner_count(fn, device)
-        return statistics.median(timed(fn, device, inner)[0] for _ in range(repeats))
-
-
 def _separate_ops(inputs):
     """Cross-scan + scan + merge as separate GPU operations (``ss2d_separate``) on ``inputs``, as a call
     without arguments; delta, B and C are put in sequence order here, outside the timed call."""
@@ -221,21 +210,12 @@ def bench_shape(shape: dict, device: str, repeats: int, quick: bool) -> list[dic
         rows.append(row)
     seq_ms = sep_ms = None
     if device == "cpu":
-        seq_ms = _baseline_ms("sequential", lambda: sequential_scan(*inputs), cases, device, repeats)
+        seq_ms = checked_baseline_ms("sequential", lambda: sequential_scan(*inputs), "ss2d_scan", cases[0].forward,
+                                     device, repeats)
     elif registry.triton_available(device):
-        sep_ms = _baseline_ms("separate-ops", _separate_ops(inputs), cases, device, repeats)
-    ref = next((r for r in rows if r["backend"] == "reference"), None)
-    for r in rows:
-        if seq_ms is not None:
-            r["sequential_fwd_ms"] = seq_ms
-            r["fwd_speedup_vs_sequential"] = seq_ms / r["fwd_ms"]
-        if sep_ms is not None:
-            r["separate_ops_fwd_ms"] = sep_ms
-            r["fwd_speedup_vs_separate_ops"] = sep_ms / r["fwd_ms"]
-        if ref is not None:
-            r["fwd_speedup_vs_reference"] = ref["fwd_ms"] / r["fwd_ms"]
-            both = ref["fwd_bwd_ms"] is not None and r["fwd_bwd_ms"] is not None
-            r["fwd_bwd_speedup_vs_reference"] = ref["fwd_bwd_ms"] / r["fwd_bwd_ms"] if both else None
+        sep_ms = checked_baseline_ms("separate-ops", _separate_ops(inputs), "ss2d_scan", cases[0].forward, device,
+                                     repeats)
+    add_speedups(rows, {"sequential": seq_ms, "separate_ops": sep_ms})
     return rows
 
 
@@ -261,10 +241,6 @@ def run(quick: bool, threads: int | None = None) -> list[dict]:
     return rows
 
 
-def _fmt(v, spec):
-    return "-" if v is None else format(v, spec)
-
-
 def print_table(rows: list[dict]) -> None:
     head = (f"{'dev':4} {'thr':>3} {'map':>6} {'D':>4} {'N':>3} {'backend':>9} {'fwd ms':>9} {'fwd min':>9} {'fwd cpu':>9} {'f+b ms':>9} "
             f"{'bwd/fwd':>7} {'(cpu t)':>7} {'x ref fwd':>9} {'x ref f+b':>9} {'x base fwd':>10} {'fwd/floor':>9} {'min/floor':>9} {'bwd MB':>7}")
@@ -274,12 +250,12 @@ def print_table(rows: list[dict]) -> None:
         mem = r.get("bwd_peak_extra_bytes", (r.get("bwd_grad_bytes") or 0) + (r.get("bwd_workspace_bytes") or 0))
         mem = mem / 1e6 if mem else None
         print(f"{r['device']:4} {r['threads']:>3} {str(r['H']) + 'x' + str(r['W']):>6} {r['D']:>4} {r['N']:>3} {r['backend']:>9} "
-              f"{r['fwd_ms']:9.3f} {r['fwd_min_ms']:9.3f} {r['fwd_cpu_ms']:9.3f} {_fmt(r['fwd_bwd_ms'], '9.3f')} "
-              f"{_fmt(r['bwd_over_fwd'], '7.2f')} {_fmt(r['bwd_over_fwd_cpu_time'], '7.2f')} "
-              f"{_fmt(r.get('fwd_speedup_vs_reference'), '9.1f')} {_fmt(r.get('fwd_bwd_speedup_vs_reference'), '9.1f')} "
-              f"{_fmt(r.get('fwd_speedup_vs_sequential', r.get('fwd_speedup_vs_separate_ops')), '10.1f')} "
-              f"{_fmt(r.get('fwd_over_floor'), '9.2f')} {_fmt(r.get('fwd_min_over_floor'), '9.2f')} "
-              f"{_fmt(mem, '7.2f')}")
+              f"{r['fwd_ms']:9.3f} {r['fwd_min_ms']:9.3f} {r['fwd_cpu_ms']:9.3f} {fmt(r['fwd_bwd_ms'], '9.3f')} "
+              f"{fmt(r['bwd_over_fwd'], '7.2f')} {fmt(r['bwd_over_fwd_cpu_time'], '7.2f')} "
+              f"{fmt(r.get('fwd_speedup_vs_reference'), '9.1f')} {fmt(r.get('fwd_bwd_speedup_vs_reference'), '9.1f')} "
+              f"{fmt(r.get('fwd_speedup_vs_sequential', r.get('fwd_speedup_vs_separate_ops')), '10.1f')} "
+              f"{fmt(r.get('fwd_over_floor'), '9.2f')} {fmt(r.get('fwd_min_over_floor'), '9.2f')} "
+              f"{fmt(mem, '7.2f')}")
     print(f"\nTimes are medians over interleaved repeats (fwd min: the fastest repeat); fwd cpu, (cpu t) = process "
           f"CPU time per call (all threads; OpenMP barrier spinning counts in it); {FLOOR_NOTE}.")
     print("x base fwd: forward speed-up over the public-style pipeline: on CPU a sequential PyTorch scan "

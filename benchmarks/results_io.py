@@ -30,3 +30,24 @@ def write_results(prefix: str, rows: list[dict], *, quick: bool, load_before: tu
     out.write_text(json.dumps(dict(meta=meta, rows=rows, **extra), indent=1, default=str))
     print(f"wrote {out}")
     return out
+
+
+def add_speedups(rows: list[dict], baselines: dict[str, float | None]) -> None:
+    """Adds to each row its forward speed-up over every baseline given in forward ms (``<name>_fwd_ms``,
+    ``fwd_speedup_vs_<name>``; a None baseline is left out) and, where a row of backend "reference" exists, its
+    forward and forward+backward speed-ups over that row."""
+    ref = next((r for r in rows if r["backend"] == "reference"), None)
+    for r in rows:
+        for name, ms in baselines.items():
+            if ms is not None:
+                r[f"{name}_fwd_ms"] = ms
+                r[f"fwd_speedup_vs_{name}"] = ms / r["fwd_ms"]
+        if ref is not None:
+            r["fwd_speedup_vs_reference"] = ref["fwd_ms"] / r["fwd_ms"]
+            both = ref["fwd_bwd_ms"] is not None and r["fwd_bwd_ms"] is not None
+            r["fwd_bwd_speedup_vs_reference"] = ref["fwd_bwd_ms"] / r["fwd_bwd_ms"] if both else None
+
+
+def fmt(v, spec: str) -> str:
+    """``v`` formatted with ``spec`` for a table cell, "-" for None."""
+    return "-" if v is None else format(v, spec)

@@ -2,6 +2,7 @@
 on a GPU the GPU time from CUDA events over replays of a CUDA graph of the calls (no host dispatch in it)."""
 from __future__ import annotations
 
+import statistics
 import time
 import warnings
 
@@ -56,6 +57,18 @@ def inner_count(fn, device: str, budget_ms: float = 20.0) -> int:
     made to measure is also a warm-up."""
     ms, _ = timed(fn, device, 1)
     return max(1, min(500, int(budget_ms / max(ms, 1e-3))))
+
+
+def checked_baseline_ms(name: str, fn, op_name: str, op_fn, device: str, repeats: int) -> float:
+    """Median forward ms of a baseline ``fn`` (no arguments) over ``repeats`` calibrated samples, after checking
+    that it computes what ``op_fn()`` (the op ``op_name``) computes: a baseline computing something else would
+    make every ratio against it meaningless."""
+    with torch.no_grad():
+        got, want = fn(), op_fn()
+        if not torch.allclose(got, want.float(), rtol=1e-3, atol=1e-3):
+            raise AssertionError(f"{name} baseline disagrees with {op_name}: {(got - want).abs().max():.3g}")
+        inner = inner_count(fn, device)
+        return statistics.median(timed(fn, device, inner)[0] for _ in range(repeats))
 
 
 def _replayable(fn, calls: int):
