@@ -1,4 +1,5 @@
-"""Helpers shared by the fused-kernel tests: run an op with all its gradients, compare two such runs."""
+"""Helpers shared by the kernel tests: run an op with all its gradients, compare two such runs, gradcheck an op
+in fp32."""
 from __future__ import annotations
 
 import torch
@@ -24,3 +25,16 @@ def assert_close_all(got, want, atol, rtol):
     for i, (a, b) in enumerate(zip(got[1], want[1])):
         scale = max(1.0, b.float().abs().max().item())
         torch.testing.assert_close(a.float(), b.float(), atol=atol * scale, rtol=rtol, msg=lambda m: f"grad {i}: {m}")
+
+
+def gradcheck_fp32(op, inputs, backend: str, **kwargs) -> bool:
+    """Finite differences in fp32 (loose tolerances) of ``op(*inputs, **kwargs)`` on ``backend``, through the
+    public op and its registered autograd; every input becomes a leaf requiring grad."""
+    leaves = tuple(t.requires_grad_() for t in inputs)
+
+    def f(*args):
+        with dk.use_backend(backend):
+            return op(*args, **kwargs)
+
+    return torch.autograd.gradcheck(f, leaves, eps=1e-2, atol=5e-3, rtol=5e-3, fast_mode=False, nondet_tol=1e-6)
+

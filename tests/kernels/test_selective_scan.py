@@ -14,6 +14,7 @@ from dhkd_kernels import _ext, registry
 from dhkd_kernels.selective_scan import reference
 from dhkd_kernels.selective_scan.ops import check_selective_scan_inputs
 
+from kernel_checks import gradcheck_fp32
 from selective_scan_cases import (HYPOTHESIS, NAMES, OP, TINY_CASES, TOL, assert_near, check_backend, make_inputs,
                                   run_backend, run_reference, scan_cases)
 
@@ -212,14 +213,7 @@ def test_thread_counts_agree():
 @pytest.mark.filterwarnings("ignore:Input #")  # gradcheck's notice about fp32 inputs
 def test_gradcheck_cpu_backend_fp32():
     """Finite differences in fp32 (loose tolerances) through the public op and its registered autograd."""
-    inputs = [t.requires_grad_() for t in make_inputs(1, 2, 3, 2, seed=15)]
-
-    def f(*args):
-        with dhkd_kernels.use_backend("cpu"):
-            return dhkd_kernels.selective_scan(*args, delta_softplus=True)
-
-    assert torch.autograd.gradcheck(f, tuple(inputs), eps=1e-2, atol=5e-3, rtol=5e-3, fast_mode=False,
-                                    nondet_tol=1e-6)
+    assert gradcheck_fp32(dhkd_kernels.selective_scan, make_inputs(1, 2, 3, 2, seed=15), "cpu", delta_softplus=True)
 
 
 @needs_cpu

@@ -17,6 +17,7 @@ import dhkd_kernels
 from dhkd_kernels import _ext, registry
 from dhkd_kernels.ss2d import reference
 from dhkd_kernels.ss2d.ops import check_ss2d_inputs
+from kernel_checks import gradcheck_fp32
 
 OP = "ss2d_scan"
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
@@ -323,14 +324,7 @@ def test_backward_matches_float64_autograd_and_gradcheck():
 @pytest.mark.filterwarnings("ignore:Input #")  # gradcheck's notice about fp32 inputs
 def test_gradcheck_cpu_backend_fp32():
     """Finite differences in fp32 (loose tolerances) through the public op and its registered autograd."""
-    inputs = [t.requires_grad_() for t in make_inputs(1, 2, 2, 2, 2, seed=11)]
-
-    def f(*args):
-        with dhkd_kernels.use_backend("cpu"):
-            return dhkd_kernels.ss2d_scan(*args, out_float=True)
-
-    assert torch.autograd.gradcheck(f, tuple(inputs), eps=1e-2, atol=5e-3, rtol=5e-3, fast_mode=False,
-                                    nondet_tol=1e-6)
+    assert gradcheck_fp32(dhkd_kernels.ss2d_scan, make_inputs(1, 2, 2, 2, 2, seed=11), "cpu", out_float=True)
 
 
 @needs_cpu
