@@ -1,6 +1,10 @@
 """Helpers shared by the kernel tests: run an op with all its gradients, compare two such runs, gradcheck an op
-in fp32."""
+in fp32, compile Triton kernels for a GPU outside the interpreter."""
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -38,3 +42,11 @@ def gradcheck_fp32(op, inputs, backend: str, **kwargs) -> bool:
 
     return torch.autograd.gradcheck(f, leaves, eps=1e-2, atol=5e-3, rtol=5e-3, fast_mode=False, nondet_tol=1e-6)
 
+
+def assert_compiles_outside_interpreter(script: str, cache_dir) -> None:
+    """Runs ``script`` (kernels built with ``triton.compile``, then "compiled" printed) in a fresh Python without
+    TRITON_INTERPRET, with its Triton cache in ``cache_dir``, and asserts that it succeeded."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(cache_dir)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]

@@ -6,16 +6,13 @@ forward and the checkpoints and adjoint carry of the backward.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from hypothesis import given, settings
 
 import dhkd_kernels
+from kernel_checks import assert_compiles_outside_interpreter
 from selective_scan_cases import HYPOTHESIS, TINY_CASES, check_backend, make_inputs, require, run_reference, \
     scan_cases
 
@@ -100,8 +97,4 @@ print("compiled")
 
 def test_kernels_compile_for_sm90(tmp_path):
     """The kernels build for sm_90 (ptxas included), which the interpreter alone would never check."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+    assert_compiles_outside_interpreter(_COMPILE_FOR_SM90, tmp_path)

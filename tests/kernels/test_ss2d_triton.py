@@ -9,15 +9,12 @@ gradients from their true entering values).
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 import dhkd_kernels
 from dhkd_kernels.ss2d import reference
+from kernel_checks import assert_compiles_outside_interpreter
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
@@ -191,8 +188,4 @@ print("compiled")
 
 def test_kernels_compile_for_h200(tmp_path):
     """The kernels build for sm_90 (ptxas included), which the interpreter alone would never check."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_H200], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+    assert_compiles_outside_interpreter(_COMPILE_FOR_H200, tmp_path)
