@@ -1,15 +1,21 @@
 """Helpers shared by the kernel tests: run an op with all its gradients, compare two such runs, gradcheck an op
-in fp32, compile Triton kernels for a GPU outside the interpreter."""
+in fp32, compile Triton kernels for a GPU outside the interpreter, build CUDA kernels on the host emulation."""
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 import dhkd_kernels as dk
 from dhkd_kernels.scmm.ops import dense_format
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST_DIR = Path(__file__).resolve().parent / "cuda_host"  # host emulation of CUDA threads, barriers, shuffles
 
 
 def run(backend, inputs, fn):
@@ -50,3 +56,16 @@ def assert_compiles_outside_interpreter(script: str, cache_dir) -> None:
     env["TRITON_CACHE_DIR"] = str(cache_dir)
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+def build_host_emulation(cxx: str, harness: Path, out: Path, lib_name: str, timeout: int) -> ctypes.CDLL:
+    """Compiles ``harness`` (which includes a CUDA kernel source rewritten for the host emulation in ``out``) with
+    C++20 into ``out / lib_name`` and loads it; skips the test where the compiler has no C++20 <barrier>."""
+    lib = out / lib_name
+    cmd = [cxx, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-x", "c++", f"-I{HOST_DIR}", f"-I{out}",
+           f"-I{ROOT / 'csrc'}", str(harness), "-o", str(lib)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if res.returncode != 0 and "barrier" in res.stderr and "No such file" in res.stderr:
+        pytest.skip("the C++ compiler has no C++20 <barrier>")
+    assert res.returncode == 0, res.stderr[-4000:]
+    return ctypes.CDLL(str(lib))

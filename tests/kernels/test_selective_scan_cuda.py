@@ -33,6 +33,7 @@ from hypothesis import given, settings
 
 import dhkd_kernels
 from dhkd_kernels import _ext, use_backend
+from kernel_checks import build_host_emulation
 from selective_scan_cases import HYPOTHESIS, NAMES, TOL, assert_near, check_backend, make_inputs, require, \
     run_reference, scan_cases
 
@@ -251,14 +252,7 @@ def host_kernels(tmp_path_factory):
     source, n = re.subn(r"(\w+)<<<(.*)>>>\((\w+)\);", r"emu_launch(\1, \2, \3);", CUDA_SOURCE.read_text())
     assert n >= 1, "no kernel launch found to rewrite"
     (out / "kernel_host.cu").write_text(source)
-    lib = out / "libselective_scan_host.so"
-    cmd = [cxx, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-x", "c++", f"-I{HOST_DIR}", f"-I{out}",
-           f"-I{ROOT / 'csrc'}", str(HOST_DIR / "harness.cpp"), "-o", str(lib)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if res.returncode != 0 and "barrier" in res.stderr and "No such file" in res.stderr:
-        pytest.skip("the C++ compiler has no C++20 <barrier>")
-    assert res.returncode == 0, res.stderr
-    dll = ctypes.CDLL(str(lib))
+    dll = build_host_emulation(cxx, HOST_DIR / "harness.cpp", out, "libselective_scan_host.so", timeout=300)
     dll.emu_error.restype = ctypes.c_char_p
     return dll
 

@@ -19,7 +19,6 @@ import ctypes
 import math
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ import torch
 
 from dhkd_kernels import _ext, use_backend
 from dhkd_kernels.ss2d import ops, reference
+from kernel_checks import build_host_emulation
 
 CHUNK = 4  # kChunk of the backward kernel in ss2d_cuda.cu
 LOG2E = 1.4426950408889634
@@ -375,14 +375,7 @@ def host_kernels(tmp_path_factory):
     assert n >= 3, "kernel launches to rewrite not found"
     (out / "kernel_host.cu").write_text(HOST_SHIM + source)
     (out / "harness.cpp").write_text(HOST_HARNESS)
-    lib = out / "libss2d_host.so"
-    cmd = [cxx, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-x", "c++", f"-I{HOST_DIR}", f"-I{out}",
-           f"-I{ROOT / 'csrc'}", str(out / "harness.cpp"), "-o", str(lib)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if res.returncode != 0 and "barrier" in res.stderr and "No such file" in res.stderr:
-        pytest.skip("the C++ compiler has no C++20 <barrier>")
-    assert res.returncode == 0, res.stderr[-4000:]
-    lib = ctypes.CDLL(str(lib))
+    lib = build_host_emulation(cxx, out / "harness.cpp", out, "libss2d_host.so", timeout=600)
     lib.emu_workspace_floats.restype = ctypes.c_longlong
     return lib
 
