@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import dhkd_kernels
 from dhkd.allocator import keep_freed_memory
 from results_io import add_speedups, fmt, write_results
-from timing import checked_baseline_ms, cuda_time_ms, inner_count, timed
+from timing import checked_baseline_ms, cuda_time_ms, inner_count, run_on_devices, timed
 from dhkd_kernels import registry
 
 OP = "selective_scan"
@@ -200,18 +200,7 @@ def bench_shape(shape: dict, device: str, repeats: int) -> list[dict]:
 
 def run(quick: bool, threads: int | None = None) -> list[dict]:
     """Benchmark rows for every shape × available backend (CPU, and CUDA when a GPU is present)."""
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    repeats = 3 if quick else 5
-    rows = []
-    before = torch.get_num_threads()
-    try:
-        if threads:
-            torch.set_num_threads(threads)
-        for device in devices:
-            for shape in shapes(quick):
-                rows.extend(bench_shape(shape, device, repeats))
-    finally:
-        torch.set_num_threads(before)
+    rows = run_on_devices(bench_shape, shapes(quick), 3 if quick else 5, threads)
     for r in rows:
         r["floor_note"] = FLOOR_NOTE if r["device"] == "cpu" else None
     return rows

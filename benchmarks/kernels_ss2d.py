@@ -46,7 +46,7 @@ import torch
 import dhkd_kernels
 from dhkd.allocator import keep_freed_memory
 from results_io import add_speedups, fmt, write_results
-from timing import checked_baseline_ms, cuda_time_ms, inner_count, timed
+from timing import checked_baseline_ms, cuda_time_ms, inner_count, run_on_devices, timed
 from dhkd_kernels import registry
 from dhkd_kernels.ss2d import reference as ss2d_reference
 
@@ -224,18 +224,8 @@ def run(quick: bool, threads: int | None = None) -> list[dict]:
 
     ``threads``: torch's intra-op thread count for the run (also the C++ kernels' OpenMP team); default as set.
     """
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    repeats = 3 if quick else 5
-    rows = []
-    before = torch.get_num_threads()
-    try:
-        if threads:
-            torch.set_num_threads(threads)
-        for device in devices:
-            for shape in shapes(quick):
-                rows.extend(bench_shape(shape, device, repeats, quick))
-    finally:
-        torch.set_num_threads(before)
+    rows = run_on_devices(lambda shape, device, repeats: bench_shape(shape, device, repeats, quick), shapes(quick),
+                          3 if quick else 5, threads)
     for r in rows:
         r["floor_note"] = FLOOR_NOTE if r["device"] == "cpu" else None
     return rows

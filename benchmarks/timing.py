@@ -71,6 +71,24 @@ def checked_baseline_ms(name: str, fn, op_name: str, op_fn, device: str, repeats
         return statistics.median(timed(fn, device, inner)[0] for _ in range(repeats))
 
 
+def run_on_devices(bench, shapes: list[dict], repeats: int, threads: int | None = None) -> list[dict]:
+    """The rows of ``bench(shape, device, repeats)`` for every shape on the CPU, then on the GPU when there is one,
+    with torch's intra-op thread count (also the C++ kernels' OpenMP team) set to ``threads`` for the run and
+    restored afterwards (None: as set)."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    before = torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        for device in devices:
+            for shape in shapes:
+                rows.extend(bench(shape, device, repeats))
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
 def _replayable(fn, calls: int):
     """(run, how): ``run()`` executes ``calls`` calls of ``fn`` as one CUDA graph replay, or eagerly when the
     capture fails (``how`` says which)."""
