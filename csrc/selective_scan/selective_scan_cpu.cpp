@@ -558,19 +558,13 @@ void selective_scan_bwd(std::uintptr_t dout, int doutdt, std::uintptr_t u, std::
     void* outs[5] = {as_ptr<void>(dB), as_ptr<void>(dC), as_ptr<void>(dA), as_ptr<void>(dD), as_ptr<void>(dbias)};
     const int odts[5] = {varB ? dt : kF32, varC ? dt : kF32, kF32, kF32, kF32};
     const bool transposed[5] = {varB, varC, false, false, false};
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < per_thread; ++i) {
-      float acc = 0.0f;
-      for (int t = 0; t < team; ++t) acc += partial[t * per_thread + i];
-      int which = 0;
-      while (i >= ends[which]) ++which;
-      int64_t j = i - (which ? ends[which - 1] : 0);
+    reduce_partials(partial.data(), team, per_thread, ends, [&](int which, int64_t j, float acc) {
       if (transposed[which]) {  // j = (bg * L + t) * N + n  ->  (bg * N + n) * L + t
         const int64_t n = j % N, t = (j / N) % L, bgi = j / (N * L);
         j = (bgi * N + n) * L + t;
       }
       store_from_f32(outs[which], j, odts[which], acc);
-    }
+    });
   }
 }
 

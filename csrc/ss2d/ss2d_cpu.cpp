@@ -457,14 +457,8 @@ void ss2d_bwd(std::uintptr_t dy, int dydt, std::uintptr_t u, std::uintptr_t delt
     const int64_t ends[5] = {nbc, 2 * nbc, 2 * nbc + na, 2 * nbc + na + nd, per_thread};
     void* outs[5] = {as_ptr<void>(dB), as_ptr<void>(dC), as_ptr<void>(dA), as_ptr<void>(dD), as_ptr<void>(dbias)};
     const int odts[5] = {dt, dt, kF32, kF32, kF32};
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < per_thread; ++i) {
-      float acc = 0.0f;
-      for (int t = 0; t < team; ++t) acc += partial[t * per_thread + i];
-      int which = 0;
-      while (i >= ends[which]) ++which;
-      store_from_f32(outs[which], i - (which ? ends[which - 1] : 0), odts[which], acc);
-    }
+    reduce_partials(partial.data(), team, per_thread, ends,
+                    [&](int which, int64_t j, float acc) { store_from_f32(outs[which], j, odts[which], acc); });
   }
 }
 
