@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from dhkd_kernels.ss2d import reference
-from dhkd_kernels._triton_scan import LOG2E, dt_softplus
+from dhkd_kernels.triton_scan import LOG2E, dt_softplus
 from dhkd_kernels.ss2d.triton import _blocks, _chunk_states, _launch_options, _row
 
 K = 4  # directions

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .._ext import device_guard
-from .._triton_scan import ELEMS_PER_TILE, INTERPRET, LOG2E, adjoint_combine, dt_softplus, linear_combine
+from ..triton_scan import ELEMS_PER_TILE, INTERPRET, LOG2E, adjoint_combine, dt_softplus, linear_combine
 
 
 @triton.jit

@@ -18,7 +18,7 @@ from kernel_checks import assert_compiles_outside_interpreter
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
-from dhkd_kernels._triton_scan import adjoint_combine  # noqa: E402  (needs triton)
+from dhkd_kernels.triton_scan import adjoint_combine  # noqa: E402  (needs triton)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = [pytest.mark.gpu] if DEVICE == "cuda" else []

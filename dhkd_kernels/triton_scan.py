@@ -1,5 +1,6 @@
 """Triton pieces shared by the selective-scan and SS2D scan kernels: the scan combine functions, the softplus
-of dt, the tile budget. Imported only by the Triton backends (it imports triton).
+of dt, the tile budget. Imported by the Triton backends and by Triton code built on them, such as the
+separate-operations baseline of the SS2D benchmark (it imports triton, so import it only where triton is installed).
 
 All arithmetic is fp32.
 """
