@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import dhkd_kernels
 from dhkd.allocator import keep_freed_memory
 from results_io import add_speedups, fmt, write_results
-from timing import checked_baseline_ms, cuda_time_ms, inner_count, run_on_devices, timed
+from timing import checked_baseline_ms, cuda_time_ms, fwd_bwd_plan, run_on_devices, timed
 from dhkd_kernels import registry
 
 OP = "selective_scan"
@@ -161,13 +161,7 @@ def bench_shape(shape: dict, device: str, repeats: int) -> list[dict]:
     cases = [Case(b, inputs) for b in backends(device)]
     with_bwd = {c.backend: c.backend != "reference" or L * D * N <= REF_BWD_MAX_E for c in cases}
     graphs = {c.backend: c.graph() if with_bwd[c.backend] else None for c in cases}
-    plan = {}
-    for c in cases:
-        plan[c.backend] = dict(fwd=(c.forward, inner_count(c.forward, device)))
-        if with_bwd[c.backend]:
-            bwd = lambda c=c, y=graphs[c.backend]: c.backward(y)  # noqa: E731
-            plan[c.backend].update(bwd=(bwd, inner_count(bwd, device)),
-                                   fwd_bwd=(c.forward_backward, inner_count(c.forward_backward, device)))
+    plan = fwd_bwd_plan(cases, graphs, device)
     stats = _measure(plan, device, repeats)
     rows = []
     for c in cases:

@@ -46,7 +46,7 @@ import torch
 import dhkd_kernels
 from dhkd.allocator import keep_freed_memory
 from results_io import add_speedups, fmt, write_results
-from timing import checked_baseline_ms, cuda_time_ms, inner_count, run_on_devices, timed
+from timing import checked_baseline_ms, cuda_time_ms, fwd_bwd_plan, run_on_devices, timed
 from dhkd_kernels import registry
 from dhkd_kernels.ss2d import reference as ss2d_reference
 
@@ -175,13 +175,7 @@ def bench_shape(shape: dict, device: str, repeats: int, quick: bool) -> list[dic
     cases = [Case(b, inputs, device) for b in backends(device)]
     with_bwd = {c.backend: c.backend != "reference" or 4 * H * W * D * N <= REF_BWD_MAX_E[quick] for c in cases}
     graphs = {c.backend: c.graph() if with_bwd[c.backend] else None for c in cases}
-    plan = {}
-    for c in cases:
-        plan[c.backend] = dict(fwd=(c.forward, inner_count(c.forward, device)))
-        if with_bwd[c.backend]:
-            bwd = lambda c=c, y=graphs[c.backend]: c.backward(y)  # noqa: E731
-            plan[c.backend].update(bwd=(bwd, inner_count(bwd, device)),
-                                   fwd_bwd=(c.forward_backward, inner_count(c.forward_backward, device)))
+    plan = fwd_bwd_plan(cases, graphs, device)
     samples = {c.backend: {k: [] for k in plan[c.backend]} for c in cases}
     for _ in range(repeats):  # interleaved: each repeat times every backend once
         for c in cases:

@@ -59,6 +59,19 @@ def inner_count(fn, device: str, budget_ms: float = 20.0) -> int:
     return max(1, min(500, int(budget_ms / max(ms, 1e-3))))
 
 
+def fwd_bwd_plan(cases, graphs: dict, device: str) -> dict:
+    """What to time per backend: ``fwd`` always; ``bwd`` (replaying the backward of ``graphs[backend]``) and
+    ``fwd_bwd`` where that graph is not None. Each entry is (callable, inner-loop count)."""
+    plan = {}
+    for c in cases:
+        plan[c.backend] = dict(fwd=(c.forward, inner_count(c.forward, device)))
+        if graphs[c.backend] is not None:
+            bwd = lambda c=c, y=graphs[c.backend]: c.backward(y)  # noqa: E731
+            plan[c.backend].update(bwd=(bwd, inner_count(bwd, device)),
+                                   fwd_bwd=(c.forward_backward, inner_count(c.forward_backward, device)))
+    return plan
+
+
 def checked_baseline_ms(name: str, fn, op_name: str, op_fn, device: str, repeats: int) -> float:
     """Median forward ms of a baseline ``fn`` (no arguments) over ``repeats`` calibrated samples, after checking
     that it computes what ``op_fn()`` (the op ``op_name``) computes: a baseline computing something else would
