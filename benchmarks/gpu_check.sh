@@ -15,8 +15,7 @@
 #                    group of modes (one failure loses one group)                      -> 4_latency.json
 #   5 tests          an explicit, ordered list of GPU tests, JUnit XML of all groups    -> 5_tests.xml
 #   6 fused          SCMM/FCCM kernel benchmark                                         -> 6_fused.json
-#   7 selective_scan selective-scan kernel benchmark (when benchmarks/kernels_selective_scan.py exists)
-#                                                                                       -> 7_selective_scan.json
+#   7 selective_scan selective-scan kernel benchmark                                    -> 7_selective_scan.json
 #   8 small          small preset latency                                               -> 8_small.json
 # Without a GPU every GPU step is skipped with a line saying so (the script then only checks itself). Nothing
 # is fetched: pip is never called, the build uses the machine's torch, pybind11 and setuptools.
@@ -180,12 +179,8 @@ fi
 
 # ---- 6 fused kernels, 7 selective scan, 8 small preset -----------------------------------------------------
 gpu_step fused 60 "$TMP/fused.log" "$PY" benchmarks/kernels_fused.py --quick --out "$DEST/6_fused.json"
-if [ -f benchmarks/kernels_selective_scan.py ]; then
-  gpu_step selective_scan 35 "$TMP/selscan.log" "$PY" benchmarks/kernels_selective_scan.py --quick \
-    --out "$DEST/7_selective_scan.json"
-else
-  say "== selective_scan: SKIPPED (benchmarks/kernels_selective_scan.py not present)"
-fi
+gpu_step selective_scan 35 "$TMP/selscan.log" "$PY" benchmarks/kernels_selective_scan.py --quick \
+  --out "$DEST/7_selective_scan.json"
 if [ "$GPU" = 1 ]; then
   latency_group small small 60 eager fp16-cudagraph
   merge_latency "$DEST/8_small.json" small
