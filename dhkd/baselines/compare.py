@@ -34,7 +34,7 @@ from ..persistence import atomic_write_bytes
 
 _PRESET_TEACHER = {"paper": "medium", "small": "small", "tiny": "small"}
 DHKD_ABLATIONS = {"dhkd": {}, "dhkd-no-hstm": {"use_hstm": False}, "dhkd-no-scmm": {"use_scmm": False},
-                  "dhkd-no-fccm": {"use_fccm": False}}
+                  "dhkd-no-fccm": {"use_fccm": False}, "dhkd-no-gnet": {"use_gnet": False}}
 
 
 @dataclass(frozen=True)

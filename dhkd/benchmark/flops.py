@@ -50,14 +50,15 @@ def flop_report(model: DHKD, image_size: int | tuple[int, int] | None = None, ba
             hk.remove()
     by_module = counter.get_flop_counts()  # raw_maps calls the top-level modules: keyed by class name
     modules = {}
-    for name in MODULES:
+    present = [name for name in MODULES if getattr(meta, name) is not None]  # no gnet in the "Lnet only" ablation
+    for name in present:
         flops = sum(by_module.get(type(getattr(meta, name)).__name__, {}).values())
         modules[name] = {"params": _params(getattr(model, name)), "conv_linear_flops": int(flops)}
     scans = []
     for mod_name, shape in calls:
         ss2d = meta.get_submodule(mod_name)
         scans.append({"module": mod_name, **scan_work(shape[1] * shape[2], ss2d.d_inner, ss2d.d_state, shape[0])})
-    for name in MODULES:
+    for name in present:
         mine = [s for s in scans if s["module"].startswith(name + ".")]
         modules[name]["scan_flops_9E"] = sum(s["flops_9E"] for s in mine)
         modules[name]["scan_flops_min"] = sum(s["flops_min"] for s in mine)

@@ -8,6 +8,9 @@ all calibrate through these functions, so a map means the same thing everywhere:
     map     = 0.5 · norm(map_L) + 0.5 · norm(map_G) = w_L · map_L + w_G · map_G + c
 
 with w = 0.05 / (q_b − q_a) and c = −(w_L · q_a,L + w_G · q_a,G), computed in float64 once.
+
+A model whose second map is absent (DHKD without Gnet, the "Lnet only" ablation) declares ``map_mix = (1, 0)``:
+its map is norm(map_L) alone, map_G is not fitted and its quantile slots hold (0, 0).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ QUANTILES = (0.9, 0.995)          # q_a, q_b of each raw map over all pixels of 
 MAX_QUANTILE_VALUES = 1 << 24     # more pixels per map than this are subsampled (seeded) before the quantiles
 NORM_SCALE = 0.1                  # norm(q_a) = 0, norm(q_b) = 0.1
 MAP_MIX = 0.5                     # weight of each normalised map in the combination
+BOTH_MAPS = (MAP_MIX, MAP_MIX)    # the default ``map_mix`` of a model: (weight of norm(map_L), of norm(map_G))
 
 
 @torch.no_grad()
@@ -61,8 +65,10 @@ def fit_quantiles_on(model, batches: Iterable[tuple[torch.Tensor, Sequence[str]]
 
     ``model`` has ``raw_maps(images) -> (map_l, map_g)`` and ``set_quantiles(qa_l, qb_l, qa_g, qb_g)``
     (DHKD and the EfficientAD-M peer); ``batches`` yields (images on the model's device, image names).
-    Returns the quantiles and the number of images. Non-finite or constant maps are errors.
+    Returns the quantiles and the number of images. Non-finite or constant maps are errors. A map that the
+    model's ``map_mix`` (default :data:`BOTH_MAPS`) weights 0 is not fitted: its quantiles are stored as (0, 0).
     """
+    mix = tuple(getattr(model, "map_mix", BOTH_MAPS))
     maps_l, maps_g, count = [], [], 0
     for images, names in batches:
         map_l, map_g = model.raw_maps(images)
@@ -73,10 +79,10 @@ def fit_quantiles_on(model, batches: Iterable[tuple[torch.Tensor, Sequence[str]]
     if count == 0:
         raise ValueError("no good image to fit the map quantiles on")
     rng = np.random.default_rng(seed)
-    qa_l, qb_l = map_quantiles(maps_l, rng, max_values)
-    qa_g, qb_g = map_quantiles(maps_g, rng, max_values)
-    for name, (qa, qb) in (("map_l", (qa_l, qb_l)), ("map_g", (qa_g, qb_g))):
-        if not qb > qa:
+    qa_l, qb_l = map_quantiles(maps_l, rng, max_values) if mix[0] else (0.0, 0.0)
+    qa_g, qb_g = map_quantiles(maps_g, rng, max_values) if mix[1] else (0.0, 0.0)
+    for name, (qa, qb), weight in (("map_l", (qa_l, qb_l), mix[0]), ("map_g", (qa_g, qb_g), mix[1])):
+        if weight and not qb > qa:
             raise ValueError(f"{name} quantiles are degenerate (q{QUANTILES[0]} = {qa}, q{QUANTILES[1]} = {qb}): "
                              "the map is constant on the validation images")
     model.set_quantiles(qa_l, qb_l, qa_g, qb_g)
@@ -121,14 +127,24 @@ def fit_quantiles(model, dataset, *, batch_size: int = 8, device=None, seed: int
     return fit_quantiles_on(model, batches, seed=seed, max_values=max_values)
 
 
-def normalisation_weights(quantiles: Sequence[float] | torch.Tensor) -> tuple[float, float, float]:
-    """(w_L, w_G, c) of ``map = w_L·map_L + w_G·map_G + c`` from (q_a,L, q_b,L, q_a,G, q_b,G), in float64."""
+def normalisation_weights(quantiles: Sequence[float] | torch.Tensor,
+                          mix: Sequence[float] = BOTH_MAPS) -> tuple[float, float, float]:
+    """(w_L, w_G, c) of ``map = w_L·map_L + w_G·map_G + c`` from (q_a,L, q_b,L, q_a,G, q_b,G), in float64.
+
+    ``mix`` weights the two normalised maps (default 0.5 each); a map weighted 0 gets w = 0 and its quantiles
+    are not used (nor checked)."""
     if isinstance(quantiles, torch.Tensor):
         quantiles = quantiles.double().tolist()
     qa_l, qb_l, qa_g, qb_g = (float(q) for q in quantiles)
-    if not (qb_l > qa_l and qb_g > qa_g):
-        raise ValueError(f"map quantiles must satisfy qa < qb, got L ({qa_l}, {qb_l}), G ({qa_g}, {qb_g})")
-    w_l, w_g = MAP_MIX * NORM_SCALE / (qb_l - qa_l), MAP_MIX * NORM_SCALE / (qb_g - qa_g)
+    mix_l, mix_g = (float(m) for m in mix)
+    if not (mix_l >= 0 and mix_g >= 0 and mix_l + mix_g > 0):
+        raise ValueError(f"map mix weights must be >= 0 and not both 0, got {tuple(mix)}")
+    bad = [f"{name} ({qa}, {qb})" for name, qa, qb, m in (("L", qa_l, qb_l, mix_l), ("G", qa_g, qb_g, mix_g))
+           if m and not qb > qa]
+    if bad:
+        raise ValueError(f"map quantiles must satisfy qa < qb, got {', '.join(bad)}")
+    w_l = mix_l * NORM_SCALE / (qb_l - qa_l) if mix_l else 0.0
+    w_g = mix_g * NORM_SCALE / (qb_g - qa_g) if mix_g else 0.0
     return w_l, w_g, -(w_l * qa_l + w_g * qa_g)
 
 

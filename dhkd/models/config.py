@@ -25,6 +25,7 @@ class DHKDConfig:
     gnet_head: tuple[int, int] = (256, 512)  # widths of the convs after the last HSTM
     gnet_stages: tuple[int, ...] = (16, 8, 2, 1)  # HSTM stage sizes as divisors of the feature map size
     use_hstm: bool = True                    # ablation: without it each stage is a plain 3×3 conv + ReLU
+    use_gnet: bool = True                    # ablation "Lnet only": no Gnet, loss α·(T̂−f_L)², map norm(map_L)
     dropout: float = 0.2
     d_state: int = 16                        # SS2D state size N
     ssm_ratio: float = 2.0                   # SS2D d_inner / d_model

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from .calibration import normalisation_weights, normalise_maps
+from .calibration import BOTH_MAPS, normalisation_weights, normalise_maps
 from .config import DHKDConfig, preset
 from .fccm import FCCM
 from .gnet import Gnet
@@ -25,6 +25,10 @@ class DHKD(nn.Module):
     ``score`` (b,), its maximum. The teacher channel statistics and the map quantiles are buffers, saved
     with the weights; :mod:`dhkd.models.calibration` fits them and :mod:`dhkd.models.scoring` turns the
     normalised map into the map at the image size and the score.
+
+    With ``use_gnet=False`` (the "Lnet only" ablation) there is no Gnet: the loss is α·mean((T̂−f_L)²), the map
+    is norm(map_L) alone (``map_mix`` = (1, 0)) and ``raw_maps`` returns a zero map_G, so every consumer of the
+    (map_L, map_G) pair works unchanged.
     """
 
     def __init__(self, config: DHKDConfig | None = None):
@@ -39,7 +43,7 @@ class DHKD(nn.Module):
         self.fccm = FCCM(cfg.channels, cfg.fccm_hidden, use_mixer=cfg.use_fccm)
         self.lnet = Lnet(cfg.channels, cfg.lnet_width, cfg.lnet_hidden, use_scmm=cfg.use_scmm)
         self.gnet = Gnet(cfg.channels, cfg.gnet_bottleneck, cfg.gnet_kernel, cfg.gnet_width, cfg.gnet_head,
-                         cfg.gnet_stages, cfg.use_hstm, cfg.dropout, cfg.d_state, cfg.ssm_ratio)
+                         cfg.gnet_stages, cfg.use_hstm, cfg.dropout, cfg.d_state, cfg.ssm_ratio) if cfg.use_gnet else None
         self.register_buffer("teacher_mean", torch.zeros(1, cfg.channels, 1, 1))
         self.register_buffer("teacher_std", torch.ones(1, cfg.channels, 1, 1))
         self.register_buffer("quantiles", torch.zeros(4))  # qa_l, qb_l, qa_g, qb_g; all zero = not fitted
@@ -83,14 +87,19 @@ class DHKD(nn.Module):
         return self
 
     def set_quantiles(self, qa_l: float, qb_l: float, qa_g: float, qb_g: float) -> None:
-        """Store the map quantiles (see :func:`calibration.fit_quantiles`); qa < qb for both maps."""
-        normalisation_weights((qa_l, qb_l, qa_g, qb_g))  # validates them
+        """Store the map quantiles (see :func:`calibration.fit_quantiles`); qa < qb for each map in use."""
+        normalisation_weights((qa_l, qb_l, qa_g, qb_g), self.map_mix)  # validates them
         self.quantiles.copy_(torch.tensor([qa_l, qb_l, qa_g, qb_g], dtype=self.quantiles.dtype))
 
     @property
     def image_size(self) -> int:
         """The square input side the model is trained and deployed at."""
         return self.config.image_size
+
+    @property
+    def map_mix(self) -> tuple[float, float]:
+        """Weights of norm(map_L) and norm(map_G) in the anomaly map: 0.5 each, or (1, 0) without Gnet."""
+        return BOTH_MAPS if self.config.use_gnet else (1.0, 0.0)
 
     @property
     def has_quantiles(self) -> bool:
@@ -103,7 +112,7 @@ class DHKD(nn.Module):
             raise RuntimeError("the map quantiles are not fitted: fit them on good validation images with "
                                "dhkd.models.calibration.fit_quantiles (the trainer and `dhkd evaluate --model` "
                                "do), or load a model saved by the trainer")
-        return normalisation_weights(self.quantiles)
+        return normalisation_weights(self.quantiles, self.map_mix)
 
     # ---------------------------------------------------------------- shapes
     @staticmethod
@@ -127,7 +136,7 @@ class DHKD(nn.Module):
     def _size_ok(self, size: tuple[int, int]) -> bool:
         fh, fw = self.feature_size(size)
         mh, mw = fh // 4, fw // 4
-        return min(fh, fw) >= 2 and min(mh, mw) >= self.config.gnet_kernel
+        return min(fh, fw) >= 2 and (not self.config.use_gnet or min(mh, mw) >= self.config.gnet_kernel)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error if ``x`` is not a floating-point (b, 3, H, W) batch of a usable size."""
@@ -152,21 +161,24 @@ class DHKD(nn.Module):
             return t if self.teacher_stats_folded else (t - self.teacher_mean) / self.teacher_std
 
     def features(self, x: torch.Tensor, t_hat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """T̂ (normalised teacher; computed unless given), f_S, f_L, f_G — all (b, C, h, w)."""
+        """T̂ (normalised teacher; computed unless given), f_S, f_L, f_G (absent without Gnet) — all (b, C, h, w)."""
         self.check_input(x)
         if t_hat is None:
             t_hat = self.teacher_features(x)
         f_s = self.encoder(x)
         size = tuple(f_s.shape[-2:])
         f_m = self.fccm(f_s)
-        return {"t_hat": t_hat, "f_s": f_s, "f_l": self.lnet(f_m, size), "f_g": self.gnet(f_m, size)}
+        f = {"t_hat": t_hat, "f_s": f_s, "f_l": self.lnet(f_m, size)}
+        if self.gnet is not None:
+            f["f_g"] = self.gnet(f_m, size)
+        return f
 
     def losses(self, x: torch.Tensor, t_hat: torch.Tensor | None = None,
                hard_mining: float = 0.0) -> dict[str, torch.Tensor]:
         """L = α·mean((T̂−f_L)²) + β·mean((T̂−f_G)²) + γ·mean((f_G−f_S)²), α:β:γ = 1:1:2 (no detach).
 
         ``hard_mining`` = q in (0, 1) keeps only the Lnet distances at or above their q-quantile
-        (EfficientAD's hard-feature loss; off in DHKD).
+        (EfficientAD's hard-feature loss; off in DHKD). Without Gnet the loss is α·loss_l alone (no loss_g, loss_c).
         """
         f = self.features(x, t_hat)
         dist_l = (f["t_hat"] - f["f_l"]) ** 2
@@ -177,16 +189,19 @@ class DHKD(nn.Module):
             loss_l = flat[flat >= threshold].mean()
         else:
             loss_l = dist_l.mean()
+        a, b, c = self.config.loss_weights
+        if "f_g" not in f:
+            return {"loss": a * loss_l, "loss_l": loss_l}
         loss_g = ((f["t_hat"] - f["f_g"]) ** 2).mean()
         loss_c = ((f["f_g"] - f["f_s"]) ** 2).mean()
-        a, b, c = self.config.loss_weights
         return {"loss": a * loss_l + b * loss_g + c * loss_c, "loss_l": loss_l, "loss_g": loss_g, "loss_c": loss_c}
 
     def raw_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unnormalised maps at feature resolution: map_L = mean_c (T̂−f_L)², map_G = mean_c (f_G−f_S)²."""
+        """Unnormalised maps at feature resolution: map_L = mean_c (T̂−f_L)², map_G = mean_c (f_G−f_S)² (zeros
+        without Gnet, weighted 0 by the normalisation)."""
         f = self.features(x)
         map_l = ((f["t_hat"] - f["f_l"]) ** 2).mean(1, keepdim=True)
-        map_g = ((f["f_g"] - f["f_s"]) ** 2).mean(1, keepdim=True)
+        map_g = ((f["f_g"] - f["f_s"]) ** 2).mean(1, keepdim=True) if "f_g" in f else torch.zeros_like(map_l)
         return map_l.float(), map_g.float()
 
     def normalized_map(self, map_l: torch.Tensor, map_g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from dhkd.models import DHKD
-from dhkd.models.calibration import normalisation_weights
 
 
 class AnomalyDetector(nn.Module):
@@ -38,7 +37,7 @@ class AnomalyDetector(nn.Module):
             raise ValueError(f"output_size must be (height, width) > 0, got {output_size}")
         self.model = copy.deepcopy(model).eval().fold_teacher_statistics()
         self.model.requires_grad_(False)
-        self.weights = normalisation_weights(model.quantiles)  # Python floats: constants in compiled graphs
+        self.weights = model.map_weights()  # Python floats: constants in compiled graphs
         self.output_size = None if output_size is None else (int(output_size[0]), int(output_size[1]))
         self.eval()
 

@@ -105,13 +105,46 @@ def test_seeded_determinism(tiny_model_factory):
     assert all(torch.equal(a, b) for a, b in zip(p1, p2))
 
 
-@pytest.mark.parametrize("switch", ["use_fccm", "use_scmm", "use_hstm"])
+@pytest.mark.parametrize("switch", ["use_fccm", "use_scmm", "use_hstm", "use_gnet"])
 def test_ablation_switches(tiny_model_factory, switch):
     full = tiny_model_factory()
     ablated = tiny_model_factory(**{switch: False})
     assert n_params(ablated) < n_params(full)
     out = ablated.train()(torch.randn(1, 3, 64, 64))
     assert torch.isfinite(out["loss"])
+
+
+def test_without_gnet_is_lnet_only(tiny_model_factory):
+    """The "Lnet only" ablation: the loss is α·(T̂−f_L)² alone, the map is norm(map_L) alone, and calibration,
+    scoring and the detector work unchanged through the (map_L, zero map_G) pair."""
+    from dhkd.models.calibration import fit_quantiles_on
+    from dhkd.runtime import AnomalyDetector
+
+    full, lnet_only = tiny_model_factory(), tiny_model_factory(use_gnet=False)
+    assert lnet_only.gnet is None and lnet_only.map_mix == (1.0, 0.0)
+    x = torch.randn(2, 3, 64, 64)
+    out = lnet_only.train()(x)
+    assert set(out) == {"loss", "loss_l"}
+    full_out = full.train()(x)  # same seed: identical teacher, encoder, FCCM and Lnet
+    torch.testing.assert_close(out["loss_l"], full_out["loss_l"])
+    torch.testing.assert_close(out["loss"], lnet_only.config.loss_weights[0] * out["loss_l"])
+    out["loss"].backward()
+    assert all(p.grad is not None for p in lnet_only.encoder.parameters())
+
+    lnet_only.eval()
+    map_l, map_g = lnet_only.raw_maps(x)
+    assert torch.count_nonzero(map_g) == 0
+    q = fit_quantiles_on(lnet_only, [(x, ["a", "b"])])
+    assert (q["qa_g"], q["qb_g"]) == (0.0, 0.0) and q["qb_l"] > q["qa_l"]
+    w_l, w_g, c = lnet_only.map_weights()
+    assert w_g == 0.0 and w_l == pytest.approx(0.1 / (q["qb_l"] - q["qa_l"]), rel=1e-5)
+    amap, score = lnet_only.detect(x)
+    expected = torch.nn.functional.interpolate(0.1 * (map_l - q["qa_l"]) / (q["qb_l"] - q["qa_l"]), size=(64, 64),
+                                               mode="bilinear", align_corners=False)
+    torch.testing.assert_close(amap, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(AnomalyDetector(lnet_only)(x)[1], score, rtol=1e-4, atol=1e-5)
+    # without Gnet the input only has to survive the encoder (no 4× collapse to the Gnet kernel)
+    assert lnet_only.min_input_size() < full.min_input_size()
 
 
 def test_clear_input_errors(tiny_model_factory):
