@@ -16,6 +16,8 @@ PACKAGES = ("dhkd", "dhkd_kernels")
 # Deployment commands: what runs on an inspection PC must not pull in the trainer or the benchmark.
 PRODUCTION_COMMANDS = ("dhkd.commands.predict", "dhkd.commands.evaluate", "dhkd.commands.export")
 NOT_IN_PRODUCTION = ("dhkd.benchmark", "dhkd.train")
+# Training never reaches the evaluation package: the optional test-split evaluation is a step its caller hands in.
+APART = (("dhkd.train", "dhkd.eval"),)
 
 
 def module_name(path: Path) -> str:
@@ -111,6 +113,16 @@ def test_production_commands_do_not_import_training_or_benchmarks(command):
     seen = reachable(command)
     bad = sorted(chain(seen, m) for m in seen if any(in_package(m, p) for p in NOT_IN_PRODUCTION))
     assert bad == []
+
+
+@pytest.mark.parametrize("package,forbidden", APART)
+def test_package_does_not_reach_the_forbidden_one(package, forbidden):
+    bad = []
+    for m in sorted(graph()):
+        if in_package(m, package):
+            seen = reachable(m)
+            bad += [chain(seen, dep) for dep in seen if in_package(dep, forbidden)]
+    assert sorted(set(bad)) == []
 
 
 COMPILED = ("dhkd_kernels._cpu", "dhkd_kernels._cuda")

@@ -83,6 +83,7 @@ def run(args) -> int:
     """Run ``dhkd demo`` (synthetic data, train, calibrate, evaluate, overlays); returns the exit status."""
     import json
 
+    from dhkd.commands.train import evaluator_for
     from dhkd.train import TrainConfig, Trainer
 
     cfg = TrainConfig(dataset="synthetic", root=str(args.output / "data"), category="synthetic",
@@ -91,7 +92,7 @@ def run(args) -> int:
                       run_dir=str(args.output / "run"), checkpoint_every=max(100, args.steps // 4),
                       export_maps=True)
     print("demo: untrained teacher (no download needed); for real data pass a teacher file, see docs/teacher.md")
-    summary = Trainer(cfg).run()
+    summary = Trainer(cfg, evaluate_test=evaluator_for(cfg)).run()
     run_dir = Path(summary["run_dir"])
     results = json.loads((run_dir / "results.json").read_text())
     threshold = best_f1_threshold([im["score"] for im in results["images"]],

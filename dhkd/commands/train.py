@@ -2,6 +2,7 @@
 the ranks of a ``torchrun`` launch)."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -53,6 +54,17 @@ def build_config(args):
     return cfg.override(assignments)
 
 
+def evaluator_for(cfg):
+    """The test-split evaluation a :class:`~dhkd.train.Trainer` of ``cfg`` runs (its ``evaluate_test``): the
+    package's :func:`dhkd.eval.evaluator.evaluate` with the config's seed, overlays and map export; None when
+    ``cfg.evaluate`` is off."""
+    if not cfg.evaluate:
+        return None
+    from dhkd.eval.evaluator import evaluate
+
+    return functools.partial(evaluate, seed=cfg.seed, overlays=cfg.overlays, export_maps=cfg.export_maps)
+
+
 def format_metrics(row: dict) -> str:
     """The headline metrics of one trained category (those that were computed) as one line."""
     names = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "au_pro": "AU-PRO@0.3"}
@@ -65,7 +77,7 @@ def run(args) -> int:
     from dhkd.train.multi import train_categories, world_size
 
     cfg = build_config(args)
-    rows = train_categories(cfg)
+    rows = train_categories(cfg, evaluate_test=evaluator_for(cfg))
     for row in rows:
         print(f"{row['category']}: {row['steps']} steps in {row['train_seconds']:.0f} s; " + format_metrics(row)
               + f"\n  run folder: {row['run_dir']}")

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from dhkd.persistence import atomic_write_bytes, atomic_write_json
 
 from .config import TrainConfig
-from .trainer import Trainer
+from .trainer import Evaluator, Trainer
 
 COLUMNS = ("image_auroc", "pixel_auroc", "au_pro")
 
@@ -63,8 +63,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def train_categories(cfg: TrainConfig) -> list[dict]:
-    """Train every configured category (split over torchrun ranks); one summary row per category."""
+def train_categories(cfg: TrainConfig, evaluate_test: Evaluator | None = None) -> list[dict]:
+    """Train every configured category (split over torchrun ranks); one summary row per category.
+
+    ``evaluate_test`` evaluates each category's test split when ``cfg.evaluate`` is set (see
+    :class:`~dhkd.train.trainer.Evaluator`)."""
     categories = resolve_categories(cfg)
     if cfg.run_dir and len(categories) > 1:
         raise ValueError("run_dir names one run; with several categories use output instead")
@@ -84,7 +87,7 @@ def train_categories(cfg: TrainConfig) -> list[dict]:
     try:
         for category in categories[rank::world]:
             sub = dataclasses.replace(cfg, category=category)
-            trainer = Trainer(sub, timestamp=stamp[0])
+            trainer = Trainer(sub, timestamp=stamp[0], evaluate_test=evaluate_test)
             rows.append(_row(category, trainer.run()))
         if distributed:
             gathered: list = [None] * world

@@ -2,6 +2,9 @@
 
 Problems surface before training starts (every image of the splits used is decode-checked, the teacher
 file is read) or at the step where they happen (a NaN/Inf loss stops the run at once, naming the step).
+
+The optional test-split evaluation is a step the caller hands in (an :class:`Evaluator`): training does not
+depend on the evaluation package.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import shutil
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm import tqdm
@@ -59,15 +63,34 @@ class TrainingDiverged(FloatingPointError):
     """The training loss became NaN or infinite; the message names the step and what to try."""
 
 
+class Evaluator(Protocol):
+    """The test-split evaluation a :class:`Trainer` runs after training when ``TrainConfig.evaluate`` is set.
+
+    Called once as ``evaluate_test(model, test_split, run_dir, device=device, quantiles=quantiles)`` with the
+    trained model (eval mode, map quantiles set), the config's test split, the run folder and the fitted
+    quantiles; whatever it writes goes into ``run_dir``, and the dict it returns is the summary's ``"results"``.
+    ``dhkd.commands.train.evaluator_for(config)`` is the package's evaluator bound to a config's options.
+    """
+
+    def __call__(self, model: DHKD, test_split, run_dir: Path, *, device: torch.device, quantiles: dict) -> dict:
+        ...
+
+
 class Trainer:
     """Train one model on one category. ``run()`` returns a summary dict (and writes it to the run dir).
 
     Without ``config.run_dir`` the run gets a new folder ``output/<dataset>/<category>/<timestamp>``
-    (claimed atomically when ``run()`` starts); ``run_dir`` is then known.
+    (claimed atomically when ``run()`` starts); ``run_dir`` is then known. A config with ``evaluate`` set
+    needs ``evaluate_test`` (see :class:`Evaluator`); without ``evaluate`` it is not called.
     """
 
-    def __init__(self, config: TrainConfig, timestamp: str | None = None):
+    def __init__(self, config: TrainConfig, timestamp: str | None = None, evaluate_test: Evaluator | None = None):
         self.cfg = config.validate()
+        if config.evaluate and evaluate_test is None:
+            raise ValueError("the training config asks for a test-split evaluation (evaluate: true) but the "
+                             "Trainer was given no evaluator: pass evaluate_test= (e.g. "
+                             "dhkd.commands.train.evaluator_for(config)) or set evaluate: false")
+        self.evaluate_test = evaluate_test
         self.device = pick_device(config.device)
         self.stamp = timestamp or datetime.now().strftime("%Y%m%d-%H%M%S")
         self.run_dir = Path(config.run_dir) if config.run_dir else None
@@ -202,14 +225,11 @@ class Trainer:
         validation = build_dataset(cfg.dataset, cfg.root, cfg.category, "validation", cfg.image_size, cfg.seed,
                                    **cfg.dataset_options)
         summary["quantiles"] = fit_quantiles(model, validation, device=device, seed=cfg.seed, progress=progress)
-        if cfg.evaluate:  # the optional test-split evaluation (the only use of the evaluator here)
-            from dhkd.eval.evaluator import evaluate
-
+        if cfg.evaluate:  # the optional test-split evaluation, a step the caller handed in
             test = build_dataset(cfg.dataset, cfg.root, cfg.category, "test", cfg.image_size, cfg.seed,
                                  **cfg.dataset_options)
-            summary["results"] = evaluate(model, test, self.run_dir, device=device, seed=cfg.seed,
-                                          overlays=cfg.overlays, export_maps=cfg.export_maps,
-                                          quantiles=summary["quantiles"])
+            summary["results"] = self.evaluate_test(model, test, self.run_dir, device=device,
+                                                    quantiles=summary["quantiles"])
         save_model(model, self.run_dir / "model.safetensors",
                    extra={"dataset": cfg.dataset, "category": cfg.category, "steps": done})
         atomic_write_json(self.run_dir / "summary.json", summary)

@@ -11,6 +11,7 @@ import torch
 
 import dhkd.persistence.atomic as atomic
 import dhkd.train.trainer as trainer_module
+from dhkd.commands.train import evaluator_for
 from dhkd.data import DatasetError
 from dhkd.persistence import CheckpointError, CheckpointFiles, load_model
 from dhkd.persistence.training import load_checkpoint
@@ -178,7 +179,8 @@ def test_corrupt_images_are_listed_before_training(synthetic_data, tmp_path):
     train_img.write_bytes(train_img.read_bytes()[:200])  # truncated PNG
     test_img.write_bytes(b"not an image")
     with pytest.raises(DatasetError, match=rf"2 of \d+ image files are unreadable") as exc:
-        Trainer(_config(synthetic_data, root=str(root), steps=1, evaluate=True, output=str(tmp_path / "runs"))).run()
+        cfg = _config(synthetic_data, root=str(root), steps=1, evaluate=True, output=str(tmp_path / "runs"))
+        Trainer(cfg, evaluate_test=evaluator_for(cfg)).run()
     assert train_img.name in str(exc.value) and test_img.name in str(exc.value)
     assert not (tmp_path / "runs").exists()
 

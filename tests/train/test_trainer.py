@@ -43,6 +43,31 @@ def test_teacher_statistics_and_run_layout(synthetic_data, tmp_path):
     assert summary["steps"] == 1
 
 
+def test_the_test_split_evaluation_is_the_step_the_caller_hands_in(synthetic_data, tmp_path):
+    """With ``evaluate`` set, the trainer calls the evaluator it was given once, on the trained model and the
+    test split, and keeps what it returns; without an evaluator such a config is refused before training."""
+    cfg = TrainConfig(**dict(SYNTH, **synthetic_data.train_options(), steps=1, evaluate=True,
+                             run_dir=str(tmp_path / "r")))
+    with pytest.raises(ValueError, match="no evaluator: pass evaluate_test="):
+        Trainer(cfg)
+    assert not (tmp_path / "r").exists()
+    calls = []
+
+    def evaluate_test(model, test_split, run_dir, *, device, quantiles):
+        calls.append((model.training, test_split.split, len(test_split), run_dir, device, quantiles))
+        return {"metrics": {"image_auroc": 0.5}}
+
+    trainer = Trainer(cfg, evaluate_test=evaluate_test)
+    summary = trainer.run()
+    assert calls == [(False, "test", 5, tmp_path / "r", trainer.device, summary["quantiles"])]
+    assert summary["results"] == {"metrics": {"image_auroc": 0.5}}
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["results"] == summary["results"]
+    calls.clear()
+    Trainer(TrainConfig(**dict(SYNTH, **synthetic_data.train_options(), steps=1, run_dir=str(tmp_path / "n"))),
+            evaluate_test=evaluate_test).run()
+    assert calls == []  # evaluate: false never calls it
+
+
 def test_time_limit_stops_early_and_resume_continues(synthetic_data, tmp_path):
     base = dict(SYNTH, **synthetic_data.train_options(), run_dir=str(tmp_path / "r"))
     summary = Trainer(TrainConfig(**base, steps=50, time_limit_minutes=1e-9)).run()
