@@ -2,6 +2,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -29,6 +30,27 @@ void reduce_partials(const float* partial, int team, int64_t per_thread, const i
     int which = 0;
     while (i >= ends[which]) ++which;
     store(which, i - (which ? ends[which - 1] : 0), acc);
+  }
+}
+
+// Runs work items 0 .. items - 1 over a team of `team` OpenMP threads (shared out statically), each thread
+// accumulating into its own zeroed row of ends[K - 1] floats, then sums the rows with reduce_partials (same
+// `ends` and `store`). make_worker(row) is called once per thread with that thread's row and returns the callable
+// run on each of its items (it may own per-thread scratch). Deterministic for a given team size.
+template <int K, class MakeWorker, class Store>
+void run_with_partials(int team, int64_t items, const int64_t (&ends)[K], MakeWorker&& make_worker, Store&& store) {
+  const int64_t per_thread = ends[K - 1];
+  std::vector<float> partial(team * per_thread, 0.0f);
+#pragma omp parallel num_threads(team)
+  {
+    int tid = 0;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+#endif
+    auto work = make_worker(partial.data() + tid * per_thread);
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < items; ++k) work(k);
+    reduce_partials(partial.data(), team, per_thread, ends, store);  // after the loop's barrier
   }
 }
 

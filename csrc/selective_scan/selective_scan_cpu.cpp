@@ -17,10 +17,8 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "common/dtype.h"
 #include "common/simd.h"
@@ -117,48 +115,55 @@ DHKD_INLINE void transpose16(vf* r) {
 }
 #endif
 
-// dst[i * nv + v][l] = src[row(c) + t0 + i] for channel c = v * VL + l < cb and step i < steps (other lanes 0),
-// where row(c) = (rowbase + c) * L; `dt` is src's dtype.
-DHKD_INLINE void load_tile(const void* src, int dt, int64_t rowbase, int64_t L, int64_t t0, int steps, int cb,
-                           int nv, vf* dst) {
+// Moves a tile between a (b, D, L) tensor `mem` of dtype dt and a (step, channel-vector) buffer `tile`:
+// tile[i * nv + v][l] <-> mem[row(c) + t0 + i] for channel c = v * VL + l < cb and step i < steps, where
+// row(c) = (rowbase + c) * L. kStore: tile -> mem; else mem -> tile, with the lanes of channels >= cb set to 0.
+// The direction is a template parameter, so each direction compiles to its own straight loop.
+template <bool kStore>
+DHKD_INLINE void move_tile(std::conditional_t<kStore, void*, const void*> mem, int dt, int64_t rowbase, int64_t L,
+                           int64_t t0, int steps, int cb, int nv, std::conditional_t<kStore, const vf*, vf*> tile) {
   int64_t i0 = 0;
 #ifdef SS2D_HAVE_SHUFFLE
   for (; i0 + VL <= steps; i0 += VL) {
     for (int v = 0; v < nv; ++v) {
       const int cnt = std::min(VL, cb - v * VL);
       vf r[VL];
-      for (int l = 0; l < VL; ++l)
-        r[l] = l < cnt ? loadv(src, (rowbase + v * VL + l) * L + t0 + i0, VL, dt) : splat(0.0f);
+      if constexpr (kStore) {
+        for (int i = 0; i < VL; ++i) r[i] = tile[(i0 + i) * nv + v];
+      } else {
+        for (int l = 0; l < VL; ++l)
+          r[l] = l < cnt ? loadv(mem, (rowbase + v * VL + l) * L + t0 + i0, VL, dt) : splat(0.0f);
+      }
       transpose16(r);
-      for (int i = 0; i < VL; ++i) dst[(i0 + i) * nv + v] = r[i];
+      if constexpr (kStore) {
+        for (int l = 0; l < cnt; ++l) storev(mem, (rowbase + v * VL + l) * L + t0 + i0, VL, dt, r[l]);
+      } else {
+        for (int i = 0; i < VL; ++i) tile[(i0 + i) * nv + v] = r[i];
+      }
     }
   }
 #endif
-  for (int64_t i = i0; i < steps; ++i)
-    for (int v = 0; v < nv; ++v) dst[i * nv + v] = splat(0.0f);
-  for (int c = 0; c < cb; ++c)
+  if constexpr (!kStore) {
     for (int64_t i = i0; i < steps; ++i)
-      dst[i * nv + c / VL][c % VL] = load_as_f32(src, (rowbase + c) * L + t0 + i, dt);
+      for (int v = 0; v < nv; ++v) tile[i * nv + v] = splat(0.0f);
+  }
+  for (int c = 0; c < cb; ++c)
+    for (int64_t i = i0; i < steps; ++i) {
+      if constexpr (kStore)
+        store_from_f32(mem, (rowbase + c) * L + t0 + i, dt, tile[i * nv + c / VL][c % VL]);
+      else
+        tile[i * nv + c / VL][c % VL] = load_as_f32(mem, (rowbase + c) * L + t0 + i, dt);
+    }
 }
 
-// Inverse of load_tile: dst[row(c) + t0 + i] = src[i * nv + v][l] (dtype dt).
+DHKD_INLINE void load_tile(const void* src, int dt, int64_t rowbase, int64_t L, int64_t t0, int steps, int cb,
+                           int nv, vf* dst) {
+  move_tile<false>(src, dt, rowbase, L, t0, steps, cb, nv, dst);
+}
+
 DHKD_INLINE void store_tile(void* dst, int dt, int64_t rowbase, int64_t L, int64_t t0, int steps, int cb,
                             int nv, const vf* src) {
-  int64_t i0 = 0;
-#ifdef SS2D_HAVE_SHUFFLE
-  for (; i0 + VL <= steps; i0 += VL) {
-    for (int v = 0; v < nv; ++v) {
-      const int cnt = std::min(VL, cb - v * VL);
-      vf r[VL];
-      for (int i = 0; i < VL; ++i) r[i] = src[(i0 + i) * nv + v];
-      transpose16(r);
-      for (int l = 0; l < cnt; ++l) storev(dst, (rowbase + v * VL + l) * L + t0 + i0, VL, dt, r[l]);
-    }
-  }
-#endif
-  for (int c = 0; c < cb; ++c)
-    for (int64_t i = i0; i < steps; ++i)
-      store_from_f32(dst, (rowbase + c) * L + t0 + i, dt, src[i * nv + c / VL][c % VL]);
+  move_tile<true>(dst, dt, rowbase, L, t0, steps, cb, nv, src);
 }
 
 // out[i * N + n] = row (b, g, n) of a variable B or C at steps t0 .. t0 + steps (fp32); 16×16 blocks are
@@ -536,36 +541,27 @@ void selective_scan_bwd(std::uintptr_t dout, int doutdt, std::uintptr_t u, std::
     require(ptr, name);
   if (z) require(dz, "dz");
   const Launch lc = launch(s, nthreads);
-  const int team = lc.team;
+  // Per-thread partials [dB | dC | dA | dD | ddelta_bias] (see Partials), reduced in one pass; variable dB/dC
+  // partials are (b, G, L, N) and are written out as (b, G, N, L).
   const int64_t nB = varB ? s.bsz * G * L * N : D * N, nC = varC ? s.bsz * G * L * N : D * N;
-  const int64_t per_thread = partial_floats(s, varB, varC);
-  std::vector<float> partial(team * per_thread, 0.0f);
-#pragma omp parallel num_threads(team)
-  {
-    int tid = 0;
-#ifdef _OPENMP
-    tid = omp_get_thread_num();
-#endif
-    float* base = partial.data() + tid * per_thread;
-    const Partials p{base, base + nB, base + nB + nC, base + nB + nC + D * N, base + nB + nC + D * N + D};
-    const Grads g{as_ptr<const void>(dout), doutdt, as_ptr<void>(du), as_ptr<void>(ddelta), as_ptr<void>(dz)};
-    BwdWork w;
-#pragma omp for schedule(static)
-    for (int64_t k = 0; k < lc.items; ++k) bwd_block(in, s, lc.item(k, s), g, p, w);
-    // Reduce the per-thread partials in one pass (fixed order over threads: deterministic for a team size).
-    // Variable dB/dC partials are (b, G, L, N) and are written out as (b, G, N, L).
-    const int64_t ends[5] = {nB, nB + nC, nB + nC + D * N, nB + nC + D * N + D, per_thread};
-    void* outs[5] = {as_ptr<void>(dB), as_ptr<void>(dC), as_ptr<void>(dA), as_ptr<void>(dD), as_ptr<void>(dbias)};
-    const int odts[5] = {varB ? dt : kF32, varC ? dt : kF32, kF32, kF32, kF32};
-    const bool transposed[5] = {varB, varC, false, false, false};
-    reduce_partials(partial.data(), team, per_thread, ends, [&](int which, int64_t j, float acc) {
-      if (transposed[which]) {  // j = (bg * L + t) * N + n  ->  (bg * N + n) * L + t
-        const int64_t n = j % N, t = (j / N) % L, bgi = j / (N * L);
-        j = (bgi * N + n) * L + t;
-      }
-      store_from_f32(outs[which], j, odts[which], acc);
-    });
-  }
+  const int64_t ends[5] = {nB, nB + nC, nB + nC + D * N, nB + nC + D * N + D, partial_floats(s, varB, varC)};
+  const Grads g{as_ptr<const void>(dout), doutdt, as_ptr<void>(du), as_ptr<void>(ddelta), as_ptr<void>(dz)};
+  void* outs[5] = {as_ptr<void>(dB), as_ptr<void>(dC), as_ptr<void>(dA), as_ptr<void>(dD), as_ptr<void>(dbias)};
+  const int odts[5] = {varB ? dt : kF32, varC ? dt : kF32, kF32, kF32, kF32};
+  const bool transposed[5] = {varB, varC, false, false, false};
+  run_with_partials(
+      lc.team, lc.items, ends,
+      [&](float* base) {
+        const Partials p{base, base + ends[0], base + ends[1], base + ends[2], base + ends[3]};
+        return [&, p, w = BwdWork()](int64_t k) mutable { bwd_block(in, s, lc.item(k, s), g, p, w); };
+      },
+      [&](int which, int64_t j, float acc) {
+        if (transposed[which]) {  // j = (bg * L + t) * N + n  ->  (bg * N + n) * L + t
+          const int64_t n = j % N, t = (j / N) % L, bgi = j / (N * L);
+          j = (bgi * N + n) * L + t;
+        }
+        store_from_f32(outs[which], j, odts[which], acc);
+      });
 }
 
 // Bytes the backward allocates besides its outputs: per-thread partials and BwdWork buffers.

@@ -15,9 +15,6 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "common/dtype.h"
 #include "common/simd.h"
@@ -433,33 +430,22 @@ void ss2d_bwd(std::uintptr_t dy, int dydt, std::uintptr_t u, std::uintptr_t delt
   const std::vector<int64_t> ord = scan_orders(H, W);
   const Launch lc = launch(s, nthreads);
   const int64_t cb = lc.cb, nblk = lc.nblk, items = lc.items;
-  const int team = lc.team;
+  // Per-thread partials [dB | dC | dA | dD | ddelta_bias] (see Grads), reduced in one pass.
   const int64_t nbc = bsz * s.L * kDirs * N, na = kDirs * Dc * N, nd = kDirs * Dc;
-  const int64_t per_thread = bwd_partial_floats(s);
-  std::vector<float> partial(team * per_thread, 0.0f);
-#pragma omp parallel num_threads(team)
-  {
-    int tid = 0;
-#ifdef _OPENMP
-    tid = omp_get_thread_num();
-#endif
-    float* base = partial.data() + tid * per_thread;
-    const Grads g{as_ptr<const void>(dy), dydt, as_ptr<void>(du), as_ptr<void>(ddelta), base, base + nbc,
-                  base + 2 * nbc, base + 2 * nbc + na, base + 2 * nbc + na + nd};
-    BwdWork w;
-#pragma omp for schedule(static)
-    for (int64_t it = 0; it < items; ++it) {
-      const int64_t b = it / nblk, c0 = (it % nblk) * cb;
-      bwd_block(in, s, ord.data(), g, b, c0, static_cast<int>(std::min(cb, Dc - c0)), w);
-    }
-    // Reduce the per-thread partials in one pass over [dB | dC | dA | dD | ddelta_bias] (one barrier; fixed
-    // order over threads, so deterministic for a given team size).
-    const int64_t ends[5] = {nbc, 2 * nbc, 2 * nbc + na, 2 * nbc + na + nd, per_thread};
-    void* outs[5] = {as_ptr<void>(dB), as_ptr<void>(dC), as_ptr<void>(dA), as_ptr<void>(dD), as_ptr<void>(dbias)};
-    const int odts[5] = {dt, dt, kF32, kF32, kF32};
-    reduce_partials(partial.data(), team, per_thread, ends,
-                    [&](int which, int64_t j, float acc) { store_from_f32(outs[which], j, odts[which], acc); });
-  }
+  const int64_t ends[5] = {nbc, 2 * nbc, 2 * nbc + na, 2 * nbc + na + nd, bwd_partial_floats(s)};
+  void* outs[5] = {as_ptr<void>(dB), as_ptr<void>(dC), as_ptr<void>(dA), as_ptr<void>(dD), as_ptr<void>(dbias)};
+  const int odts[5] = {dt, dt, kF32, kF32, kF32};
+  run_with_partials(
+      lc.team, items, ends,
+      [&](float* base) {
+        const Grads g{as_ptr<const void>(dy), dydt, as_ptr<void>(du), as_ptr<void>(ddelta), base,
+                      base + ends[0], base + ends[1], base + ends[2], base + ends[3]};
+        return [&, g, w = BwdWork()](int64_t it) mutable {
+          const int64_t b = it / nblk, c0 = (it % nblk) * cb;
+          bwd_block(in, s, ord.data(), g, b, c0, static_cast<int>(std::min(cb, Dc - c0)), w);
+        };
+      },
+      [&](int which, int64_t j, float acc) { store_from_f32(outs[which], j, odts[which], acc); });
 }
 
 }  // namespace dhkd
