@@ -47,9 +47,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_model_factory():
-    """``make(**overrides)``: a fresh ``tiny``-preset DHKD (64² inputs, every module), seeded, in train mode."""
+    """``make(**overrides)``: a fresh ``tiny``-preset DHKD (64² inputs, every module), seeded, in train mode
+    (session-scoped: the factory holds no state, so module-scoped fixtures can use it too)."""
     from dhkd.models import DHKD
 
     def make(**overrides):

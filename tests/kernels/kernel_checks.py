@@ -1,5 +1,6 @@
 """Helpers shared by the kernel tests: run an op with all its gradients, compare two such runs, gradcheck an op
-in fp32, compile Triton kernels for a GPU outside the interpreter, build CUDA kernels on the host emulation."""
+in fp32, compile Triton kernels for a GPU outside the interpreter, build CUDA kernels on the host emulation,
+mark the GPU tests of the compiled CUDA kernels."""
 from __future__ import annotations
 
 import ctypes
@@ -12,10 +13,20 @@ import pytest
 import torch
 
 import dhkd_kernels as dk
+from dhkd_kernels import _ext
 from dhkd_kernels.scmm.ops import dense_format
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST_DIR = Path(__file__).resolve().parent / "cuda_host"  # host emulation of CUDA threads, barriers, shuffles
+
+
+def cuda_kernel_test(symbol: str, what: str):
+    """Decorator of a GPU test of the compiled CUDA kernels: the ``gpu`` marker (``pytest -m gpu`` selects it,
+    and the root conftest skips it without a GPU) and a skip, naming ``what``, where ``dhkd_kernels._cuda`` was
+    not built or does not bind ``symbol``."""
+    skip = pytest.mark.skipif(not (torch.cuda.is_available() and _ext.has("_cuda", symbol)),
+                              reason=f"needs a CUDA GPU and {what}")
+    return lambda test: pytest.mark.gpu(skip(test))
 
 
 def run(backend, inputs, fn):

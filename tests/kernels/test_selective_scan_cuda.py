@@ -33,7 +33,7 @@ from hypothesis import given, settings
 
 import dhkd_kernels
 from dhkd_kernels import _ext, use_backend
-from kernel_checks import build_host_emulation
+from kernel_checks import build_host_emulation, cuda_kernel_test
 from selective_scan_cases import HYPOTHESIS, NAMES, TOL, assert_near, check_backend, make_inputs, require, \
     run_reference, scan_cases
 
@@ -367,8 +367,7 @@ def test_kernels_compile_for_sm90_without_spills():
 # GPU
 # ----------------------------------------------------------------------------------------------------------
 
-needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and _ext.has("_cuda", "selective_scan_fwd")),
-                               reason="needs a CUDA GPU and the selective-scan CUDA kernels")
+needs_gpu = cuda_kernel_test("selective_scan_fwd", "the selective-scan CUDA kernels")
 
 GPU_CASES = [  # (batch, D, L, N, groups), options
     ((1, 4, 21, 4, 1), dict()),

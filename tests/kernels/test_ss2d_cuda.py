@@ -26,7 +26,7 @@ import torch
 
 from dhkd_kernels import _ext, use_backend
 from dhkd_kernels.ss2d import ops, reference
-from kernel_checks import build_host_emulation
+from kernel_checks import build_host_emulation, cuda_kernel_test
 
 CHUNK = 4  # kChunk of the backward kernel in ss2d_cuda.cu
 LOG2E = 1.4426950408889634
@@ -447,14 +447,8 @@ def test_host_emulated_backward_matches_reference(host_kernels):
 # GPU: the compiled kernels
 # ----------------------------------------------------------------------------------------------------------
 
-_needs_kernels = pytest.mark.skipif(not torch.cuda.is_available() or _ext.load("_cuda") is None
-                                    or not hasattr(_ext.load("_cuda"), "ss2d_fwd"),
-                                    reason="needs a CUDA GPU and the built dhkd_kernels._cuda")
+gpu = cuda_kernel_test("ss2d_fwd", "the built dhkd_kernels._cuda")
 
-
-def gpu(test):
-    """A GPU test: the ``gpu`` marker (``pytest -m gpu`` selects it) and skipped without the CUDA kernels."""
-    return pytest.mark.gpu(_needs_kernels(test))
 
 GPU_SHAPES = [  # (bsz, H, W, D, N)
     (1, 1, 1, 8, 16),

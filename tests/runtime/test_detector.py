@@ -4,22 +4,21 @@ import numpy as np
 import pytest
 import torch
 
-from dhkd.models import DHKD
 from dhkd.models.calibration import fit_quantiles_on, normalisation_weights, teacher_statistics
 from dhkd.models.scoring import NonFiniteMapError, check_finite, map_and_score
 from dhkd.runtime import AnomalyDetector, pick_device
 
 
-def _model():
-    torch.manual_seed(0)
-    model = DHKD.from_preset("tiny").eval()
+@pytest.fixture
+def model(tiny_model_factory):
+    """The seeded tiny model in eval mode with random teacher statistics and map quantiles set."""
+    model = tiny_model_factory().eval()
     model.set_teacher_stats(torch.randn(32) * 0.1, torch.rand(32) + 0.5)
     model.set_quantiles(0.2, 0.9, 0.05, 0.4)
     return model
 
 
-def test_detector_matches_model_maps():
-    model = _model()
+def test_detector_matches_model_maps(model):
     x = torch.randn(2, 3, 64, 80)
     with torch.no_grad():
         want = model(x)
@@ -34,8 +33,7 @@ def test_detector_matches_model_maps():
     assert not model.teacher_stats_folded and float(model.teacher_std.min()) != 1.0
 
 
-def test_folded_teacher_statistics_give_the_normalised_teacher():
-    model = _model()
+def test_folded_teacher_statistics_give_the_normalised_teacher(model):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         want = model.teacher_features(x)
@@ -45,15 +43,14 @@ def test_folded_teacher_statistics_give_the_normalised_teacher():
         model.set_teacher_stats(torch.zeros(32), torch.ones(32))
 
 
-def test_detector_needs_fitted_quantiles_and_says_how():
+def test_detector_needs_fitted_quantiles_and_says_how(tiny_model_factory):
     with pytest.raises(ValueError, match="quantiles are not fitted.*fit_quantiles.*dhkd train"):
-        AnomalyDetector(DHKD.from_preset("tiny"))
+        AnomalyDetector(tiny_model_factory())
     with pytest.raises(TypeError, match="DHKD model"):
         AnomalyDetector(torch.nn.Conv2d(3, 3, 1))
 
 
-def test_calibration_fits_the_normalisation_the_model_uses():
-    model = _model()
+def test_calibration_fits_the_normalisation_the_model_uses(model):
     x = torch.randn(3, 3, 64, 64)
     q = fit_quantiles_on(model, [(x, ["a", "b", "c"])])
     with torch.no_grad():
@@ -70,8 +67,7 @@ def test_calibration_fits_the_normalisation_the_model_uses():
         normalisation_weights((1.0, 0.5, 0.0, 1.0))
 
 
-def test_calibration_names_the_image_with_a_non_finite_map():
-    model = _model()
+def test_calibration_names_the_image_with_a_non_finite_map(model):
     x = torch.randn(2, 3, 64, 64)
     x[1, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="raw map_[lg] of broken.png is not finite"):

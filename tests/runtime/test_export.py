@@ -12,7 +12,6 @@ from dhkd.cli import main
 from dhkd.data import build_dataset
 from dhkd.data.common import preprocess, read_rgb
 from dhkd.eval.evaluator import evaluate_model
-from dhkd.models import DHKD
 from dhkd.persistence import save_model
 from dhkd.runtime import AnomalyDetector, export_onnx, export_program, require_onnx_packages
 
@@ -21,13 +20,12 @@ AGREE = 1e-6
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
+def evaluated(tmp_path_factory, tiny_model_factory):
     """A tiny model calibrated and evaluated by ``evaluate_model`` (maps exported), saved as a run."""
     tmp = tmp_path_factory.mktemp("agree")
     root = tmp / "data"
     build_dataset("synthetic", root, "synthetic", "test", 64, **SYN)
-    torch.manual_seed(0)
-    model = DHKD.from_preset("tiny").eval()
+    model = tiny_model_factory().eval()
     model.set_teacher_stats(torch.randn(32) * 0.1, torch.rand(32) + 0.5)
     results = evaluate_model(model, "synthetic", root, "synthetic", tmp / "eval", export_maps=True, batch_size=3,
                              **SYN)
@@ -96,17 +94,15 @@ def test_onnx_agrees_with_evaluate_under_onnxruntime(evaluated, tmp_path):
     _check(evaluated, paths, maps, scores, "ONNX")
 
 
-def test_export_rejects_other_modules_unfitted_models_and_bad_sizes():
+def test_export_rejects_other_modules_unfitted_models_and_bad_sizes(tiny_model_factory, tiny_model):
     with pytest.raises(TypeError, match="DHKD model or an AnomalyDetector"):
         export_program(torch.nn.Conv2d(3, 3, 1), 64)
     with pytest.raises(ValueError, match="quantiles are not fitted"):
-        export_program(DHKD.from_preset("tiny"), 64)
-    fitted = DHKD.from_preset("tiny").eval()
-    fitted.set_quantiles(0.1, 1.0, 0.1, 1.0)
+        export_program(tiny_model_factory(), 64)
     with pytest.raises(ValueError, match="image_size must be positive"):
-        export_program(AnomalyDetector(fitted), 0)
+        export_program(AnomalyDetector(tiny_model), 0)
     with pytest.raises(ValueError, match="map_size must be positive"):
-        export_program(fitted, 64, map_size=(0, 5))
+        export_program(tiny_model, 64, map_size=(0, 5))
 
 
 def test_missing_export_extra_is_named(monkeypatch, tmp_path, capsys):
