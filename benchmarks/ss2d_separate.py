@@ -15,8 +15,7 @@ import triton
 import triton.language as tl
 
 from dhkd_kernels.ss2d import reference
-from dhkd_kernels.triton_scan import LOG2E, dt_softplus
-from dhkd_kernels.ss2d.triton import _blocks, _chunk_states, _launch_options, _row
+from dhkd_kernels.triton_scan import LOG2E, chunk_states, dt_softplus, launch_options, tile_blocks, tile_row
 
 K = 4  # directions
 
@@ -49,8 +48,8 @@ def _scan_sequences_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bia
         dt = tl.where(m_td, dt_softplus(z), 0.0)
         bm = tl.load(b_ptr + tn, mask=m_tn, other=0.0).to(tl.float32)
         cm = tl.load(c_ptr + tn, mask=m_tn, other=0.0).to(tl.float32)
-        _, _, hs = _chunk_states(h, dt, u, bm, a2)
-        h = _row(hs, rows, BLOCK_T - 1)
+        _, _, hs = chunk_states(h, dt, u, bm, a2, True)
+        h = tile_row(hs, rows, BLOCK_T - 1)
         y = tl.sum(hs * cm[:, None, :], axis=2) + u * dskip[None, :]
         tl.store(y_ptr + td, y, mask=m_td)
 
@@ -73,8 +72,8 @@ def separate_ops(u, delta_seq, A, B_seq, C_seq, Dw, bias):
     L, N = H * W, A.shape[-1]
     u_seq = _sequences(u, False)  # cross-scan: u copied into four direction sequences
     y_seq = torch.empty((bsz, K, L, Dch), dtype=torch.float32, device=u.device)
-    block_t, block_d, block_n = _blocks(L, Dch, N)
+    block_t, block_d, block_n = tile_blocks(L, Dch, N)
     _scan_sequences_kernel[(bsz * K, triton.cdiv(Dch, block_d))](
         u_seq, delta_seq, A, B_seq, C_seq, Dw, bias, y_seq, L, Dch, N,
-        BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n, **_launch_options())
+        BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n, **launch_options())
     return sum(reference.from_sequence(y_seq[:, k], k, H, W) for k in range(K))  # cross-merge

@@ -21,18 +21,39 @@ import triton
 import triton.language as tl
 
 from .._ext import device_guard
-from ..triton_scan import ELEMS_PER_TILE, INTERPRET, LOG2E, adjoint_combine, dt_softplus, linear_combine
+from ..triton_scan import (LOG2E, adjoint_combine, chunk_states, launch_options, sigmoid, step_dt, tile_blocks,
+                           tile_row)
 
 
 @triton.jit
-def _sigmoid(v):
-    return 1.0 / (1.0 + tl.exp2(-tl.minimum(tl.maximum(v, -80.0), 80.0) * LOG2E))
-
-
-@triton.jit
-def _row(x, rows, r):
-    """Row r of a [T, ...] tile (a masked sum: register tiles cannot be indexed)."""
-    return tl.sum(tl.where((rows == r)[:, None, None], x, 0.0), axis=0)
+def _program_setup(a_ptr, bias_ptr, dskip_ptr, Dch, L, N, G, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr,
+                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Indices of a program of grid (batch, group, channel tiles) and its channels' parameters: pid_b, pid_g,
+    d_ok, offs_d (dead channels past the group's end read its first one), offs_n, n_ok, rows (a chunk's steps),
+    m_dn, seq (start of each channel's (b, D, L) row), rows0 (start of the group's variable B/C rows), A and
+    A·log2(e) [BLOCK_D, BLOCK_N], bias and D [BLOCK_D] (zero when absent), n_chunks, dn_offs (the channels'
+    (b, D, N) offsets) and ckpt_offs (their offsets in the (b, chunks, D, N) checkpoints, chunk 0)."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_g = tl.program_id(1)
+    Dg = Dch // G
+    offs_j = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = offs_j < Dg
+    offs_d = pid_g * Dg + tl.where(d_ok, offs_j, 0)
+    offs_n = tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    rows = tl.arange(0, BLOCK_T)
+    m_dn = d_ok[:, None] & n_ok[None, :]
+    seq = (pid_b * Dch + offs_d) * L
+    rows0 = (pid_b * G + pid_g) * N * L
+    a_raw = tl.load(a_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m_dn, other=0.0)
+    a2 = a_raw * LOG2E
+    bias = tl.load(bias_ptr + offs_d, mask=d_ok, other=0.0) if HAS_BIAS else offs_d * 0.0
+    dskip = tl.load(dskip_ptr + offs_d, mask=d_ok, other=0.0) if HAS_D else offs_d * 0.0
+    n_chunks = tl.cdiv(L, BLOCK_T)
+    dn_offs = (pid_b * Dch + offs_d[:, None]) * N + offs_n[None, :]
+    ckpt_offs = pid_b * n_chunks * Dch * N + offs_d[:, None] * N + offs_n[None, :]
+    return (pid_b, pid_g, d_ok, offs_d, offs_n, n_ok, rows, m_dn, seq, rows0, a_raw, a2, bias, dskip, n_chunks,
+            dn_offs, ckpt_offs)
 
 
 @triton.jit
@@ -40,14 +61,7 @@ def _load_steps(u_ptr, delta_ptr, seq, t, m_td, bias, HAS_BIAS: tl.constexpr, SO
     """u, the pre-softplus dt (delta + bias) and dt of a chunk, [BLOCK_T, BLOCK_D] fp32 (dt zero on padding)."""
     offs = seq[None, :] + t[:, None]
     u = tl.load(u_ptr + offs, mask=m_td, other=0.0).to(tl.float32)
-    zr = tl.load(delta_ptr + offs, mask=m_td, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        zr = zr + bias[None, :]
-    if SOFTPLUS:
-        dt = dt_softplus(zr)
-    else:
-        dt = zr
-    dt = tl.where(m_td, dt, 0.0)  # padded steps/channels: a = 1, x = 0, the state passes through unchanged
+    zr, dt = step_dt(tl.load(delta_ptr + offs, mask=m_td, other=0.0).to(tl.float32), bias, m_td, HAS_BIAS, SOFTPLUS)
     return u, zr, dt
 
 
@@ -63,38 +77,15 @@ def _load_proj(ptr, rows0, offs_d, offs_n, t, m_tn, m_dn, N, L, VAR: tl.constexp
 
 
 @triton.jit
-def _chunk_states(h0, dt, u, bm, a2):
-    """States of one chunk from the state h0 entering it: returns (a, x, h), each [T, BLOCK_D, BLOCK_N]."""
-    a = tl.exp2(dt[:, :, None] * a2[None, :, :])
-    x = (dt * u)[:, :, None] * bm
-    a_cum, x_cum = tl.associative_scan((a, x), 0, linear_combine)
-    return a, x, a_cum * h0[None, :, :] + x_cum
-
-
-@triton.jit
 def _fwd_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
                 Dch, L, N, G,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                 B_VAR: tl.constexpr, C_VAR: tl.constexpr, STATES_ONLY: tl.constexpr,
                 BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     """Forward; STATES_ONLY: store the state entering each chunk in ckpt (batch, chunks, D, N) instead."""
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_g = tl.program_id(1)
-    Dg = Dch // G
-    offs_j = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_ok = offs_j < Dg
-    offs_d = pid_g * Dg + tl.where(d_ok, offs_j, 0)
-    offs_n = tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
-    rows = tl.arange(0, BLOCK_T)
-    m_dn = d_ok[:, None] & n_ok[None, :]
-    seq = (pid_b * Dch + offs_d) * L
-    rows0 = (pid_b * G + pid_g) * N * L
-    a2 = tl.load(a_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m_dn, other=0.0) * LOG2E
-    bias = tl.load(bias_ptr + offs_d, mask=d_ok, other=0.0) if HAS_BIAS else offs_d * 0.0
-    dskip = tl.load(dskip_ptr + offs_d, mask=d_ok, other=0.0) if HAS_D else offs_d * 0.0
-    n_chunks = tl.cdiv(L, BLOCK_T)
-    ckpt_offs = pid_b * n_chunks * Dch * N + offs_d[:, None] * N + offs_n[None, :]
+    (pid_b, pid_g, d_ok, offs_d, offs_n, n_ok, rows, m_dn, seq, rows0, a_raw, a2, bias, dskip, n_chunks, dn_offs,
+     ckpt_offs) = _program_setup(a_ptr, bias_ptr, dskip_ptr, Dch, L, N, G, HAS_BIAS, HAS_D,
+                                 BLOCK_T, BLOCK_D, BLOCK_N)
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     for c in range(n_chunks):
         if STATES_ONLY:
@@ -105,8 +96,8 @@ def _fwd_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_ptr, bias_pt
         m_tn = row_ok[:, None] & n_ok[None, :]
         u, _, dt = _load_steps(u_ptr, delta_ptr, seq, t, m_td, bias, HAS_BIAS, SOFTPLUS)
         bm = _load_proj(b_ptr, rows0, offs_d, offs_n, t, m_tn, m_dn, N, L, B_VAR)
-        _, _, hs = _chunk_states(h, dt, u, bm, a2)
-        h = _row(hs, rows, BLOCK_T - 1)  # padded rows only repeat the last real state
+        _, _, hs = chunk_states(h, dt, u, bm, a2, False)
+        h = tile_row(hs, rows, BLOCK_T - 1)  # padded rows only repeat the last real state
         if not STATES_ONLY:
             cm = _load_proj(c_ptr, rows0, offs_d, offs_n, t, m_tn, m_dn, N, L, C_VAR)
             y = tl.sum(hs * cm, axis=2)
@@ -114,10 +105,10 @@ def _fwd_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_ptr, bias_pt
                 y += u * dskip[None, :]
             if HAS_Z:
                 zg = tl.load(z_ptr + seq[None, :] + t[:, None], mask=m_td, other=0.0).to(tl.float32)
-                y = y * zg * _sigmoid(zg)
+                y = y * zg * sigmoid(zg)
             tl.store(out_ptr + seq[None, :] + t[:, None], y.to(out_ptr.dtype.element_ty), mask=m_td)
     if not STATES_ONLY:
-        tl.store(last_ptr + (pid_b * Dch + offs_d[:, None]) * N + offs_n[None, :], h, mask=m_dn)
+        tl.store(last_ptr + dn_offs, h, mask=m_dn)
 
 
 @triton.jit
@@ -128,27 +119,12 @@ def _bwd_kernel(dout_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_pt
                 B_VAR: tl.constexpr, C_VAR: tl.constexpr,
                 BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     """Backward: reverse walk over the chunks from the checkpoints of the STATES_ONLY forward."""
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_g = tl.program_id(1)
+    (pid_b, pid_g, d_ok, offs_d, offs_n, n_ok, rows, m_dn, seq, rows0, a_raw, a2, bias, dskip, n_chunks, dn_offs,
+     ckpt_offs) = _program_setup(a_ptr, bias_ptr, dskip_ptr, Dch, L, N, G, HAS_BIAS, HAS_D,
+                                 BLOCK_T, BLOCK_D, BLOCK_N)
     pid_d = tl.program_id(2)
     n_batch = tl.num_programs(0)
-    Dg = Dch // G
-    offs_j = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_ok = offs_j < Dg
-    offs_d = pid_g * Dg + tl.where(d_ok, offs_j, 0)
-    offs_n = tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
-    rows = tl.arange(0, BLOCK_T)
-    m_dn = d_ok[:, None] & n_ok[None, :]
-    seq = (pid_b * Dch + offs_d) * L
-    rows0 = (pid_b * G + pid_g) * N * L
-    a_raw = tl.load(a_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m_dn, other=0.0)
-    a2 = a_raw * LOG2E
-    bias = tl.load(bias_ptr + offs_d, mask=d_ok, other=0.0) if HAS_BIAS else offs_d * 0.0
-    dskip = tl.load(dskip_ptr + offs_d, mask=d_ok, other=0.0) if HAS_D else offs_d * 0.0
-    n_chunks = tl.cdiv(L, BLOCK_T)
-    ckpt_offs = pid_b * n_chunks * Dch * N + offs_d[:, None] * N + offs_n[None, :]
-    dn_offs = (pid_b * Dch + offs_d[:, None]) * N + offs_n[None, :]  # per-batch (batch, D, N) partials
+    # dA, dD, ddelta_bias and input-independent dB/dC: per-batch (batch, D, N) partials at dn_offs;
     # variable dB/dC: per-channel-tile partials (tiles, batch, G, N, L)
     part0 = (pid_d * n_batch * G + pid_b * G + pid_g) * N * L
     g_in = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # a_{t+1}·g_{t+1} flowing into the chunk's last step
@@ -168,11 +144,11 @@ def _bwd_kernel(dout_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_pt
         bm = _load_proj(b_ptr, rows0, offs_d, offs_n, t, m_tn, m_dn, N, L, B_VAR)
         cm = _load_proj(c_ptr, rows0, offs_d, offs_n, t, m_tn, m_dn, N, L, C_VAR)
         h0 = tl.load(ckpt_ptr + ckpt_offs + c * Dch * N, mask=m_dn, other=0.0)
-        a, x, hs = _chunk_states(h0, dt, u, bm, a2)
+        a, x, hs = chunk_states(h0, dt, u, bm, a2, False)
         dout = tl.load(dout_ptr + offs_td, mask=m_td, other=0.0).to(tl.float32)
         if HAS_Z:
             zg = tl.load(z_ptr + offs_td, mask=m_td, other=0.0).to(tl.float32)
-            sg = _sigmoid(zg)
+            sg = sigmoid(zg)
             dy = dout * zg * sg
             y = tl.sum(hs * cm, axis=2) + u * dskip[None, :]
             tl.store(dz_ptr + offs_td, (dout * y * sg * (1.0 + zg * (1.0 - sg))).to(dz_ptr.dtype.element_ty),
@@ -182,7 +158,7 @@ def _bwd_kernel(dout_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_pt
         xg = dy[:, :, None] * cm + tl.where((rows == BLOCK_T - 1)[:, None, None], g_in[None], 0.0)
         _, _, g = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), xg), 0, adjoint_combine,
                                       reverse=True)
-        g_in = _row(a * g, rows, 0)
+        g_in = tile_row(a * g, rows, 0)
         g = tl.where(m_td[:, :, None], g, 0.0)
         decay = g * (hs - x)  # g_t·a_t·h_{t-1}, with a_t·h_{t-1} = h_t - x_t
         gdtu = g * (dt * u)[:, :, None]
@@ -203,7 +179,7 @@ def _bwd_kernel(dout_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_pt
             du += dy * dskip[None, :]
         d_skip += tl.sum(tl.where(m_td, dy * u, 0.0), axis=0)
         if SOFTPLUS:
-            ddt = tl.where(zr > 20.0, ddt, ddt * _sigmoid(zr))
+            ddt = tl.where(zr > 20.0, ddt, ddt * sigmoid(zr))
         ddt = tl.where(m_td, ddt, 0.0)
         d_bias += tl.sum(ddt, axis=0)
         tl.store(ddelta_ptr + offs_td, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_td)
@@ -223,11 +199,7 @@ def _geometry(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
     N = A.shape[1]
     B_var, C_var = B.dim() == 4, C.dim() == 4
     G = B.shape[1] if B_var else (C.shape[1] if C_var else 1)
-    block_n = triton.next_power_of_2(N)
-    block_t = min(16, triton.next_power_of_2(L))
-    while block_t > 1 and block_t * block_n > ELEMS_PER_TILE:
-        block_t //= 2
-    block_d = max(1, min(triton.next_power_of_2(Dch // G), ELEMS_PER_TILE // (block_t * block_n)))
+    block_t, block_d, block_n = tile_blocks(L, Dch // G, N)
     return dict(bsz=bsz, Dch=Dch, L=L, N=N, G=G, B_var=B_var, C_var=C_var, block_t=block_t, block_d=block_d,
                 block_n=block_n, n_dtiles=triton.cdiv(Dch // G, block_d), n_chunks=triton.cdiv(L, block_t))
 
@@ -235,7 +207,7 @@ def _geometry(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
 def _launch(kernel, geo: dict, *args, **flags) -> None:
     grid = (geo["bsz"], geo["G"], geo["n_dtiles"])
     kernel[grid](*args, geo["Dch"], geo["L"], geo["N"], geo["G"], **flags, BLOCK_T=geo["block_t"],
-                 BLOCK_D=geo["block_d"], BLOCK_N=geo["block_n"], **({} if INTERPRET else {"num_warps": 4}))
+                 BLOCK_D=geo["block_d"], BLOCK_N=geo["block_n"], **launch_options())
 
 
 def _flags(geo: dict, D, z, delta_bias, delta_softplus) -> dict:

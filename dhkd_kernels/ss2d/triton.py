@@ -23,7 +23,8 @@ import triton
 import triton.language as tl
 
 from .._ext import device_guard
-from ..triton_scan import ELEMS_PER_TILE, INTERPRET, LOG2E, adjoint_combine, dt_softplus, linear_combine
+from ..triton_scan import (LOG2E, adjoint_combine, chunk_states, launch_options, linear_combine, sigmoid, step_dt,
+                           tile_blocks, tile_row)
 
 K = tl.constexpr(4)  # SS2D directions
 
@@ -44,37 +45,18 @@ def _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n, row_ok,
     m_tn = row_ok[:, None] & n_ok[None, :]
     u = tl.load(u_ptr + p[:, None] * D + offs_d[None, :], mask=m_td, other=0.0).to(tl.float32)
     z = tl.load(delta_ptr + (p[:, None] * K + k) * D + offs_d[None, :], mask=m_td, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        z = z + bias[None, :]
-    if SOFTPLUS:
-        dt = dt_softplus(z)
-    else:
-        dt = z
-    dt = tl.where(m_td, dt, 0.0)  # padded rows/channels: a = 1, b = 0, the state passes through unchanged
+    z, dt = step_dt(z, bias, m_td, HAS_BIAS, SOFTPLUS)
     bm = tl.load(b_ptr + (p[:, None] * K + k) * N + offs_n[None, :], mask=m_tn, other=0.0).to(tl.float32)
     cm = tl.load(c_ptr + (p[:, None] * K + k) * N + offs_n[None, :], mask=m_tn, other=0.0).to(tl.float32)
     return u, z, dt, bm, cm
 
 
 @triton.jit
-def _chunk_states(h0, dt, u, bm, a2):
-    """States of one chunk from the state h0 entering it: returns (a, b, h), each [T, BLOCK_D, BLOCK_N]."""
-    a = tl.exp2(dt[:, :, None] * a2[None, :, :])
-    bx = (dt * u)[:, :, None] * bm[:, None, :]
-    a_cum, x_cum = tl.associative_scan((a, bx), 0, linear_combine)
-    return a, bx, a_cum * h0[None, :, :] + x_cum
-
-
-@triton.jit
-def _row(x, rows, r):
-    """Row r of a [T, ...] tile (a masked sum: register tiles cannot be indexed)."""
-    return tl.sum(tl.where((rows == r)[:, None, None], x, 0.0), axis=0)
-
-
-@triton.jit
-def _program_setup(a_ptr, bias_ptr, dskip_ptr, D, N, n_chunks, seg_chunks,
-                   HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Indices of a program of grid (batch·4, channel tiles, segments) and its direction's parameters."""
+def _program_setup(a_ptr, bias_ptr, dskip_ptr, D, N, n_chunks, seg_chunks, HAS_BIAS: tl.constexpr,
+                   HAS_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Indices of a program of grid (batch·4, channel tiles, segments) and its direction's parameters: pid_bk,
+    the batch item b, seg, k, offs_d, offs_n, d_ok, n_ok, m_dn, rows (a chunk's steps), A and A·log2(e), bias
+    and D (zero when absent), and the segment's chunks c0 .. c1 - 1."""
     pid_bk = tl.program_id(0)
     seg = tl.program_id(2)
     k = pid_bk % K
@@ -88,7 +70,16 @@ def _program_setup(a_ptr, bias_ptr, dskip_ptr, D, N, n_chunks, seg_chunks,
     dskip = tl.load(dskip_ptr + k * D + offs_d, mask=d_ok, other=0.0) if HAS_D else offs_d * 0.0
     c0 = seg * seg_chunks
     c1 = tl.minimum(c0 + seg_chunks, n_chunks)
-    return pid_bk, seg, k, offs_d, offs_n, d_ok, n_ok, m_dn, a_raw, bias, dskip, c0, c1
+    b = (pid_bk // K).to(tl.int64)
+    a2 = a_raw * LOG2E
+    rows = tl.arange(0, BLOCK_T)
+    return pid_bk, b, seg, k, offs_d, offs_n, d_ok, n_ok, m_dn, rows, a_raw, a2, bias, dskip, c0, c1
+
+
+@triton.jit
+def _batch_inputs(u_ptr, delta_ptr, b_ptr, c_ptr, b, L, D, N):
+    """Pointers to batch item b of u (b, L, D), delta (b, L, 4, D), B and C (b, L, 4, N)."""
+    return u_ptr + b * L * D, delta_ptr + b * L * K * D, b_ptr + b * L * K * N, c_ptr + b * L * K * N
 
 
 @triton.jit
@@ -99,16 +90,10 @@ def _segment_summary_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, bias_ptr, dy_
     """Pass 1: per (batch, direction, channel tile, segment), the segment's state from a zero entering state
     (hend), its sum of dt (the decay across it is exp(A·sum dt)) and, for the backward, the adjoint it passes
     to the previous segment from a zero carry (gout = a_first·g_first)."""
-    pid_bk, seg, k, offs_d, offs_n, d_ok, n_ok, m_dn, a_raw, bias, no_skip, c0, c1 = _program_setup(
-        a_ptr, bias_ptr, bias_ptr, D, N, n_chunks, seg_chunks, HAS_BIAS, False, BLOCK_D, BLOCK_N)
-    b = (pid_bk // K).to(tl.int64)
-    a2 = a_raw * LOG2E
-    rows = tl.arange(0, BLOCK_T)
-    u_ptr += b * L * D
+    pid_bk, b, seg, k, offs_d, offs_n, d_ok, n_ok, m_dn, rows, a_raw, a2, bias, no_skip, c0, c1 = _program_setup(
+        a_ptr, bias_ptr, bias_ptr, D, N, n_chunks, seg_chunks, HAS_BIAS, False, BLOCK_T, BLOCK_D, BLOCK_N)
+    u_ptr, delta_ptr, b_ptr, c_ptr = _batch_inputs(u_ptr, delta_ptr, b_ptr, c_ptr, b, L, D, N)
     dy_ptr += b * L * D
-    delta_ptr += b * L * K * D
-    b_ptr += b * L * K * N
-    c_ptr += b * L * K * N
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
     for c in range(c0, c1):
@@ -116,8 +101,8 @@ def _segment_summary_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, bias_ptr, dy_
         p = _pixel_index(t, L, H, W, k)
         u, z, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n, t < L, d_ok, n_ok,
                                        D, N, k, HAS_BIAS, SOFTPLUS)
-        hs = _chunk_states(h, dt, u, bm, a2)[2]
-        h = _row(hs, rows, BLOCK_T - 1)  # padded rows only repeat the last real state
+        hs = chunk_states(h, dt, u, bm, a2, True)[2]
+        h = tile_row(hs, rows, BLOCK_T - 1)  # padded rows only repeat the last real state
         dt_sum += tl.sum(dt, axis=0)
     out = (pid_bk * n_seg + seg).to(tl.int64)
     tl.store(hend_ptr + out * D * N + offs_d[:, None] * N + offs_n[None, :], h, mask=m_dn)
@@ -137,7 +122,7 @@ def _segment_summary_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, bias_ptr, dy_
             x = dy[:, :, None] * cm[:, None, :] + tl.where((rows == BLOCK_T - 1)[:, None, None], g_in[None], 0.0)
             g = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), x), 0, adjoint_combine,
                                     reverse=True)[2]
-            g_in = _row(a * g, rows, 0)
+            g_in = tile_row(a * g, rows, 0)
         tl.store(gout_ptr + out * D * N + offs_d[:, None] * N + offs_n[None, :], g_in, mask=m_dn)
 
 
@@ -187,15 +172,9 @@ def _ss2d_fwd_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bias_ptr,
                      BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     """Pass 3 of the forward: the segment's outputs from its true entering state, written per direction into
     ys (batch·4, L, D) in pixel order (summed over directions afterwards: deterministic, no atomics)."""
-    pid_bk, seg, k, offs_d, offs_n, d_ok, n_ok, m_dn, a_raw, bias, dskip, c0, c1 = _program_setup(
-        a_ptr, bias_ptr, dskip_ptr, D, N, n_chunks, seg_chunks, HAS_BIAS, HAS_D, BLOCK_D, BLOCK_N)
-    b = (pid_bk // K).to(tl.int64)
-    a2 = a_raw * LOG2E
-    rows = tl.arange(0, BLOCK_T)
-    u_ptr += b * L * D
-    delta_ptr += b * L * K * D
-    b_ptr += b * L * K * N
-    c_ptr += b * L * K * N
+    pid_bk, b, seg, k, offs_d, offs_n, d_ok, n_ok, m_dn, rows, a_raw, a2, bias, dskip, c0, c1 = _program_setup(
+        a_ptr, bias_ptr, dskip_ptr, D, N, n_chunks, seg_chunks, HAS_BIAS, HAS_D, BLOCK_T, BLOCK_D, BLOCK_N)
+    u_ptr, delta_ptr, b_ptr, c_ptr = _batch_inputs(u_ptr, delta_ptr, b_ptr, c_ptr, b, L, D, N)
     ys_ptr += pid_bk.to(tl.int64) * L * D
     h = tl.load(hin_ptr + (pid_bk * n_seg + seg).to(tl.int64) * D * N + offs_d[:, None] * N + offs_n[None, :],
                 mask=m_dn, other=0.0)
@@ -205,8 +184,8 @@ def _ss2d_fwd_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bias_ptr,
         p = _pixel_index(t, L, H, W, k)
         u, z, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n, row_ok, d_ok,
                                        n_ok, D, N, k, HAS_BIAS, SOFTPLUS)
-        hs = _chunk_states(h, dt, u, bm, a2)[2]
-        h = _row(hs, rows, BLOCK_T - 1)
+        hs = chunk_states(h, dt, u, bm, a2, True)[2]
+        h = tile_row(hs, rows, BLOCK_T - 1)
         y = tl.sum(hs * cm[:, None, :], axis=2)
         if HAS_D:
             y += u * dskip[None, :]
@@ -223,20 +202,14 @@ def _ss2d_bwd_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, b
     segment's chunks from its true entering state (chunk checkpoints in ckpt), then walk the chunks backwards
     from the true adjoint carry, forming every gradient. du is written per direction (dus, summed afterwards);
     dB/dC per channel tile, dA/dD/ddelta_bias per segment as partials summed with torch: deterministic."""
-    pid_bk, seg, k, offs_d, offs_n, d_ok, n_ok, m_dn, a_raw, bias, dskip, c0, c1 = _program_setup(
-        a_ptr, bias_ptr, dskip_ptr, D, N, n_chunks, seg_chunks, HAS_BIAS, HAS_D, BLOCK_D, BLOCK_N)
+    pid_bk, b, seg, k, offs_d, offs_n, d_ok, n_ok, m_dn, rows, a_raw, a2, bias, dskip, c0, c1 = _program_setup(
+        a_ptr, bias_ptr, dskip_ptr, D, N, n_chunks, seg_chunks, HAS_BIAS, HAS_D, BLOCK_T, BLOCK_D, BLOCK_N)
+    u_ptr, delta_ptr, b_ptr, c_ptr = _batch_inputs(u_ptr, delta_ptr, b_ptr, c_ptr, b, L, D, N)
     pid_d = tl.program_id(1)
-    b = (pid_bk // K).to(tl.int64)
     n_batch = tl.num_programs(0) // K
-    a2 = a_raw * LOG2E
-    rows = tl.arange(0, BLOCK_T)
     dy_ptr += b * L * D
-    u_ptr += b * L * D
     dus_ptr += pid_bk.to(tl.int64) * L * D
-    delta_ptr += b * L * K * D
     ddelta_ptr += b * L * K * D
-    b_ptr += b * L * K * N
-    c_ptr += b * L * K * N
     db_ptr += (pid_d * n_batch + b) * L * K * N  # partials (n_dtiles, batch, L, K, N)
     dc_ptr += (pid_d * n_batch + b) * L * K * N
     ckpt_ptr += pid_bk.to(tl.int64) * n_chunks * D * N
@@ -250,8 +223,8 @@ def _ss2d_bwd_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, b
         p = _pixel_index(t, L, H, W, k)
         u, z, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n, t < L, d_ok, n_ok,
                                        D, N, k, HAS_BIAS, SOFTPLUS)
-        hs = _chunk_states(h, dt, u, bm, a2)[2]
-        h = _row(hs, rows, BLOCK_T - 1)
+        hs = chunk_states(h, dt, u, bm, a2, True)[2]
+        h = tile_row(hs, rows, BLOCK_T - 1)
     tl.debug_barrier()  # checkpoints visible to all threads
     # 2) reverse walk over the chunks from the adjoint carried into the segment's last step
     g_in = tl.load(gin_ptr + part * D * N + dn, mask=m_dn, other=0.0)
@@ -268,12 +241,12 @@ def _ss2d_bwd_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, b
         u, z, dt, bm, cm = _load_chunk(u_ptr, delta_ptr, b_ptr, c_ptr, bias, p, offs_d, offs_n, row_ok, d_ok,
                                        n_ok, D, N, k, HAS_BIAS, SOFTPLUS)
         h0 = tl.load(ckpt_ptr + c * D * N + dn, mask=m_dn, other=0.0)
-        a, bx, hs = _chunk_states(h0, dt, u, bm, a2)
+        a, bx, hs = chunk_states(h0, dt, u, bm, a2, True)
         pix_d = p[:, None] * D + offs_d[None, :]
         dy = tl.load(dy_ptr + pix_d, mask=m_td, other=0.0).to(tl.float32)
         x = dy[:, :, None] * cm[:, None, :] + tl.where((rows == BLOCK_T - 1)[:, None, None], g_in[None], 0.0)
         g = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), x), 0, adjoint_combine, reverse=True)[2]
-        g_in = _row(a * g, rows, 0)
+        g_in = tile_row(a * g, rows, 0)
         pix_n = (p[:, None] * K + k) * N + offs_n[None, :]
         tl.store(dc_ptr + pix_n, tl.sum(dy[:, :, None] * hs, axis=1), mask=m_tn)
         tl.store(db_ptr + pix_n, tl.sum(g * (dt * u)[:, :, None], axis=1), mask=m_tn)
@@ -286,9 +259,7 @@ def _ss2d_bwd_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, b
             du += dy * dskip[None, :]
         d_skip += tl.sum(dy * u, axis=0)
         if SOFTPLUS:
-            zc = tl.minimum(tl.maximum(z, -80.0), 20.0)  # sigmoid(-80) ~ 2e-35: no exp overflow below
-            sig = 1.0 / (1.0 + tl.exp2(-zc * LOG2E))
-            ddt = tl.where(z > 20.0, ddt, ddt * sig)
+            ddt = tl.where(z > 20.0, ddt, ddt * sigmoid(z))
         ddt = tl.where(m_td, ddt, 0.0)
         d_bias += tl.sum(ddt, axis=0)
         tl.store(ddelta_ptr + (p[:, None] * K + k) * D + offs_d[None, :], ddt.to(ddelta_ptr.dtype.element_ty),
@@ -302,20 +273,10 @@ def _ss2d_bwd_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, b
 MAX_SEGMENTS = 16  # segments per (batch, direction, channel tile): the carry pass scans them in one tile
 
 
-def _blocks(L: int, Dch: int, N: int) -> tuple[int, int, int]:
-    """(BLOCK_T, BLOCK_D, BLOCK_N): the chunk length and channel tile that keep a tile within budget."""
-    block_n = triton.next_power_of_2(N)
-    block_t = min(16, triton.next_power_of_2(L))
-    while block_t > 1 and block_t * block_n > ELEMS_PER_TILE:
-        block_t //= 2
-    block_d = max(1, min(triton.next_power_of_2(Dch), ELEMS_PER_TILE // (block_t * block_n)))
-    return block_t, block_d, block_n
-
-
 def _plan(L: int, Dch: int, N: int) -> dict:
     """Blocks and the segmentation of the scan: n_chunks chunks of BLOCK_T steps, grouped into n_seg ≤
     MAX_SEGMENTS segments of seg_chunks chunks (one program each per batch, direction and channel tile)."""
-    block_t, block_d, block_n = _blocks(L, Dch, N)
+    block_t, block_d, block_n = tile_blocks(L, Dch, N)
     n_chunks = triton.cdiv(L, block_t)
     seg_chunks = triton.cdiv(n_chunks, MAX_SEGMENTS)
     n_seg = triton.cdiv(n_chunks, seg_chunks)
@@ -323,16 +284,12 @@ def _plan(L: int, Dch: int, N: int) -> dict:
                 n_seg=n_seg, n_dtiles=triton.cdiv(Dch, block_d))
 
 
-def _launch_options() -> dict:
-    return {} if INTERPRET else {"num_warps": 4}
-
-
 def _carry(A, dtsum, val, bsz, Dch, N, plan, reverse: bool) -> torch.Tensor:
     """Pass 2 on the summaries: the value entering every segment (see ``_segment_carry_kernel``)."""
     out = torch.empty_like(val)
     _segment_carry_kernel[(bsz * K.value, plan["n_dtiles"])](
         A, dtsum, val, out, Dch, N, plan["n_seg"], REVERSE=reverse, BLOCK_S=MAX_SEGMENTS,
-        BLOCK_D=plan["BLOCK_D"], BLOCK_N=plan["BLOCK_N"], **_launch_options())
+        BLOCK_D=plan["BLOCK_D"], BLOCK_N=plan["BLOCK_N"], **launch_options())
     return out
 
 
@@ -350,7 +307,7 @@ def _summaries(u, delta, A, B, C, bias, dy, plan, softplus: bool):
         u, delta, A, B, C, A if bias is None else bias, u if dy is None else dy, hend, dtsum, gout,
         H * W, H, W, Dch, N, plan["n_chunks"], plan["seg_chunks"], n_seg,
         HAS_BIAS=bias is not None, SOFTPLUS=softplus, WITH_ADJOINT=dy is not None,
-        BLOCK_T=plan["BLOCK_T"], BLOCK_D=plan["BLOCK_D"], BLOCK_N=plan["BLOCK_N"], **_launch_options())
+        BLOCK_T=plan["BLOCK_T"], BLOCK_D=plan["BLOCK_D"], BLOCK_N=plan["BLOCK_N"], **launch_options())
     return hend, dtsum, (gout if dy is not None else None)
 
 
@@ -373,7 +330,7 @@ def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float):
             u, delta, A, B, C, dskip, A if bias is None else bias, hin, ys, L, H, W, Dch, N,
             plan["n_chunks"], plan["seg_chunks"], plan["n_seg"],
             HAS_D=D is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus),
-            BLOCK_T=plan["BLOCK_T"], BLOCK_D=plan["BLOCK_D"], BLOCK_N=plan["BLOCK_N"], **_launch_options())
+            BLOCK_T=plan["BLOCK_T"], BLOCK_D=plan["BLOCK_D"], BLOCK_N=plan["BLOCK_N"], **launch_options())
     y = ys.sum(1)
     return y if out_float else y.to(u.dtype)
 
@@ -410,6 +367,6 @@ def backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus):
             da_part, db_part, dc_part, dd_part, dbias_part, L, H, W, Dch, N,
             plan["n_chunks"], plan["seg_chunks"], n_seg,
             HAS_D=D is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus),
-            BLOCK_T=plan["BLOCK_T"], BLOCK_D=plan["BLOCK_D"], BLOCK_N=plan["BLOCK_N"], **_launch_options())
+            BLOCK_T=plan["BLOCK_T"], BLOCK_D=plan["BLOCK_D"], BLOCK_N=plan["BLOCK_N"], **launch_options())
     return (dus.sum(1).to(u.dtype), ddelta, da_part.sum((0, 2)), db_part.sum(0).to(B.dtype),
             dc_part.sum(0).to(C.dtype), dd_part.sum((0, 2)), dbias_part.sum((0, 2)))
