@@ -22,10 +22,10 @@ from torch import nn
 
 from ..benchmark.efficientad import Autoencoder
 from ..data.common import IMAGENET_MEAN, IMAGENET_STD
+from ..models.calibration import fit_quantiles, normalisation_weights, normalise_maps, teacher_statistics
 from ..models.teacher import PDN
 
 OUT_CHANNELS = 384
-QUANTILES = (0.9, 0.995)
 
 
 @dataclass
@@ -42,13 +42,6 @@ class EfficientADConfig:
     seed: int = 0
     time_limit_minutes: float = 0.0  # > 0: stop training after this wall time
     width_div: int = 1              # divides the PDNs' hidden widths (1 = EfficientAD; larger for tests only)
-
-
-def _channel_stats(outputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    means = torch.stack([t.mean(dim=(0, 2, 3)) for t in outputs])
-    mean = means.mean(0)
-    var = torch.stack([((t - mean[None, :, None, None]) ** 2).mean(dim=(0, 2, 3)) for t in outputs]).mean(0)
-    return mean.view(1, -1, 1, 1), var.sqrt().view(1, -1, 1, 1)
 
 
 class EfficientAD(nn.Module):
@@ -134,9 +127,7 @@ class EfficientAD(nn.Module):
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
         """0.5·norm(ST) + 0.5·norm(AE) padded by 4 (the unpadded PDN's border: 64×64 at 256², the input's
         stride-4 grid), (b, 1, h, w); the evaluator resizes it to each image's original size."""
-        st, ae = self.raw_maps(x)
-        qa_st, qb_st, qa_ae, qb_ae = self.quantiles.tolist()
-        m = 0.5 * 0.1 * (st - qa_st) / (qb_st - qa_st) + 0.5 * 0.1 * (ae - qa_ae) / (qb_ae - qa_ae)
+        m = normalise_maps(*self.raw_maps(x), normalisation_weights(self.quantiles))
         return F.pad(m, (4, 4, 4, 4))
 
     def fit(self, train, validation) -> "EfficientAD":
@@ -148,9 +139,9 @@ class EfficientAD(nn.Module):
         with torch.no_grad():
             self.teacher_mean.copy_(torch.zeros_like(self.teacher_mean))
             self.teacher_std.copy_(torch.ones_like(self.teacher_std))
-            mean, std = _channel_stats([self.teacher(images[i:i + 1]) for i in range(len(images))])
-            self.teacher_mean.copy_(mean)
-            self.teacher_std.copy_(std)
+            mean, std = teacher_statistics(lambda: (self.teacher(images[i:i + 1]) for i in range(len(images))))
+            self.teacher_mean.copy_(mean.view_as(self.teacher_mean))
+            self.teacher_std.copy_(std.view_as(self.teacher_std))
         params = list(self.student.parameters()) + list(self.autoencoder.parameters())
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.StepLR(opt, max(1, int(cfg.lr_decay_fraction * cfg.steps)), 0.1)
@@ -173,23 +164,12 @@ class EfficientAD(nn.Module):
         self.steps_done = step
         self.final_losses = {k: float(v.detach()) for k, v in out.items()}
         self.eval()
-        self.fit_quantiles(validation)
+        fit_quantiles(self, validation, seed=cfg.seed)
         self.train_seconds = time.time() - t0
         return self
 
-    @torch.no_grad()
-    def fit_quantiles(self, validation, batch_size: int = 8) -> tuple[float, float, float, float]:
-        """Set the ST and AE map normalisation from the good images of ``validation``."""
-        good = [validation[i]["image"] for i in range(len(validation)) if validation.samples[i].label == 0]
-        if not good:
-            raise ValueError(f"{validation!r} has no good image to fit the map quantiles on")
-        st, ae = [], []
-        for i in range(0, len(good), batch_size):
-            a, b = self.raw_maps(torch.stack(good[i:i + batch_size]))
-            st.append(a.flatten())
-            ae.append(b.flatten())
-        q = [float(np.quantile(torch.cat(m).double().numpy(), p)) for m in (st, ae) for p in QUANTILES]
-        if not (q[1] > q[0] and q[3] > q[2]):
-            raise ValueError(f"degenerate EfficientAD map quantiles {q}: the maps are constant on validation")
-        self.quantiles.copy_(torch.tensor(q))
-        return tuple(q)
+    def set_quantiles(self, qa_st: float, qb_st: float, qa_ae: float, qb_ae: float) -> None:
+        """Store the ST and AE map quantiles (fitted by :func:`dhkd.models.calibration.fit_quantiles` on the
+        validation good images); qa < qb for both."""
+        normalisation_weights((qa_st, qb_st, qa_ae, qb_ae))  # validates them
+        self.quantiles.copy_(torch.tensor([qa_st, qb_st, qa_ae, qb_ae], dtype=self.quantiles.dtype))
