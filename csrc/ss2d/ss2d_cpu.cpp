@@ -347,6 +347,14 @@ void require(std::uintptr_t p, const char* name) {
   if (p == 0) throw std::invalid_argument(std::string("ss2d: null pointer for ") + name);
 }
 
+// The inputs of a call, u, delta, A, B and C required (Dw, bias may be null).
+Inputs make_inputs(std::uintptr_t u, std::uintptr_t delta, std::uintptr_t A, std::uintptr_t B, std::uintptr_t C,
+                   std::uintptr_t Dw, std::uintptr_t bias, int dt, bool softplus) {
+  for (auto [p, name] : {std::pair{u, "u"}, {delta, "delta"}, {A, "A"}, {B, "B"}, {C, "C"}}) require(p, name);
+  return Inputs{as_ptr<const void>(u), as_ptr<const void>(delta), as_ptr<const void>(B), as_ptr<const void>(C),
+                as_ptr<const float>(A), as_ptr<const float>(Dw), as_ptr<const float>(bias), dt, softplus};
+}
+
 // Channel block, number of work items and thread team of a call.
 struct Launch {
   int64_t cb, nblk, items;
@@ -392,11 +400,8 @@ void ss2d_fwd(std::uintptr_t u, std::uintptr_t delta, std::uintptr_t A, std::uin
               int64_t Dc, int64_t N, int dt, int ydt, bool softplus, int nthreads) {
   const Dims s = check_dims(bsz, H, W, Dc, N, dt);
   if (ydt != kF32 && ydt != dt) throw std::invalid_argument("ss2d_fwd: y must be fp32 or the input dtype");
-  for (auto [p, name] : {std::pair{u, "u"}, {delta, "delta"}, {A, "A"}, {B, "B"}, {C, "C"}, {y, "y"}})
-    require(p, name);
-  const Inputs in{as_ptr<const void>(u), as_ptr<const void>(delta), as_ptr<const void>(B),
-                  as_ptr<const void>(C), as_ptr<const float>(A), as_ptr<const float>(Dw),
-                  as_ptr<const float>(bias), dt, softplus};
+  const Inputs in = make_inputs(u, delta, A, B, C, Dw, bias, dt, softplus);
+  require(y, "y");
   const std::vector<int64_t> ord = scan_orders(H, W);
   const Launch lc = launch(s, nthreads);
   const int64_t cb = lc.cb, nblk = lc.nblk, items = lc.items;
@@ -420,13 +425,10 @@ void ss2d_bwd(std::uintptr_t dy, int dydt, std::uintptr_t u, std::uintptr_t delt
   const Dims s = check_dims(bsz, H, W, Dc, N, dt);
   if (dydt != kF32 && dydt != kF16 && dydt != kBF16)
     throw std::invalid_argument("ss2d_bwd: unknown dtype code for dy " + std::to_string(dydt));
-  for (auto [p, name] : {std::pair{dy, "dy"}, {u, "u"}, {delta, "delta"}, {A, "A"}, {B, "B"}, {C, "C"},
-                         {du, "du"}, {ddelta, "ddelta"}, {dA, "dA"}, {dB, "dB"}, {dC, "dC"}, {dD, "dD"},
-                         {dbias, "ddelta_bias"}})
+  const Inputs in = make_inputs(u, delta, A, B, C, Dw, bias, dt, softplus);
+  for (auto [p, name] : {std::pair{dy, "dy"}, {du, "du"}, {ddelta, "ddelta"}, {dA, "dA"}, {dB, "dB"}, {dC, "dC"},
+                         {dD, "dD"}, {dbias, "ddelta_bias"}})
     require(p, name);
-  const Inputs in{as_ptr<const void>(u), as_ptr<const void>(delta), as_ptr<const void>(B),
-                  as_ptr<const void>(C), as_ptr<const float>(A), as_ptr<const float>(Dw),
-                  as_ptr<const float>(bias), dt, softplus};
   const std::vector<int64_t> ord = scan_orders(H, W);
   const Launch lc = launch(s, nthreads);
   const int64_t cb = lc.cb, nblk = lc.nblk, items = lc.items;
