@@ -156,7 +156,7 @@ def test_reverse_adjoint_scan_semantics():
     torch.testing.assert_close(g.cpu().double(), want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_dhkd_shape_on_gpu(dtype):
     """DHKD's largest Gnet scan; L = 4096 accumulates more rounding than the tiny CPU cases, hence 5× TOL."""
