@@ -40,7 +40,8 @@ class TrainConfig:
     lr_gamma: float = 0.1
     hard_mining: float = 0.0           # EfficientAD's 0.999-quantile hard-feature loss on Lnet; 0 = off
     penalty_dir: str = ""              # ImageNet-like folder for EfficientAD's penalty on f_L; "" = off
-    cache_teacher: bool = True         # keep normalised teacher outputs of the train images in memory
+    cache_teacher: bool = True         # keep normalised teacher outputs of the train images in memory ...
+    cache_limit_mb: int = 4096         # ... while they and the decoded images fit in this many MB (else per step)
     # bookkeeping
     output: str = "runs"               # runs/<dataset>/<category>/<timestamp>/
     run_dir: str = ""                  # explicit run directory (overrides output/...)

@@ -161,8 +161,9 @@ class Trainer:
             optimizer, cfg.lr_decay_step if cfg.lr_decay_step > 0 else 2**62, cfg.lr_gamma)
         scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
                                       and not torch.cuda.is_bf16_supported())
-        # images are decoded lazily, or kept in memory together with the teacher outputs
-        images = _ImageSource(train_set, cache=cfg.cache_teacher)
+        # images are decoded lazily, or kept in memory together with the teacher outputs when they fit
+        cache = cfg.cache_teacher and self._cache_fits(model, len(train_set))
+        images = _ImageSource(train_set, cache=cache)
         start = 0
         if has_checkpoint(self.run_dir):
             start = load_checkpoint(self.run_dir, model, optimizer, scheduler, cfg.to_dict())
@@ -170,18 +171,16 @@ class Trainer:
         else:
             training_checkpoint(self.run_dir).tidy(keep=None)  # what a kill during a first save left
         t0 = time.time()
-        raw = images.teacher_outputs(model, device) if cfg.cache_teacher else None  # one teacher pass, kept
-        if raw is not None:
-            outputs = lambda: iter(raw)  # noqa: E731
+        t_cache = images.teacher_outputs(model, device) if cache else None  # one teacher pass, kept
+        if t_cache is not None:
+            outputs = lambda: (t_cache[i:i + 1] for i in range(len(t_cache)))  # noqa: E731
         else:
             outputs = lambda: images.teacher_outputs_lazily(model, device)  # noqa: E731
         if start == 0:
             model.set_teacher_stats(*teacher_statistics(outputs))
             print(f"teacher statistics over {len(train_set)} training images in {time.time() - t0:.1f} s")
-        t_cache = None
-        if raw is not None:  # normalise the kept outputs in place: the cache of T̂
-            t_cache = torch.cat([(t - model.teacher_mean) / model.teacher_std for t in raw])
-            del raw
+        if t_cache is not None:  # normalise the kept outputs in place: the cache of T̂
+            t_cache.sub_(model.teacher_mean).div_(model.teacher_std)
         model.train()
         penalty = _PenaltyImages(cfg.penalty_dir, cfg.image_size, cfg.seed) if cfg.penalty_dir else None
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", dynamic_ncols=True)
@@ -235,6 +234,17 @@ class Trainer:
         atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
 
+    def _cache_fits(self, model: DHKD, n_images: int) -> bool:
+        """Whether the decoded training images and their teacher outputs (fp32) fit in ``cache_limit_mb``;
+        if not, say so: the teacher then runs on each step's images instead."""
+        h, w = model.feature_size((self.cfg.image_size, self.cfg.image_size))
+        mb = n_images * (3 * self.cfg.image_size ** 2 + model.config.channels * h * w) * 4 / 2 ** 20
+        if mb <= self.cfg.cache_limit_mb:
+            return True
+        print(f"not caching the teacher outputs: {n_images} training images need {mb:.0f} MB, more than "
+              f"cache_limit_mb = {self.cfg.cache_limit_mb}; the teacher runs on every step's images instead")
+        return False
+
     def _check_finite(self, step: int, loss: torch.Tensor, parts: dict) -> None:
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -263,8 +273,14 @@ class _ImageSource:
             yield self.get([i])
 
     @torch.no_grad()
-    def teacher_outputs(self, model: DHKD, device: torch.device) -> list[torch.Tensor]:
-        return list(self.teacher_outputs_lazily(model, device))
+    def teacher_outputs(self, model: DHKD, device: torch.device) -> torch.Tensor:
+        """The raw teacher outputs of every image, written into one preallocated (n, C, h, w) tensor."""
+        out = None
+        for i, t in enumerate(self.teacher_outputs_lazily(model, device)):
+            if out is None:
+                out = torch.empty((len(self.dataset), *t.shape[1:]), dtype=t.dtype, device=t.device)
+            out[i:i + 1] = t
+        return out
 
     @torch.no_grad()
     def teacher_outputs_lazily(self, model: DHKD, device: torch.device):

@@ -31,6 +31,19 @@ def test_resume_is_exact(synthetic_data, tmp_path, cache):
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)  # decayed ×0.1 after step 3
 
 
+def test_teacher_cache_over_its_memory_limit_falls_back_to_per_step_teacher(synthetic_data, tmp_path, capsys):
+    """A training set whose teacher outputs exceed ``cache_limit_mb`` is not cached (no out-of-memory on large
+    sets): the teacher runs per step instead, and the trained weights are the same as with the cache."""
+    base = dict(SYNTH, **synthetic_data.train_options(), steps=2)
+    Trainer(TrainConfig(**base, run_dir=str(tmp_path / "cached"))).run()
+    assert "not caching" not in capsys.readouterr().out
+    Trainer(TrainConfig(**base, cache_limit_mb=0, run_dir=str(tmp_path / "lazy"))).run()
+    assert "not caching the teacher outputs" in capsys.readouterr().out
+    a, b = _weights(tmp_path / "cached"), _weights(tmp_path / "lazy")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
 def test_teacher_statistics_and_run_layout(synthetic_data, tmp_path):
     cfg = TrainConfig(**dict(SYNTH, **synthetic_data.train_options(), output=str(tmp_path), steps=1))
     trainer = Trainer(cfg)
