@@ -74,11 +74,23 @@ def test_calibration_names_the_image_with_a_non_finite_map(model):
         fit_quantiles_on(model, [(x, ["fine.png", "broken.png"])])
 
 
-def test_teacher_statistics_two_passes():
+def test_teacher_statistics_in_one_pass_equal_the_two_pass_definition():
     outs = [torch.full((1, 2, 3, 3), 1.0), torch.full((1, 2, 3, 3), 3.0)]
-    mean, std = teacher_statistics(lambda: iter(outs))
+    passes = []
+    mean, std = teacher_statistics(lambda: passes.append(1) or iter(outs))
+    assert len(passes) == 1
     torch.testing.assert_close(mean, torch.tensor([2.0, 2.0]))
     torch.testing.assert_close(std, torch.tensor([1.0, 1.0]))
+    g = torch.Generator().manual_seed(0)
+    outs = [3.0 + 2.0 * torch.randn(1, 5, 8, 6, generator=g) for _ in range(7)]
+    two_pass_mean = torch.stack([t.mean(dim=(0, 2, 3)) for t in outs]).mean(0)
+    two_pass_var = torch.stack([((t - two_pass_mean[None, :, None, None]) ** 2).mean(dim=(0, 2, 3))
+                                for t in outs]).mean(0)
+    mean, std = teacher_statistics(lambda: iter(outs))
+    torch.testing.assert_close(mean, two_pass_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(std, two_pass_var.sqrt(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="no teacher output"):
+        teacher_statistics(lambda: iter([]))
 
 
 def test_scoring_resizes_once_and_refuses_non_finite_maps():
