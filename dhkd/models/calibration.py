@@ -11,6 +11,12 @@ with w = 0.05 / (q_b − q_a) and c = −(w_L · q_a,L + w_G · q_a,G), computed
 
 A model whose second map is absent (DHKD without Gnet, the "Lnet only" ablation) declares ``map_mix = (1, 0)``:
 its map is norm(map_L) alone, map_G is not fitted and its quantile slots hold (0, 0).
+
+A model with per-cell normalisation (``cell_norm``, an option of the CPU recipe) also stores, per feature cell,
+the mean and std of that normalised map over the same good images, fitted right after the quantiles (the
+statistics describe the map they normalise, before any smoothing):
+
+    std_cell = std over images (float64) + the median of std_cell over the cells   (a floor for quiet cells)
 """
 from __future__ import annotations
 
@@ -68,6 +74,55 @@ def _check_finite_maps(map_l: torch.Tensor, map_g: torch.Tensor, names: Sequence
                                  "the image are broken, so no map normalisation can be fitted")
 
 
+def _good_raw_maps(model, batches: Iterable[tuple[torch.Tensor, Sequence[str]]]
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """The raw maps of every batch (fp32, CPU), checked finite, and the number of images."""
+    maps_l, maps_g, count = [], [], 0
+    for images, names in batches:
+        map_l, map_g = model.raw_maps(images)
+        _check_finite_maps(map_l, map_g, names)
+        maps_l.append(map_l.float().cpu())
+        maps_g.append(map_g.float().cpu())
+        count += images.shape[0]
+    return maps_l, maps_g, count
+
+
+def cell_statistics(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cell (mean, std + floor) of normalised maps (n, 1, h, w) of n >= 2 good images, in float64, each
+    returned as (1, 1, h, w) fp32; the floor added to every std is the median std over the cells."""
+    if maps.dim() != 4 or maps.shape[1] != 1:
+        raise ValueError(f"cell statistics need maps (n, 1, h, w), got {tuple(maps.shape)}")
+    n = maps.shape[0]
+    if n < 2:
+        raise ValueError(f"per-cell map statistics need at least 2 good validation images, got {n}: add good "
+                         "images to the validation split or turn cell_norm off")
+    m = maps.double()
+    mean = m.mean(0, keepdim=True)
+    std = ((m - mean) ** 2).mean(0, keepdim=True).sqrt()
+    floor = float(std.median())
+    if not (np.isfinite(floor) and bool(torch.isfinite(mean).all())):
+        raise ValueError("the per-cell map statistics are not finite (NaN or inf): the normalised validation "
+                         "maps overflow, so the model's weights or quantiles are broken")
+    if not floor > 0:
+        raise ValueError(f"the per-cell map statistics are degenerate: the {n} good validation maps agree at "
+                         "more than half of the cells (median std 0), so no per-cell scale can be fitted")
+    return mean.float(), (std + floor).float()
+
+
+def _fit_cells(model, maps_l: Sequence[torch.Tensor], maps_g: Sequence[torch.Tensor], count: int) -> dict:
+    """Per-cell statistics of the model's quantile-normalised combined maps, stored with
+    ``model.set_cell_statistics``; returns a summary."""
+    if count == 0:
+        raise ValueError("no good image to fit the per-cell map statistics on")
+    sizes = {tuple(m.shape[-2:]) for m in maps_l}
+    if len(sizes) != 1:
+        raise ValueError(f"per-cell map statistics need maps of one size (images of one size), got {sorted(sizes)}")
+    mean, std = cell_statistics(normalise_maps(torch.cat(list(maps_l)), torch.cat(list(maps_g)),
+                                               model.map_weights()))
+    model.set_cell_statistics(mean, std)
+    return {"num_images": count, "cells": list(mean.shape[-2:])}
+
+
 @torch.no_grad()
 def fit_quantiles_on(model, batches: Iterable[tuple[torch.Tensor, Sequence[str]]], *, seed: int = 0,
                      max_values: int = MAX_QUANTILE_VALUES) -> dict:
@@ -77,15 +132,12 @@ def fit_quantiles_on(model, batches: Iterable[tuple[torch.Tensor, Sequence[str]]
     (DHKD and the EfficientAD-M peer); ``batches`` yields (images on the model's device, image names).
     Returns the quantiles and the number of images. Non-finite or constant maps are errors. A map that the
     model's ``map_mix`` (default :data:`BOTH_MAPS`) weights 0 is not fitted: its quantiles are stored as (0, 0).
+    A model with ``cell_norm`` true also gets its per-cell statistics, from the same maps right after the
+    quantiles (as :func:`fit_cell_statistics`; the summary under ``"cell_statistics"``), so a refit of the
+    quantiles never leaves statistics of the old normalisation behind.
     """
     mix = tuple(getattr(model, "map_mix", BOTH_MAPS))
-    maps_l, maps_g, count = [], [], 0
-    for images, names in batches:
-        map_l, map_g = model.raw_maps(images)
-        _check_finite_maps(map_l, map_g, names)
-        maps_l.append(map_l.float().cpu())
-        maps_g.append(map_g.float().cpu())
-        count += images.shape[0]
+    maps_l, maps_g, count = _good_raw_maps(model, batches)
     if count == 0:
         raise ValueError("no good image to fit the map quantiles on")
     rng = np.random.default_rng(seed)
@@ -96,7 +148,10 @@ def fit_quantiles_on(model, batches: Iterable[tuple[torch.Tensor, Sequence[str]]
             raise ValueError(f"{name} quantiles are degenerate (q{QUANTILES[0]} = {qa}, q{QUANTILES[1]} = {qb}): "
                              "the map is constant on the validation images")
     model.set_quantiles(qa_l, qb_l, qa_g, qb_g)
-    return {"qa_l": qa_l, "qb_l": qb_l, "qa_g": qa_g, "qb_g": qb_g, "num_images": count}
+    out = {"qa_l": qa_l, "qb_l": qb_l, "qa_g": qa_g, "qb_g": qb_g, "num_images": count}
+    if getattr(model, "cell_norm", False):
+        out["cell_statistics"] = _fit_cells(model, maps_l, maps_g, count)
+    return out
 
 
 def dataset_batches(dataset, indices: Sequence[int] | None = None, *, batch_size: int = 8, num_workers: int = 0,
@@ -120,21 +175,45 @@ def model_device(model, device=None) -> torch.device:
         return torch.device("cpu")
 
 
+def _good_batches(model, dataset, *, batch_size: int, device, num_workers: int,
+                  progress: Callable[[Iterable, int, str], Iterable] | None, what: str
+                  ) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """(images on the model's device, names) of the GOOD images of ``dataset``, ``batch_size`` at a time."""
+    good = [i for i, s in enumerate(dataset.samples) if s.label == 0]
+    if not good:
+        raise ValueError(f"{dataset!r} has no good image to fit the {what} on")
+    device = model_device(model, device)
+    return ((torch.stack([it["image"] for it in batch]).to(device), [it["path"] for it in batch])
+            for batch in dataset_batches(dataset, good, batch_size=batch_size, num_workers=num_workers,
+                                         progress=progress, desc="calibrate"))
+
+
 @torch.no_grad()
 def fit_quantiles(model, dataset, *, batch_size: int = 8, device=None, seed: int = 0,
                   max_values: int = MAX_QUANTILE_VALUES, num_workers: int = 0,
                   progress: Callable[[Iterable, int, str], Iterable] | None = None) -> dict:
     """Fit q_a = 0.9 and q_b = 0.995 over all pixels of each raw map on the GOOD images of ``dataset`` (the
     validation split, never test images), store them with ``model.set_quantiles`` and return them.
-    More than ``max_values`` pixels per map are subsampled uniformly (seeded) first."""
-    good = [i for i, s in enumerate(dataset.samples) if s.label == 0]
-    if not good:
-        raise ValueError(f"{dataset!r} has no good image to fit the map quantiles on")
-    device = model_device(model, device)
-    batches = ((torch.stack([it["image"] for it in batch]).to(device), [it["path"] for it in batch])
-               for batch in dataset_batches(dataset, good, batch_size=batch_size, num_workers=num_workers,
-                                            progress=progress, desc="calibrate"))
+    More than ``max_values`` pixels per map are subsampled uniformly (seeded) first. A ``cell_norm`` model
+    gets its per-cell statistics from the same maps (see :func:`fit_quantiles_on`)."""
+    batches = _good_batches(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers,
+                            progress=progress, what="map quantiles")
     return fit_quantiles_on(model, batches, seed=seed, max_values=max_values)
+
+
+@torch.no_grad()
+def fit_cell_statistics(model, dataset, *, batch_size: int = 8, device=None, num_workers: int = 0,
+                        progress: Callable[[Iterable, int, str], Iterable] | None = None) -> dict:
+    """Fit only the per-cell statistics of a ``cell_norm`` model whose quantiles are already fitted, on the
+    GOOD images of ``dataset`` (the validation split, at the model's image size): per cell, the mean and
+    std (+ the median std as a floor) of the quantile-normalised combined map before any smoothing, stored
+    with ``model.set_cell_statistics``. Returns a summary. :func:`fit_quantiles` calls this part itself."""
+    if not getattr(model, "cell_norm", False):
+        raise ValueError("the model has no per-cell normalisation (its config has cell_norm=False)")
+    model.map_weights()  # the quantiles must be fitted first (a clear error otherwise)
+    batches = _good_batches(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers,
+                            progress=progress, what="per-cell map statistics")
+    return _fit_cells(model, *_good_raw_maps(model, batches))
 
 
 def normalisation_weights(quantiles: Sequence[float] | torch.Tensor,

@@ -30,6 +30,15 @@ class DHKDConfig:
     d_state: int = 16                        # SS2D state size N
     ssm_ratio: float = 2.0                   # SS2D d_inner / d_model
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)  # α (T̂,f_L) : β (T̂,f_G) : γ (f_G,f_S)
+    # Scoring options of the CPU recipe (docs/recipe.md), not the paper's; the defaults leave the paper's map as is.
+    cell_norm: bool = False                  # z-score each map cell with statistics of the good validation maps
+    map_sigma: float = 0.0                   # Gaussian sigma in feature cells, applied before the resize (0 = off)
+
+    def __post_init__(self):
+        if not isinstance(self.cell_norm, bool):
+            raise ValueError(f"cell_norm must be true or false, got {self.cell_norm!r}")
+        if not (isinstance(self.map_sigma, (int, float)) and 0.0 <= float(self.map_sigma) < float("inf")):
+            raise ValueError(f"map_sigma must be a finite number >= 0 (feature cells), got {self.map_sigma!r}")
 
     def to_dict(self) -> dict:
         """The config as a plain dict (the inverse of :meth:`from_dict`)."""

@@ -26,6 +26,11 @@ class DHKD(nn.Module):
     with the weights; :mod:`dhkd.models.calibration` fits them and :mod:`dhkd.models.scoring` turns the
     normalised map into the map at the image size and the score.
 
+    With ``cell_norm`` (an option of the CPU recipe, not the paper's) the normalised map is z-scored per feature
+    cell with buffers ``cell_mean`` / ``cell_std`` (1, 1, h, w) fitted on the good validation maps right after
+    the quantiles (registered only then, so other models' weights files are unchanged); ``map_sigma`` > 0 then
+    smooths it with a Gaussian of that many feature cells, before the resize.
+
     With ``use_gnet=False`` (the "Lnet only" ablation) there is no Gnet: the loss is α·mean((T̂−f_L)²), the map
     is norm(map_L) alone (``map_mix`` = (1, 0)) and ``raw_maps`` returns a zero map_G, so every consumer of the
     (map_L, map_G) pair works unchanged.
@@ -47,6 +52,10 @@ class DHKD(nn.Module):
         self.register_buffer("teacher_mean", torch.zeros(1, cfg.channels, 1, 1))
         self.register_buffer("teacher_std", torch.ones(1, cfg.channels, 1, 1))
         self.register_buffer("quantiles", torch.zeros(4))  # qa_l, qb_l, qa_g, qb_g; all zero = not fitted
+        if cfg.cell_norm:  # per-cell statistics of the normalised map at the training size; std 0 = not fitted
+            cells = (1, 1, *self.feature_size((cfg.image_size, cfg.image_size)))
+            self.register_buffer("cell_mean", torch.zeros(cells))
+            self.register_buffer("cell_std", torch.zeros(cells))
         self.teacher_stats_folded = False  # True once fold_teacher_statistics() moved them into the teacher
 
     @classmethod
@@ -90,6 +99,23 @@ class DHKD(nn.Module):
         """Store the map quantiles (see :func:`calibration.fit_quantiles`); qa < qb for each map in use."""
         normalisation_weights((qa_l, qb_l, qa_g, qb_g), self.map_mix)  # validates them
         self.quantiles.copy_(torch.tensor([qa_l, qb_l, qa_g, qb_g], dtype=self.quantiles.dtype))
+        if self.cell_norm:  # statistics of the previous normalisation no longer describe the map
+            self.cell_mean.zero_()
+            self.cell_std.zero_()
+
+    def set_cell_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store the per-cell mean and std (std > 0) of the normalised map (see
+        :func:`calibration.fit_cell_statistics`); only for a model with ``cell_norm``."""
+        if not self.cell_norm:
+            raise RuntimeError("this model has no per-cell normalisation (cell_norm=False)")
+        mean, std = mean.reshape(-1, *mean.shape[-2:]), std.reshape(-1, *std.shape[-2:])
+        if mean.shape != std.shape or tuple(mean.shape) != (1, *self.cell_mean.shape[-2:]):
+            raise ValueError(f"cell statistics must be {tuple(self.cell_mean.shape[-2:])} (the feature map at "
+                             f"image size {self.image_size}), got mean {tuple(mean.shape)}, std {tuple(std.shape)}")
+        if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(std).all()) and bool((std > 0).all())):
+            raise ValueError("cell statistics must be finite with std > 0")
+        self.cell_mean.copy_(mean.reshape(self.cell_mean.shape))
+        self.cell_std.copy_(std.reshape(self.cell_std.shape))
 
     @property
     def image_size(self) -> int:
@@ -105,6 +131,27 @@ class DHKD(nn.Module):
     def has_quantiles(self) -> bool:
         """Whether the map quantiles are fitted (a model saved by the trainer always has them)."""
         return bool(self.quantiles.abs().sum() > 0)
+
+    @property
+    def cell_norm(self) -> bool:
+        """Whether the normalised map is z-scored per feature cell (``config.cell_norm``)."""
+        return self.config.cell_norm
+
+    @property
+    def has_cell_statistics(self) -> bool:
+        """Whether the per-cell statistics are fitted (always False without ``cell_norm``)."""
+        return self.cell_norm and bool((self.cell_std > 0).all())
+
+    def cell_statistics(self, check: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(cell_mean, cell_std) of a ``cell_norm`` model, None without; ``check`` raises when not fitted."""
+        if not self.cell_norm:
+            return None
+        if check and not self.has_cell_statistics:
+            raise RuntimeError("the per-cell map statistics are not fitted (this model has cell_norm=True): fit "
+                               "them with the quantiles, dhkd.models.calibration.fit_quantiles(model, "
+                               "validation_dataset) (the trainer and `dhkd evaluate --model` do), or load a "
+                               "model saved by the trainer")
+        return self.cell_mean, self.cell_std
 
     def map_weights(self) -> tuple[float, float, float]:
         """(w_L, w_G, c) of the map normalisation, from the fitted quantiles."""
@@ -205,14 +252,20 @@ class DHKD(nn.Module):
         return map_l.float(), map_g.float()
 
     def normalized_map(self, map_l: torch.Tensor, map_g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """0.5·norm(map_L) + 0.5·norm(map_G), norm(m) = 0.1·(m−q_a)/(q_b−q_a), bilinearly resized to ``size``."""
+        """0.5·norm(map_L) + 0.5·norm(map_G), norm(m) = 0.1·(m−q_a)/(q_b−q_a) (then the per-cell z-score and
+        the smoothing when configured), bilinearly resized to ``size``."""
         return self.score_raw_maps(map_l, map_g, size)[0]
 
     def score_raw_maps(self, map_l: torch.Tensor, map_g: torch.Tensor, size: tuple[int, int],
                        weights: tuple[float, float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(anomaly map (b, 1, H, W) at ``size``, score (b,)) of the raw maps: normalised with ``weights``
-        (default: from the fitted quantiles), then :func:`dhkd.models.scoring.map_and_score`."""
-        return map_and_score(normalise_maps(map_l, map_g, weights or self.map_weights()), size)
+        (default: from the fitted quantiles), then :func:`dhkd.models.scoring.map_and_score` with the per-cell
+        statistics (``cell_norm``) and ``map_sigma``. Without ``weights`` the calibration is checked here; a
+        caller passing them (the deployment detector) checked it once, so the traced graph has no such test."""
+        checked = weights is None
+        weights = weights or self.map_weights()
+        return map_and_score(normalise_maps(map_l, map_g, weights), size,
+                             cell_stats=self.cell_statistics(check=checked), sigma=float(self.config.map_sigma))
 
     def detect(self, x: torch.Tensor, size: tuple[int, int] | None = None,
                weights: tuple[float, float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

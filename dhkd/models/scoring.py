@@ -5,6 +5,11 @@ The model's evaluation forward, the evaluator, ``dhkd predict`` and every export
 ``torch.export``) go through :func:`map_and_score`, so the same image gives the same map and score in all of
 them: the map is resized once, bilinearly (half-pixel centres, no corner alignment, fp32), from feature
 resolution straight to the requested size, and the score is the maximum of that map.
+
+Two opt-in steps of the CPU recipe (``DHKDConfig.cell_norm`` / ``map_sigma``) run before the resize, at feature
+resolution and in this order: a per-cell z-score with statistics of the good validation maps
+(:func:`cell_normalise`), then a Gaussian of ``sigma`` feature cells (:func:`smooth_map`, separable, with
+scipy's default "reflect" borders). Both are plain tensor operations, so they export with the rest.
 """
 from __future__ import annotations
 
@@ -23,9 +28,55 @@ def image_score(amap: torch.Tensor) -> torch.Tensor:
     return amap.flatten(1).amax(1)
 
 
-def map_and_score(fmap: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(anomaly map (b, 1, H, W) at ``size``, score (b,)) of a normalised feature-resolution map (b, 1, h, w)."""
-    amap = resize_map(fmap, size)
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """The 1-D Gaussian of ``sigma`` (> 0) as scipy.ndimage.gaussian_filter builds it: radius
+    int(4·sigma + 0.5), weights exp(−x²/2σ²) summing to 1, computed in float64, returned in fp32."""
+    if not sigma > 0:
+        raise ValueError(f"the Gaussian sigma must be > 0, got {sigma}")
+    radius = int(4.0 * float(sigma) + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / float(sigma)) ** 2)
+    return (k / k.sum()).float()
+
+
+def _reflect_index(n: int, radius: int) -> torch.Tensor:
+    """Indices into a length-``n`` axis padded by ``radius`` on each side with scipy's "reflect" rule
+    (d c b a | a b c d | d c b a: the edge value repeated), for any radius."""
+    i = torch.arange(-radius, n + radius) % (2 * n)
+    return torch.where(i < n, i, 2 * n - 1 - i)
+
+
+def smooth_map(fmap: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(b, 1, h, w) map smoothed with a Gaussian of ``sigma`` cells (separable, reflect borders as
+    scipy.ndimage.gaussian_filter's default); ``sigma`` = 0 returns the map unchanged."""
+    if sigma == 0:
+        return fmap
+    k = gaussian_kernel(sigma).to(fmap.device)
+    r = (k.numel() - 1) // 2
+    h, w = fmap.shape[-2:]
+    out = fmap.float().index_select(-1, _reflect_index(w, r).to(fmap.device))
+    out = F.conv2d(out, k.view(1, 1, 1, -1))
+    out = out.index_select(-2, _reflect_index(h, r).to(fmap.device))
+    return F.conv2d(out, k.view(1, 1, -1, 1))
+
+
+def cell_normalise(fmap: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(fmap − mean) / std per cell; the (1, 1, h0, w0) statistics are resized bilinearly (as
+    :func:`resize_map`) when the map (b, 1, h, w) has another size."""
+    if tuple(mean.shape[-2:]) != tuple(fmap.shape[-2:]):
+        mean, std = resize_map(mean, fmap.shape[-2:]), resize_map(std, fmap.shape[-2:])
+    return (fmap.float() - mean) / std
+
+
+def map_and_score(fmap: torch.Tensor, size: tuple[int, int], *,
+                  cell_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  sigma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(anomaly map (b, 1, H, W) at ``size``, score (b,)) of a normalised feature-resolution map (b, 1, h, w):
+    per-cell z-score with ``cell_stats`` = (mean, std) when given, then a Gaussian of ``sigma`` cells when
+    > 0, then the resize and the maximum. Without both options the map is only resized."""
+    if cell_stats is not None:
+        fmap = cell_normalise(fmap, *cell_stats)
+    amap = resize_map(smooth_map(fmap, sigma), size)
     return amap, image_score(amap)
 
 

@@ -3,7 +3,8 @@
 It runs the model's own inference path (:meth:`dhkd.models.DHKD.detect`) on a private copy whose teacher
 statistics are folded into the teacher's last convolution and whose map normalisation is three constants:
 one plain ``nn.Module`` (no dropout, nothing to fit) that gives the evaluator's numbers and exports to ONNX /
-``torch.export``.
+``torch.export``. A model with the recipe's per-cell normalisation and smoothing (``cell_norm``, ``map_sigma``)
+keeps them: the cell statistics are buffers of the copy, the smoothing a fixed separable convolution.
 """
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ class AnomalyDetector(nn.Module):
                              "them on good validation images with dhkd.models.calibration.fit_quantiles(model, "
                              "validation_dataset) (or `dhkd evaluate --model`, which saves nothing), or use a "
                              "model.safetensors written by `dhkd train`, which always fits them")
+        if model.cell_norm and not model.has_cell_statistics:
+            raise ValueError("the model's per-cell map statistics are not fitted (cell_norm=True), so its maps "
+                             "cannot be normalised: fit them with the quantiles, dhkd.models.calibration."
+                             "fit_quantiles(model, validation_dataset), or use a model.safetensors written by "
+                             "`dhkd train`, which always fits them")
         if output_size is not None and (len(output_size) != 2 or min(output_size) <= 0):
             raise ValueError(f"output_size must be (height, width) > 0, got {output_size}")
         self.model = copy.deepcopy(model).eval().fold_teacher_statistics()
