@@ -99,7 +99,7 @@ def cell_statistics(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m = maps.double()
     mean = m.mean(0, keepdim=True)
     std = ((m - mean) ** 2).mean(0, keepdim=True).sqrt()
-    floor = float(std.median())
+    floor = float(np.median(std.cpu().numpy()))  # the mean of the two middle values for an even count
     if not (np.isfinite(floor) and bool(torch.isfinite(mean).all())):
         raise ValueError("the per-cell map statistics are not finite (NaN or inf): the normalised validation "
                          "maps overflow, so the model's weights or quantiles are broken")

@@ -127,6 +127,10 @@ class Trainer:
                                               cfg.seed, **cfg.dataset_options)
                                 for split in (("validation", "test") if cfg.evaluate else ("validation",))]
         check_images(sorted({s.path for d in splits for s in d.samples}))
+        good = sum(s.label == 0 for s in splits[1].samples)
+        if cfg.model_overrides.get("cell_norm") and good < 2:  # fitted after training: refuse before it
+            raise ValueError(f"cell_norm needs at least 2 good validation images for its per-cell map statistics, "
+                             f"the validation split of {cfg.dataset}/{cfg.category} has {good}")
         return train_set
 
     def run(self) -> dict:
