@@ -34,7 +34,8 @@ from ..persistence import atomic_write_bytes
 
 _PRESET_TEACHER = {"paper": "medium", "small": "small", "tiny": "small"}
 DHKD_ABLATIONS = {"dhkd": {}, "dhkd-no-hstm": {"use_hstm": False}, "dhkd-no-scmm": {"use_scmm": False},
-                  "dhkd-no-fccm": {"use_fccm": False}, "dhkd-no-gnet": {"use_gnet": False}}
+                  "dhkd-no-fccm": {"use_fccm": False}, "dhkd-no-gnet": {"use_gnet": False},
+                  "dhkd-recipe": {"cell_norm": True, "map_sigma": 1.0}}  # the recipe's scoring (docs/recipe.md)
 
 
 @dataclass(frozen=True)
