@@ -3,8 +3,9 @@
 Model-free form (maps from any method, float TIFFs at the original image size in the official layout):
     dhkd evaluate --maps DIR --dataset mvtec_loco --root ROOT --category CAT --output OUT
 
-Model form (fits the map quantiles on the validation split — good images only — then evaluates the test
-split at full resolution):
+Model form (fits the map quantiles on the validation split — good images only — and, for a model with the
+recipe's ``cell_norm``, its per-cell map statistics from the same maps; then evaluates the test split at full
+resolution):
     dhkd evaluate --model RUN_DIR_OR_MODEL_FILE --dataset mvtec_ad --root ROOT --category CAT --output OUT
 """
 from __future__ import annotations
