@@ -28,21 +28,22 @@ def image_score(amap: torch.Tensor) -> torch.Tensor:
     return amap.flatten(1).amax(1)
 
 
-def gaussian_kernel(sigma: float) -> torch.Tensor:
+def gaussian_kernel(sigma: float, device: torch.device | str | None = None) -> torch.Tensor:
     """The 1-D Gaussian of ``sigma`` (> 0) as scipy.ndimage.gaussian_filter builds it: radius
-    int(4·sigma + 0.5), weights exp(−x²/2σ²) summing to 1, computed in float64, returned in fp32."""
+    int(4·sigma + 0.5), weights exp(−x²/2σ²) summing to 1, computed in float64, returned in fp32. Built on
+    ``device`` itself (no host-to-device copy, so it can run inside a CUDA graph capture)."""
     if not sigma > 0:
         raise ValueError(f"the Gaussian sigma must be > 0, got {sigma}")
     radius = int(4.0 * float(sigma) + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
     k = torch.exp(-0.5 * (x / float(sigma)) ** 2)
     return (k / k.sum()).float()
 
 
-def _reflect_index(n: int, radius: int) -> torch.Tensor:
+def _reflect_index(n: int, radius: int, device: torch.device) -> torch.Tensor:
     """Indices into a length-``n`` axis padded by ``radius`` on each side with scipy's "reflect" rule
     (d c b a | a b c d | d c b a: the edge value repeated), for any radius."""
-    i = torch.arange(-radius, n + radius) % (2 * n)
+    i = torch.arange(-radius, n + radius, device=device) % (2 * n)
     return torch.where(i < n, i, 2 * n - 1 - i)
 
 
@@ -51,12 +52,12 @@ def smooth_map(fmap: torch.Tensor, sigma: float) -> torch.Tensor:
     scipy.ndimage.gaussian_filter's default); ``sigma`` = 0 returns the map unchanged."""
     if sigma == 0:
         return fmap
-    k = gaussian_kernel(sigma).to(fmap.device)
+    k = gaussian_kernel(sigma, fmap.device)
     r = (k.numel() - 1) // 2
     h, w = fmap.shape[-2:]
-    out = fmap.float().index_select(-1, _reflect_index(w, r).to(fmap.device))
+    out = fmap.float().index_select(-1, _reflect_index(w, r, fmap.device))
     out = F.conv2d(out, k.view(1, 1, 1, -1))
-    out = out.index_select(-2, _reflect_index(h, r).to(fmap.device))
+    out = out.index_select(-2, _reflect_index(h, r, fmap.device))
     return F.conv2d(out, k.view(1, 1, -1, 1))
 
 
