@@ -7,9 +7,21 @@ registry checks that when it first loads the module. An op registers itself and 
 :func:`register_op`, and asks :meth:`Op.backend_for` per call:
 
 * the backend requested (the :func:`use_backend` context manager, else the ``DHKD_BACKEND`` environment
-  variable) if it can run on the input's device, else an error (never a silent fallback);
-* otherwise the first available backend in the op's preference list for the device;
+  variable) if it can run on the input's device and sizes, else an error (never a silent fallback);
+* otherwise the first backend in the op's preference list for the device that is available and accepts the
+  sizes;
 * float64 inputs always run the reference: the kernels compute in fp32.
+
+Size limits. A kernel backend that cannot run every shape (e.g. a CUDA kernel compiled for a maximum
+``d_state``) defines, beside its protocol functions, an optional ``unsupported(**sizes) -> str | None``: the
+reason it cannot run these sizes, or None. The op passes the sizes its backends may limit as keywords,
+``_op.backend_for(u, d_state=N)``, and every backend's ``unsupported`` of that op takes those keywords. A
+backend is asked only once it is available (so a backend that is not is never imported for the check);
+automatic choice skips a backend that declines, an explicit request of one raises a ``ValueError`` naming the
+op, the backend, the reason and the backends that can run the call. The compiled backends' modules are
+imported when their op registers (they only wrap the compiled module), so their limits also apply while
+``torch.compile`` traces the choice; a backend module not yet imported at that point (Triton's, before its
+first eager use) is not asked then, since an import cannot be traced.
 
 How to add an op or a backend is described in docs/architecture.md.
 """
@@ -68,10 +80,26 @@ class Op:
     preference: dict[str, list[str]] = field(default_factory=dict)  # device type -> ordered backends
     _modules: dict[str, ModuleType] = field(default_factory=dict, repr=False)
 
-    def backend_for(self, t: torch.Tensor) -> str:
-        """The backend that runs this op on ``t``'s device and dtype in the current context."""
-        backend = choose(self.name, t.device)
-        return "reference" if t.dtype in REFERENCE_DTYPES else backend
+    def backend_for(self, t: torch.Tensor, **sizes: int) -> str:
+        """The backend that runs this op on ``t``'s device and dtype in the current context; ``sizes`` (e.g.
+        ``d_state=N``) go to the backends' ``unsupported`` (see the module docstring)."""
+        if t.dtype in REFERENCE_DTYPES:
+            choose(self.name, t.device)  # a request that cannot run on this device is still an error
+            return "reference"
+        return choose(self.name, t.device, **sizes)
+
+    def unsupported(self, backend: str, sizes: dict[str, int]) -> str | None:
+        """Why ``backend`` (already known to be available) cannot run these sizes, or None: its module's
+        optional ``unsupported(**sizes)``. The reference runs everything."""
+        if backend == "reference" or not sizes:
+            return None
+        mod = self._modules.get(backend)
+        if mod is None:
+            if torch.compiler.is_compiling():
+                return None  # an import cannot be traced (see the module docstring)
+            mod = self.implementation(backend)
+        check = getattr(mod, "unsupported", None)
+        return check(**sizes) if callable(check) else None
 
     def implementation(self, backend: str) -> ModuleType:
         """The backend module ``<package>.<backend>``, imported on first use and checked against the protocol."""
@@ -123,6 +151,9 @@ def register_op(name: str, package: str, protocol: type | None = None, *, symbol
         op.available[backend] = triton_available if backend == "triton" else compiled_available(backend, symbol)
     op.preference = {device: list(order) for device, order in (preference or DEFAULT_PREFERENCE).items()}
     _ops[name] = op
+    for backend, module in (("cpu", "_cpu"), ("cuda", "_cuda")):
+        if backend in backends and _ext.has(module, symbol):
+            op.implementation(backend)  # imported now, outside any torch.compile trace: see "Size limits"
     return op
 
 
@@ -170,10 +201,11 @@ def available_backends(op: str, device_type: str) -> list[str]:
     return [b for b in BACKENDS if is_available(op, b, device_type)]
 
 
-def choose(op: str, device: torch.device) -> str:
-    """The backend that runs ``op`` for tensors on ``device`` in the current context (dtype aside:
-    see :meth:`Op.backend_for`)."""
+def choose(op: str, device: torch.device, **sizes: int) -> str:
+    """The backend that runs ``op`` for tensors on ``device`` with these ``sizes`` in the current context
+    (dtype aside: see :meth:`Op.backend_for`)."""
     device_type = device.type
+    entry = _op(op)
     want = requested_backend()
     if want is not None:
         if not is_available(op, want, device_type):
@@ -181,9 +213,14 @@ def choose(op: str, device: torch.device) -> str:
                 f"backend {want!r} was requested for {op} but cannot run on {device_type} tensors here "
                 f"(available: {available_backends(op, device_type)})"
             )
+        reason = entry.unsupported(want, sizes)
+        if reason is not None:
+            able = [b for b in available_backends(op, device_type) if entry.unsupported(b, sizes) is None]
+            raise ValueError(f"backend {want!r} was requested for {op} but cannot run these inputs: {reason} "
+                             f"(backends that can: {able})")
         return want
-    for backend in _op(op).preference.get(device_type, ["reference"]):
-        if is_available(op, backend, device_type):
+    for backend in entry.preference.get(device_type, ["reference"]):
+        if is_available(op, backend, device_type) and entry.unsupported(backend, sizes) is None:
             return backend
     return "reference"
 

@@ -19,15 +19,25 @@ def _lib():
     return require("_cuda", "selective_scan_fwd", "the selective-scan CUDA kernels")
 
 
-def _sizes(lib, u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> tuple:
+def unsupported(*, d_state: int) -> Optional[str]:
+    """Why the selective-scan CUDA kernels cannot run this ``d_state``, or None: a lane holds the carries of a
+    fixed number of states, up to the compiled ``SELECTIVE_SCAN_MAX_STATE``. The registry asks before choosing
+    this backend, so an automatic choice moves on to the next backend."""
+    limit = _lib().SELECTIVE_SCAN_MAX_STATE
+    if d_state <= limit:
+        return None
+    return f"the selective-scan CUDA kernels support d_state up to {limit}, got {d_state}"
+
+
+def _sizes(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> tuple:
     """(batch, D, L, N, groups, B variable, C variable), after checking what only this backend needs."""
     if u.device.type != "cuda":
         raise ValueError(f"the selective-scan CUDA backend needs CUDA tensors, got {u.device}")
     bsz, Dch, L = u.shape
     N = A.shape[1]
-    if N > lib.SELECTIVE_SCAN_MAX_STATE:
-        raise ValueError(f"the selective-scan CUDA backend supports d_state up to {lib.SELECTIVE_SCAN_MAX_STATE}, "
-                         f"got {N}; use the 'triton' or 'reference' backend")
+    reason = unsupported(d_state=N)
+    if reason is not None:  # reached by direct calls to this backend; the registry never chooses it then
+        raise ValueError(f"{reason}; use the 'triton' or 'reference' backend")
     B_var, C_var = B.dim() == 4, C.dim() == 4
     groups = B.shape[1] if B_var else (C.shape[1] if C_var else 1)
     return bsz, Dch, L, N, groups, B_var, C_var
@@ -38,7 +48,7 @@ def forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tens
             delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, last_state) of the selective scan; see ``ops.py``."""
     lib = _lib()
-    sizes = _sizes(lib, u, A, B, C)
+    sizes = _sizes(u, A, B, C)
     bsz, Dch, _, N = sizes[:4]
     out = torch.empty_like(u)
     last_state = torch.empty((bsz, Dch, N), dtype=torch.float32, device=u.device)
@@ -54,7 +64,7 @@ def backward(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.
              delta_bias: Optional[torch.Tensor], delta_softplus: bool):
     """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) of the selective scan; see ``ops.py``."""
     lib = _lib()
-    sizes = _sizes(lib, u, A, B, C)
+    sizes = _sizes(u, A, B, C)
     bsz, Dch, L, N = sizes[:4]
     if dout.shape != u.shape:
         raise ValueError(f"dout must have the shape of u {tuple(u.shape)}, got {tuple(dout.shape)}")

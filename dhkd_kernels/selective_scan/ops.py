@@ -156,7 +156,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     Returns: out (batch, D, L) in u's dtype, or ``(out, last_state)`` with last_state (batch, D, N) fp32.
     """
     check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    backend = _op.backend_for(u)
+    backend = _op.backend_for(u, d_state=A.shape[1])
     if backend == "reference":
         out, last_state = reference.selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     else:

@@ -20,11 +20,19 @@ def _module():
     return _ext.require("_cuda", "ss2d_fwd", "the SS2D CUDA kernels")
 
 
+def unsupported(*, d_state: int) -> Optional[str]:
+    """Why the SS2D CUDA kernels cannot run this ``d_state``, or None: the states live in registers, up to the
+    compiled ``SS2D_MAX_STATE``. The registry asks before choosing this backend, so an automatic choice moves
+    on to the next backend."""
+    limit = _module().SS2D_MAX_STATE
+    return None if d_state <= limit else f"the SS2D CUDA kernels support d_state up to {limit}, got {d_state}"
+
+
 def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.to(torch.float32).contiguous()
 
 
-def _sizes(mod, u: torch.Tensor, A: torch.Tensor, *io: torch.Tensor) -> tuple[int, int, int, int, int]:
+def _sizes(u: torch.Tensor, A: torch.Tensor, *io: torch.Tensor) -> tuple[int, int, int, int, int]:
     if u.device.type != "cuda":
         raise ValueError(f"the SS2D CUDA backend needs CUDA tensors, got {u.device}")
     for name, t in zip(("u", "delta", "B", "C"), (u, *io)):
@@ -32,9 +40,9 @@ def _sizes(mod, u: torch.Tensor, A: torch.Tensor, *io: torch.Tensor) -> tuple[in
             raise ValueError(f"the SS2D CUDA backend needs a contiguous {name}")
     bsz, H, W, Dch = u.shape
     N = A.shape[2]
-    if N > mod.SS2D_MAX_STATE:
-        raise ValueError(f"the SS2D CUDA backend supports d_state up to {mod.SS2D_MAX_STATE}, got {N}; "
-                         "use the 'triton' or 'reference' backend")
+    reason = unsupported(d_state=N)
+    if reason is not None:  # reached by direct calls to this backend; the registry never chooses it then
+        raise ValueError(f"{reason}; use the 'triton' or 'reference' backend")
     return bsz, H, W, Dch, N
 
 
@@ -48,7 +56,7 @@ def forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tens
             out_float: bool) -> torch.Tensor:
     """The fused SS2D forward on the CUDA kernel (see :class:`~dhkd_kernels.ss2d.ops.SS2DBackend`)."""
     mod = _module()
-    sizes = _sizes(mod, u, A, delta, B, C)
+    sizes = _sizes(u, A, delta, B, C)
     A, D, delta_bias = _f32(A), _f32(D), _f32(delta_bias)
     y = torch.empty(u.shape, dtype=torch.float32 if out_float else u.dtype, device=u.device)
     with torch.cuda.device(u.device):
@@ -64,7 +72,7 @@ def backward(dy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Te
              delta_softplus: bool):
     """(du, ddelta, dA, dB, dC, dD, ddelta_bias) of the fused SS2D scan on the CUDA kernel."""
     mod = _module()
-    sizes = _sizes(mod, u, A, delta, B, C)
+    sizes = _sizes(u, A, delta, B, C)
     bsz, H, W, Dch, N = sizes
     if dy.shape != u.shape:
         raise ValueError(f"dy must have the shape of u {tuple(u.shape)}, got {tuple(dy.shape)}")

@@ -116,7 +116,7 @@ def ss2d_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Te
     Returns: y (batch, H, W, D).
     """
     check_ss2d_inputs(u, delta, A, B, C, D, delta_bias)
-    backend = _op.backend_for(u)
+    backend = _op.backend_for(u, d_state=A.shape[2])
     if backend == "reference":
         return reference.ss2d_scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float)
     args = [t.contiguous() if t is not None else None for t in (u, delta, A, B, C, D, delta_bias)]

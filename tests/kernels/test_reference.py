@@ -254,6 +254,102 @@ def test_registry_checks_backends_against_the_protocol(monkeypatch):
         registry.choose("nope", torch.device("cpu"))
 
 
+def _sized_backend(name, limit):
+    """A fake backend module implementing _TwoFunctions that declines d_state above ``limit``."""
+    mod = types.ModuleType(name)
+    mod.forward = mod.backward = lambda *args: None
+    mod.unsupported = lambda *, d_state: None if d_state <= limit else f"d_state {d_state} is above {limit}"
+    return mod
+
+
+def test_automatic_choice_skips_a_backend_that_declines_the_sizes(monkeypatch):
+    monkeypatch.setattr(registry, "_ops", dict(registry.ops()))
+    for mod in (types.ModuleType("sizedop"), _sized_backend("sizedop.cpu", 16), _sized_backend("sizedop.triton", 64)):
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    # No sizedop.cuda module exists: the unavailable cuda backend must never be imported for the check.
+    op = registry.register_op("sized", "sizedop", _TwoFunctions, symbol="sized_fwd",
+                              preference={"cpu": ["cuda", "cpu", "triton", "reference"]})
+    op.available.update(cpu=lambda d: d == "cpu", triton=lambda d: d == "cpu", cuda=lambda d: False)
+    x = torch.zeros(1)
+    assert op.backend_for(x, d_state=16) == "cpu"  # supported: the first available backend
+    assert op.backend_for(x, d_state=17) == "triton"  # cpu declines: the next one
+    assert op.backend_for(x, d_state=65) == "reference"  # both decline
+    assert op.backend_for(x) == "cpu"  # no sizes, nothing to decline
+    with dhkd_kernels.use_backend("triton"):
+        assert op.backend_for(x, d_state=64) == "triton"
+        with pytest.raises(ValueError, match=r"backend 'triton' was requested for sized but cannot run these "
+                                             r"inputs: d_state 65 is above 64 \(backends that can: \['reference'\]\)"):
+            op.backend_for(x, d_state=65)
+        assert op.backend_for(x.double(), d_state=65) == "reference"  # float64 runs the reference anyway
+    monkeypatch.setenv("DHKD_BACKEND", "cpu")
+    with pytest.raises(ValueError, match=r"d_state 17 is above 16 \(backends that can: \['reference', 'triton'\]\)"):
+        op.backend_for(x, d_state=17)
+
+
+def _ss2d_inputs(N):
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(1, 2, 3, 4, generator=g)
+    return (u, torch.randn(1, 2, 3, 4, 4, generator=g), -torch.rand(4, 4, N, generator=g) - 0.5,
+            torch.randn(1, 2, 3, 4, N, generator=g), torch.randn(1, 2, 3, 4, N, generator=g))
+
+
+def _selective_scan_inputs(N):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(1, 4, 5, generator=g), torch.rand(1, 4, 5, generator=g), -torch.rand(4, N, generator=g) - 0.5,
+            torch.randn(1, N, 5, generator=g), torch.randn(1, N, 5, generator=g))
+
+
+WRAPPERS = [("ss2d_scan", _ss2d_inputs, dhkd_kernels.ss2d_scan),
+            ("selective_scan", _selective_scan_inputs, dhkd_kernels.selective_scan)]
+
+
+@pytest.mark.parametrize("op_name, make, run", WRAPPERS)
+def test_ops_pass_d_state_to_the_backends(monkeypatch, op_name, make, run):
+    if not registry.is_available(op_name, "cpu", "cpu"):
+        pytest.skip("needs the C++ CPU kernels")
+    asked = []
+
+    def unsupported(*, d_state):
+        asked.append(d_state)
+        return f"d_state {d_state} is above 2" if d_state > 2 else None
+
+    monkeypatch.setattr(registry.ops()[op_name].implementation("cpu"), "unsupported", unsupported, raising=False)
+    inputs = make(3)
+    with dhkd_kernels.use_backend("reference"):
+        expected = run(*inputs)
+    torch.testing.assert_close(run(*inputs), expected, rtol=0, atol=0)  # cpu declined: the reference ran
+    assert asked == [3]
+    with dhkd_kernels.use_backend("cpu"):
+        with pytest.raises(ValueError, match="cannot run these inputs: d_state 3 is above 2"):
+            run(*inputs)
+
+
+@pytest.mark.parametrize("op_name, limit_name, make, run", [
+    ("ss2d_scan", "SS2D_MAX_STATE", _ss2d_inputs, dhkd_kernels.ss2d_scan),
+    ("selective_scan", "SELECTIVE_SCAN_MAX_STATE", _selective_scan_inputs, dhkd_kernels.selective_scan),
+])
+def test_cuda_d_state_limit_reaches_the_choice(monkeypatch, op_name, limit_name, make, run):
+    """The op passes d_state to the CUDA backend's limit: with the CUDA backend made to look available for CPU
+    tensors, d_state above its compiled maximum falls through to the next backend, and a request of it is a
+    clear error. (On a GPU this is the automatic fall back from cuda to triton.)"""
+    ext = registry.extension("_cuda")
+    op = registry.ops()[op_name]
+    if ext is None or not hasattr(ext, limit_name) or not registry.is_available(op_name, "cpu", "cpu"):
+        pytest.skip(f"needs the C++ CPU kernels and a _cuda module that binds {limit_name}")
+    limit = getattr(ext, limit_name)
+    monkeypatch.setitem(op.available, "cuda", lambda device_type: True)
+    monkeypatch.setitem(op.preference, "cpu", ["cuda", "cpu", "reference"])
+    assert op.backend_for(torch.zeros(1), d_state=limit) == "cuda"
+    inputs = make(limit + 1)
+    with dhkd_kernels.use_backend("cpu"):
+        expected = run(*inputs)
+    torch.testing.assert_close(run(*inputs), expected)  # the cpu kernel ran (cuda would reject CPU tensors)
+    with dhkd_kernels.use_backend("cuda"), pytest.raises(
+            ValueError, match=rf"requested for {op_name} but cannot run these inputs: .*CUDA kernels support "
+                              rf"d_state up to {limit}, got {limit + 1} \(backends that can: \['reference', 'cpu'"):
+        run(*inputs)
+
+
 def test_float64_runs_the_reference_whatever_the_request():
     op = registry.ops()["scmm_modulate"]
     x64, x32 = torch.zeros(1, dtype=torch.float64), torch.zeros(1)
