@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(for benchmarks/recipe_maps.py)")
     p.add_argument("--grid-sigma", type=float, default=0.0,
                    help="Gaussian smoothing of the maps at each method's own resolution, in cells (docs/recipe.md)")
+    p.add_argument("--cache-limit-mb", type=int, default=CompareConfig.cache_limit_mb,
+                   help="DHKD rows keep the training images' teacher outputs in memory up to this size")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.threads > 0:
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CompareConfig(output=args.output, teachers=parse_teachers(args.teacher), preset=args.preset,
                         steps=args.steps, lr=args.lr, lr_decay_step=args.lr_decay_step,
                         time_limit_minutes=args.time_limit_minutes, seed=args.seed, timed_images=args.timed_images,
-                        save_grids=args.save_grids, grid_sigma=args.grid_sigma)
+                        save_grids=args.save_grids, grid_sigma=args.grid_sigma, cache_limit_mb=args.cache_limit_mb)
     compare(args.data, [m.strip() for m in args.methods.split(",") if m.strip()], cfg)
     print(open(f"{args.output}/compare.md").read())
     return 0

@@ -3,7 +3,8 @@
 Each method is fitted on the training split (good images), calibrated on the validation split where it
 needs it, and scored on the test split by :mod:`dhkd.eval.evaluator` (full-resolution maps, the metrics the
 dataset's ground truth allows). Per method and dataset: the evaluator's results.json, the fitting time
-(training, teacher statistics and calibration; teacher distillation excluded and reported apart) and the
+(training, teacher statistics and calibration; teacher distillation excluded and reported apart; DHKD rows
+after the first of a dataset reuse its teacher statistics, which their notes say) and the
 inference time per image at batch 1 (mean over the timed test images after one warm-up, fp32, this process's
 threads). ``grid_sigma`` > 0 smooths every method's maps at its own resolution before they are resized (the
 saved grids stay unsmoothed). ``compare(...)`` writes ``<output>/<dataset>_<category>/<method>/results.json`` and
@@ -75,6 +76,7 @@ class CompareConfig:
     knn_bank_size: int = 20000
     save_grids: bool = False    # also save the validation and test maps at the scorer's own resolution
     grid_sigma: float = 0.0     # Gaussian smoothing of every method's maps at its own resolution, in cells
+    cache_limit_mb: int = 4096  # DHKD rows keep the teacher outputs in memory up to this size (TrainConfig's field)
 
 
 @dataclass
@@ -140,7 +142,7 @@ def save_npy(array: np.ndarray, path: Path) -> None:
 
 
 def _fit_knn(on_teacher: bool):
-    def fit(spec: DataSpec, cfg: CompareConfig, out: Path):
+    def fit(spec: DataSpec, cfg: CompareConfig, out: Path, shared: dict):
         from .knn import KNNConfig, KNNScorer
 
         teacher = _teacher_for(spec, cfg) if on_teacher else ""
@@ -155,7 +157,7 @@ def _fit_knn(on_teacher: bool):
 
 
 def _fit_efficientad(size: str):
-    def fit(spec: DataSpec, cfg: CompareConfig, out: Path):
+    def fit(spec: DataSpec, cfg: CompareConfig, out: Path, shared: dict):
         from ..persistence import load_teacher
         from .efficientad import EfficientAD, EfficientADConfig
 
@@ -173,7 +175,7 @@ def _fit_efficientad(size: str):
 
 
 def _fit_dhkd(overrides: dict):
-    def fit(spec: DataSpec, cfg: CompareConfig, out: Path):
+    def fit(spec: DataSpec, cfg: CompareConfig, out: Path, shared: dict):
         from ..persistence import load_model
         from ..train.config import TrainConfig
         from ..train.trainer import Trainer
@@ -183,34 +185,38 @@ def _fit_dhkd(overrides: dict):
                            model_overrides=dict(overrides), teacher=teacher_path, steps=cfg.steps, lr=cfg.lr,
                            lr_decay_step=cfg.lr_decay_step, time_limit_minutes=cfg.time_limit_minutes,
                            image_size=cfg.image_size, seed=cfg.seed, device="cpu", run_dir=str(out / "run"),
-                           checkpoint_every=max(cfg.steps, 1), evaluate=False)
-        trainer = Trainer(tcfg)
+                           checkpoint_every=max(cfg.steps, 1), evaluate=False, cache_limit_mb=cfg.cache_limit_mb)
+        stats_key = ("teacher_stats", spec.key, teacher_path)  # every DHKD row of a dataset shares its teacher
+        trainer = Trainer(tcfg, teacher_stats=shared.get(stats_key))
         t0 = time.time()
         summary = trainer.run()  # trains, then fits the map quantiles on the validation good images
         model = load_model(Path(summary["run_dir"]) / "model.safetensors").eval()
+        shared.setdefault(stats_key, (model.teacher_mean.clone(), model.teacher_std.clone()))
 
         def map_fn(x):
             map_l, map_g = model.raw_maps(x)
             return model.normalized_map(map_l, map_g, size=tuple(map_l.shape[-2:]))
 
         losses = ", ".join(f"{k} {v:.4f}" for k, v in summary["final_losses"].items())
+        reused = "; teacher statistics of an earlier row (not in fit s)" if trainer.teacher_stats is not None else ""
         return FittedMethod(map_fn, time.time() - t0, summary["steps"], teacher_path,
-                            f"preset {cfg.preset}, overrides {overrides or 'none'}; final losses {losses}")
+                            f"preset {cfg.preset}, overrides {overrides or 'none'}; final losses {losses}{reused}")
     return fit
 
 
-METHODS: dict[str, Callable[[DataSpec, CompareConfig, Path], FittedMethod]] = {
+METHODS: dict[str, Callable[[DataSpec, CompareConfig, Path, dict], FittedMethod]] = {
     "knn": _fit_knn(False), "knn-teacher": _fit_knn(True),
     "efficientad-s": _fit_efficientad("small"), "efficientad-m": _fit_efficientad("medium"),
     **{name: _fit_dhkd(o) for name, o in DHKD_ABLATIONS.items()}}
 
 
-def run_method(method: str, spec: DataSpec, cfg: CompareConfig) -> MethodResult:
-    """Fit, time and evaluate one method on one dataset category."""
+def run_method(method: str, spec: DataSpec, cfg: CompareConfig, shared: dict | None = None) -> MethodResult:
+    """Fit, time and evaluate one method on one dataset category. ``shared`` carries what rows of one
+    comparison reuse (the DHKD teacher's channel statistics per dataset and teacher file)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     out = Path(cfg.output) / spec.key / method
-    f = METHODS[method](spec, cfg, out)
+    f = METHODS[method](spec, cfg, out, {} if shared is None else shared)
     map_fn = f.map_fn
     test = build_dataset(spec.dataset, spec.root, spec.category, "test", cfg.image_size, cfg.seed)
     ms = time_per_image(map_fn, test, cfg.timed_images)
@@ -265,10 +271,10 @@ def compare(specs: list[DataSpec], methods: list[str], cfg: CompareConfig) -> li
     if unknown:
         raise ValueError(f"unknown methods {unknown}; expected some of {', '.join(METHODS)}")
     rows: list[MethodResult] = []
-    out = Path(cfg.output)
+    out, shared = Path(cfg.output), {}
     for spec in specs:
         for method in methods:
-            rows.append(run_method(method, spec, cfg))
+            rows.append(run_method(method, spec, cfg, shared))
             atomic_write_bytes(out / "compare.json",
                                json.dumps({"config": asdict(cfg), "rows": [asdict(r) for r in rows]},
                                           indent=1).encode())

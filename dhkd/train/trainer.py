@@ -82,10 +82,22 @@ class Trainer:
     Without ``config.run_dir`` the run gets a new folder ``output/<dataset>/<category>/<timestamp>``
     (claimed atomically when ``run()`` starts); ``run_dir`` is then known. A config with ``evaluate`` set
     needs ``evaluate_test`` (see :class:`Evaluator`); without ``evaluate`` it is not called.
+
+    ``teacher_stats`` = (mean, std), each with one value per teacher channel, skips the pass over the training
+    split that a new run makes for the teacher's channel statistics; give only statistics of this teacher on
+    this training split at this image size (e.g. another run's ``model.teacher_mean`` / ``teacher_std``).
     """
 
-    def __init__(self, config: TrainConfig, timestamp: str | None = None, evaluate_test: Evaluator | None = None):
+    def __init__(self, config: TrainConfig, timestamp: str | None = None, evaluate_test: Evaluator | None = None,
+                 teacher_stats: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.cfg = config.validate()
+        if teacher_stats is not None:
+            mean, std = (torch.as_tensor(t, dtype=torch.float32).reshape(-1) for t in teacher_stats)
+            if mean.shape != std.shape or not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(std).all())
+                                               and bool((std > 0).all())):
+                raise ValueError("teacher_stats must be (mean, std) of one shape, finite, with std > 0")
+            teacher_stats = (mean, std)
+        self.teacher_stats = teacher_stats
         if config.evaluate and evaluate_test is None:
             raise ValueError("the training config asks for a test-split evaluation (evaluate: true) but the "
                              "Trainer was given no evaluator: pass evaluate_test= (e.g. "
@@ -141,6 +153,9 @@ class Trainer:
         """
         train_set = self.check_data()
         model = self.build_model()  # reads the teacher file: a bad one fails before any folder is made
+        if self.teacher_stats is not None and self.teacher_stats[0].numel() != model.teacher_mean.numel():
+            raise ValueError(f"teacher_stats have {self.teacher_stats[0].numel()} channels, the teacher outputs "
+                             f"{model.teacher_mean.numel()}")
         created = self.run_dir is None or not self.run_dir.exists()
         if self.run_dir is None:
             self.run_dir = claim_run_dir(Path(self.cfg.output) / self.cfg.dataset / self.cfg.category, self.stamp)
@@ -180,7 +195,9 @@ class Trainer:
             outputs = lambda: (t_cache[i:i + 1] for i in range(len(t_cache)))  # noqa: E731
         else:
             outputs = lambda: images.teacher_outputs_lazily(model, device)  # noqa: E731
-        if start == 0:
+        if start == 0 and self.teacher_stats is not None:
+            model.set_teacher_stats(*(t.to(device) for t in self.teacher_stats))
+        elif start == 0:
             model.set_teacher_stats(*teacher_statistics(outputs))
             print(f"teacher statistics over {len(train_set)} training images in {time.time() - t0:.1f} s")
         if t_cache is not None:  # normalise the kept outputs in place: the cache of T̂

@@ -101,3 +101,10 @@ def test_compare_trains_dhkd_rows(synthetic_data, tmp_path):
     assert all(set(r.metrics) == {"image_auroc", "pixel_auroc", "au_pro"} for r in rows)
     config = (tmp_path / "cmp" / "synthetic_synthetic" / "dhkd-no-hstm" / "run" / "config.yaml").read_text()
     assert "use_hstm: false" in config and "use_hstm" in rows[1].notes
+    # the second DHKD row of the dataset reuses the first row's teacher statistics (and says so)
+    assert "earlier row" not in rows[0].notes and "teacher statistics of an earlier row" in rows[1].notes
+    from dhkd.persistence import load_model
+
+    models = [load_model(tmp_path / "cmp" / "synthetic_synthetic" / m / "run" / "model.safetensors") for m in
+              ("dhkd", "dhkd-no-hstm")]
+    torch.testing.assert_close(models[0].teacher_std, models[1].teacher_std, rtol=0, atol=0)

@@ -56,6 +56,28 @@ def test_teacher_statistics_and_run_layout(synthetic_data, tmp_path):
     assert summary["steps"] == 1
 
 
+def test_given_teacher_statistics_replace_the_teacher_pass_and_give_the_same_model(synthetic_data, tmp_path,
+                                                                                  monkeypatch):
+    """Statistics handed in (another run's, same teacher and split) are used as they are, with no pass of their
+    own, and the trained weights equal the run that computed them; wrong statistics are refused up front."""
+    import dhkd.train.trainer as trainer_module
+
+    base = dict(SYNTH, **synthetic_data.train_options(), steps=2)
+    Trainer(TrainConfig(**base, run_dir=str(tmp_path / "first"))).run()
+    first = load_model(tmp_path / "first" / "model.safetensors")
+    stats = (first.teacher_mean, first.teacher_std)
+    monkeypatch.setattr(trainer_module, "teacher_statistics", lambda outputs: pytest.fail("teacher pass ran"))
+    Trainer(TrainConfig(**base, run_dir=str(tmp_path / "second")), teacher_stats=stats).run()
+    a, b = _weights(tmp_path / "first"), _weights(tmp_path / "second")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(ValueError, match="std > 0"):
+        Trainer(TrainConfig(**base), teacher_stats=(stats[0], torch.zeros_like(stats[1])))
+    with pytest.raises(ValueError, match="channels"):
+        Trainer(TrainConfig(**base, run_dir=str(tmp_path / "third")), teacher_stats=(stats[0][:, :3], stats[1][:, :3])).run()
+    assert not (tmp_path / "third").exists()
+
+
 def test_the_test_split_evaluation_is_the_step_the_caller_hands_in(synthetic_data, tmp_path):
     """With ``evaluate`` set, the trainer calls the evaluator it was given once, on the trained model and the
     test split, and keeps what it returns; without an evaluator such a config is refused before training."""
