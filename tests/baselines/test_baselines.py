@@ -43,9 +43,17 @@ def test_knn_on_teacher_descriptors(synthetic_data, tmp_path):
 
     save_teacher(PDN("small", 384, padding=True), tmp_path / "t.safetensors")
     knn = KNNScorer(KNNConfig(image_size=64, bank_size=100, teacher=str(tmp_path / "t.safetensors")))
-    knn.fit(split(synthetic_data, "train", 64))
+    train = split(synthetic_data, "train", 64)
+    knn.fit(train)
     assert knn.bank.shape == (100, 384)
     assert knn.anomaly_map(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 16, 16)
+    # the streamed bank is the seeded uniform draw from all good descriptors, in draw order
+    every = torch.cat([knn.descriptors(train[i]["image"][None]).permute(0, 2, 3, 1).reshape(-1, 384)
+                       for i in range(len(train))])
+    drawn = np.random.default_rng(0).choice(every.shape[0], 100, replace=False)
+    torch.testing.assert_close(knn.bank, every[torch.from_numpy(drawn)], rtol=1e-5, atol=1e-5)
+    small = KNNScorer(KNNConfig(image_size=64, bank_size=10**6, teacher=str(tmp_path / "t.safetensors"))).fit(train)
+    torch.testing.assert_close(small.bank, every, rtol=1e-5, atol=1e-5)  # a bank larger than the set: all of it
 
 
 def test_efficientad_trains_and_calibrates(synthetic_data):
