@@ -116,3 +116,27 @@ def test_compare_trains_dhkd_rows(synthetic_data, tmp_path):
     models = [load_model(tmp_path / "cmp" / "synthetic_synthetic" / m / "run" / "model.safetensors") for m in
               ("dhkd", "dhkd-no-hstm")]
     torch.testing.assert_close(models[0].teacher_std, models[1].teacher_std, rtol=0, atol=0)
+
+
+def test_compare_command_line_reaches_the_config(monkeypatch, capsys, tmp_path):
+    """benchmarks/compare.py turns its flags into the CompareConfig it runs (the comparison itself stubbed)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "compare.py"
+    module_spec = importlib.util.spec_from_file_location("compare_cli", path)
+    cli = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(cli)
+    seen = {}
+
+    def fake_compare(specs, methods, cfg):
+        seen.update(specs=specs, methods=methods, cfg=cfg)
+        (tmp_path / "compare.md").write_text("table")
+
+    monkeypatch.setattr(cli, "compare", fake_compare)
+    assert cli.main(["--data", "elpv:installed:all", "--methods", "knn, dhkd-no-hstm", "--teacher", "t.safetensors",
+                     "--image-size", "512", "--cache-limit-mb", "0", "--steps", "7", "--output", str(tmp_path)]) == 0
+    cfg = seen["cfg"]
+    assert seen["methods"] == ["knn", "dhkd-no-hstm"] and seen["specs"] == [DataSpec("elpv", "installed", "all")]
+    assert (cfg.image_size, cfg.cache_limit_mb, cfg.steps, cfg.teachers) == (512, 0, 7, {"*": "t.safetensors"})
+    assert capsys.readouterr().out.strip() == "table"
