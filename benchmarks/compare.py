@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-limit-minutes", type=float, default=0.0, help="per trained method")
     p.add_argument("--image-size", type=int, default=CompareConfig.image_size,
                    help="square input side of every method (the kNN's descriptor grid is side/8)")
+    p.add_argument("--knn-bank-size", type=int, default=CompareConfig.knn_bank_size,
+                   help="training descriptors drawn into the kNN's memory bank")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timed-images", type=int, default=20)
     p.add_argument("--save-grids", action="store_true",
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = CompareConfig(output=args.output, teachers=parse_teachers(args.teacher), preset=args.preset,
                         steps=args.steps, lr=args.lr, lr_decay_step=args.lr_decay_step,
-                        time_limit_minutes=args.time_limit_minutes, image_size=args.image_size, seed=args.seed, timed_images=args.timed_images,
+                        time_limit_minutes=args.time_limit_minutes, image_size=args.image_size, knn_bank_size=args.knn_bank_size, seed=args.seed, timed_images=args.timed_images,
                         save_grids=args.save_grids, grid_sigma=args.grid_sigma, cache_limit_mb=args.cache_limit_mb)
     compare(args.data, [m.strip() for m in args.methods.split(",") if m.strip()], cfg)
     print(open(f"{args.output}/compare.md").read())

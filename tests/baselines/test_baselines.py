@@ -135,8 +135,10 @@ def test_compare_command_line_reaches_the_config(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(cli, "compare", fake_compare)
     assert cli.main(["--data", "elpv:installed:all", "--methods", "knn, dhkd-no-hstm", "--teacher", "t.safetensors",
-                     "--image-size", "512", "--cache-limit-mb", "0", "--steps", "7", "--output", str(tmp_path)]) == 0
+                     "--image-size", "512", "--cache-limit-mb", "0", "--steps", "7", "--knn-bank-size", "5000",
+                     "--output", str(tmp_path)]) == 0
     cfg = seen["cfg"]
     assert seen["methods"] == ["knn", "dhkd-no-hstm"] and seen["specs"] == [DataSpec("elpv", "installed", "all")]
-    assert (cfg.image_size, cfg.cache_limit_mb, cfg.steps, cfg.teachers) == (512, 0, 7, {"*": "t.safetensors"})
+    assert (cfg.image_size, cfg.cache_limit_mb, cfg.steps, cfg.knn_bank_size) == (512, 0, 7, 5000)
+    assert cfg.teachers == {"*": "t.safetensors"}
     assert capsys.readouterr().out.strip() == "table"
