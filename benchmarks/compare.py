@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = CompareConfig(output=args.output, teachers=parse_teachers(args.teacher), preset=args.preset,
                         steps=args.steps, lr=args.lr, lr_decay_step=args.lr_decay_step,
-                        time_limit_minutes=args.time_limit_minutes, image_size=args.image_size, knn_bank_size=args.knn_bank_size, seed=args.seed, timed_images=args.timed_images,
+                        time_limit_minutes=args.time_limit_minutes, image_size=args.image_size,
+                        knn_bank_size=args.knn_bank_size, seed=args.seed, timed_images=args.timed_images,
                         save_grids=args.save_grids, grid_sigma=args.grid_sigma, cache_limit_mb=args.cache_limit_mb)
     compare(args.data, [m.strip() for m in args.methods.split(",") if m.strip()], cfg)
     print(open(f"{args.output}/compare.md").read())

@@ -195,11 +195,12 @@ class Trainer:
             outputs = lambda: (t_cache[i:i + 1] for i in range(len(t_cache)))  # noqa: E731
         else:
             outputs = lambda: images.teacher_outputs_lazily(model, device)  # noqa: E731
-        if start == 0 and self.teacher_stats is not None:
-            model.set_teacher_stats(*(t.to(device) for t in self.teacher_stats))
-        elif start == 0:
-            model.set_teacher_stats(*teacher_statistics(outputs))
-            print(f"teacher statistics over {len(train_set)} training images in {time.time() - t0:.1f} s")
+        if start == 0:  # a resumed run has them in its checkpoint
+            if self.teacher_stats is not None:
+                model.set_teacher_stats(*(t.to(device) for t in self.teacher_stats))
+            else:
+                model.set_teacher_stats(*teacher_statistics(outputs))
+                print(f"teacher statistics over {len(train_set)} training images in {time.time() - t0:.1f} s")
         if t_cache is not None:  # normalise the kept outputs in place: the cache of T̂
             t_cache.sub_(model.teacher_mean).div_(model.teacher_std)
         model.train()

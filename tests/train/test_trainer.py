@@ -74,7 +74,8 @@ def test_given_teacher_statistics_replace_the_teacher_pass_and_give_the_same_mod
     with pytest.raises(ValueError, match="std > 0"):
         Trainer(TrainConfig(**base), teacher_stats=(stats[0], torch.zeros_like(stats[1])))
     with pytest.raises(ValueError, match="channels"):
-        Trainer(TrainConfig(**base, run_dir=str(tmp_path / "third")), teacher_stats=(stats[0][:, :3], stats[1][:, :3])).run()
+        Trainer(TrainConfig(**base, run_dir=str(tmp_path / "third")),
+                teacher_stats=(stats[0][:, :3], stats[1][:, :3])).run()
     assert not (tmp_path / "third").exists()
 
 
