@@ -13,6 +13,7 @@ class DHKDConfig:
     teacher_size: str = "medium"             # PDN-M ("medium") or PDN-S ("small")
     teacher_padding: bool = True             # DHKD's teacher is padded (64×64 maps at 256²)
     teacher_width_div: int = 1               # 1 = EfficientAD's PDN; >1 only for test-sized models
+    teacher_backbone: str = ""               # "" = a PDN teacher; a backbone name = its own features (BackboneTeacher)
     encoder_widths: tuple[int, int, int] = (128, 256, 512)   # student encoder hidden widths
     use_fccm: bool = True                    # ablation: without it the bottleneck has no channel mixer
     fccm_hidden: int = 768                   # FCCM channel-mixer hidden width

@@ -13,7 +13,7 @@ from .gnet import Gnet
 from .lnet import Lnet
 from .scoring import map_and_score
 from .student import StudentEncoder
-from .teacher import PDN
+from .teacher import PDN, BackboneTeacher
 
 
 class DHKD(nn.Module):
@@ -42,7 +42,10 @@ class DHKD(nn.Module):
         if not cfg.teacher_padding:
             raise ValueError("DHKD's student encoder is padded, so its teacher must be padded too "
                              "(teacher_padding=True); unpadded PDNs are for loading/distillation only")
-        self.teacher = PDN(cfg.teacher_size, cfg.channels, cfg.teacher_padding, cfg.teacher_width_div)
+        if cfg.teacher_backbone:
+            self.teacher = BackboneTeacher(cfg.teacher_backbone, cfg.channels, self.feature_size)
+        else:
+            self.teacher = PDN(cfg.teacher_size, cfg.channels, cfg.teacher_padding, cfg.teacher_width_div)
         self.teacher.requires_grad_(False)
         self.encoder = StudentEncoder(cfg.encoder_widths, cfg.channels)
         self.fccm = FCCM(cfg.channels, cfg.fccm_hidden, use_mixer=cfg.use_fccm)
@@ -84,8 +87,9 @@ class DHKD(nn.Module):
     @torch.no_grad()
     def fold_teacher_statistics(self) -> "DHKD":
         """Fold (conv(x) − mean)/std into the teacher's last convolution (W/std, (b − mean)/std), in place, for
-        inference: the teacher then outputs T̂ directly. Returns the model."""
-        if not self.teacher_stats_folded:
+        inference: the teacher then outputs T̂ directly. Returns the model. A backbone teacher has no last
+        convolution (its output is pooled and resized): its statistics stay in the buffers, applied per call."""
+        if not self.teacher_stats_folded and isinstance(self.teacher, PDN):
             last = self.teacher.convs[-1]
             scale = 1.0 / self.teacher_std.reshape(-1)
             last.weight.mul_(scale[:, None, None, None])

@@ -1,9 +1,12 @@
-"""Patch description network (PDN): DHKD's frozen teacher, as in EfficientAD (PDN-S and PDN-M)."""
+"""DHKD's frozen teachers: the patch description network (PDN-S/M, as in EfficientAD) or a pretrained backbone."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Per size: (conv specs (in, out, kernel, padding-when-padded), indices after which an avg-pool follows,
 # index of the last conv (no ReLU after it)).
@@ -45,3 +48,28 @@ class PDN(nn.Module):
             if i in self.pool_after:
                 x = F.avg_pool2d(x, 2, 2, padding=1 if self.padding else 0)
         return x
+
+
+class BackboneTeacher(nn.Module):
+    """A pretrained backbone's projected patch descriptors as the teacher, with no distillation step.
+
+    The descriptors are the distillation target of :mod:`dhkd.teacher.backbones` (e.g. EfficientNet-Lite0's
+    stride-8 and stride-16 features, 3×3-aggregated and pooled to ``out_channels``), but computed from the image
+    at its own size, the scale at which the training-free kNN baseline uses them, rather than at twice the size
+    a distilled PDN is trained towards. Their stride-8 grid is bilinearly resized to the students' grid
+    ``grid(size)`` (64×64 at 256²). The input is the same ImageNet-normalised batch the PDN takes.
+    """
+
+    def __init__(self, backbone: str, out_channels: int, grid):
+        super().__init__()
+        from ..teacher.backbones import build_backbone  # lazily: the backbone packages are an optional extra
+
+        self.backbone_name, self.grid = backbone, grid
+        self.target = build_backbone(backbone, out_channels=out_channels)
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch descriptors of an ImageNet-normalised batch on the students' grid."""
+        f = self.target(x * self.std + self.mean)
+        return F.interpolate(f, size=self.grid(tuple(x.shape[-2:])), mode="bilinear", align_corners=False)

@@ -92,8 +92,9 @@ class WideResNetTarget(nn.Module):
     name = "wide_resnet101_2"
     input_scale = 2
 
-    def __init__(self, weights_path):
+    def __init__(self, weights_path, out_channels: int = OUT_CHANNELS):
         super().__init__()
+        self.out_channels = out_channels
         if weights_path is None:
             raise BackboneUnavailable("the wide_resnet101_2 backbone needs --backbone-weights: a local "
                                       "torchvision state dict (wide_resnet101_2-32ee1156.pth or "
@@ -120,7 +121,7 @@ class WideResNetTarget(nn.Module):
         """The distillation target: projected layer-2 and layer-3 features."""
         f2 = self.layer2(self.stem((x - self.mean) / self.std))
         f3 = self.layer3(f2)
-        return project_patches([f2, f3], OUT_CHANNELS, mid_dim=1024)
+        return project_patches([f2, f3], self.out_channels, mid_dim=1024)
 
 
 class EfficientNetLite0Target(nn.Module):
@@ -130,8 +131,9 @@ class EfficientNetLite0Target(nn.Module):
     input_scale = 2
     _TAPS = (4, 10)  # last block at stride 8 (40 ch) and at stride 16 (112 ch)
 
-    def __init__(self, weights_path=None):
+    def __init__(self, weights_path=None, out_channels: int = OUT_CHANNELS):
         super().__init__()
+        self.out_channels = out_channels
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as e:
@@ -164,14 +166,15 @@ class EfficientNetLite0Target(nn.Module):
             x = block(x)
             if i in self._TAPS:
                 taps.append(x)
-        return project_patches(taps, OUT_CHANNELS)
+        return project_patches(taps, self.out_channels)
 
 
 BACKBONES = {EfficientNetLite0Target.name: EfficientNetLite0Target, WideResNetTarget.name: WideResNetTarget}
 
 
-def build_backbone(name: str, weights_path=None) -> nn.Module:
-    """The target module for backbone ``name`` (see :data:`BACKBONES`), frozen, in eval mode."""
+def build_backbone(name: str, weights_path=None, out_channels: int = OUT_CHANNELS) -> nn.Module:
+    """The target module for backbone ``name`` (see :data:`BACKBONES`) with ``out_channels`` outputs, frozen,
+    in eval mode."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
-    return BACKBONES[name](weights_path)
+    return BACKBONES[name](weights_path, out_channels)

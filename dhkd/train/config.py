@@ -10,6 +10,9 @@ import yaml
 
 # ``teacher`` values that ask for the randomly initialised (untrained) teacher instead of a weights file.
 UNTRAINED_TEACHERS = ("random", "untrained")
+# ``teacher`` = BACKBONE_TEACHER_PREFIX + a backbone name: that pretrained backbone's own features are the teacher
+# (DHKDConfig.teacher_backbone; no teacher file, no distillation).
+BACKBONE_TEACHER_PREFIX = "backbone:"
 NO_TEACHER_HELP = ("training needs a teacher: pass --teacher FILE with EfficientAD's teacher_medium.pth / "
                    "teacher_small.pth, an anomalib file or one made by `dhkd distill-teacher` (how to get one: "
                    "docs/teacher.md), or --teacher random to distil against an untrained teacher (for tests and "
@@ -30,7 +33,8 @@ class TrainConfig:
     # model
     preset: str = "paper"
     model_overrides: dict = field(default_factory=dict)   # DHKDConfig fields, e.g. {"use_hstm": false}
-    teacher: str = ""                  # teacher weights (EfficientAD .pth or distilled .safetensors), or "random"
+    teacher: str = ""                  # teacher weights (EfficientAD .pth or distilled .safetensors), "random",
+    #                                    or "backbone:efficientnet-lite0" (the backbone's own features, no file)
     # optimisation (DHKD paper: batch 1, Adam 1e-4, wd 1e-5, 100k steps, lr ×0.1 after 76k)
     steps: int = 100_000
     batch_size: int = 1
@@ -64,9 +68,26 @@ class TrainConfig:
             raise ValueError("set the category (--category)")
         if not self.teacher:
             raise ValueError(NO_TEACHER_HELP)
+        _ = self.teacher_backbone  # an unknown backbone name raises here, before any work
+        if "teacher_backbone" in self.model_overrides:
+            raise ValueError("choose a backbone teacher with teacher=backbone:NAME, not with "
+                             "model_overrides.teacher_backbone")
         if self.hard_mining and not 0.0 < self.hard_mining < 1.0:
             raise ValueError(f"hard_mining is a quantile in (0, 1) or 0 (off), got {self.hard_mining}")
         return self
+
+    @property
+    def teacher_backbone(self) -> str:
+        """The backbone named by ``teacher = "backbone:NAME"``, or "" for a teacher file or an untrained PDN."""
+        if not self.teacher.startswith(BACKBONE_TEACHER_PREFIX):
+            return ""
+        name = self.teacher[len(BACKBONE_TEACHER_PREFIX):]
+        from dhkd.teacher.backbones import BACKBONES
+
+        if name not in BACKBONES:
+            raise ValueError(f"teacher {self.teacher!r}: unknown backbone {name!r}; choose one of "
+                             f"{[BACKBONE_TEACHER_PREFIX + n for n in sorted(BACKBONES)]}")
+        return name
 
     def to_dict(self) -> dict:
         """The config as a plain dict (the inverse of :meth:`from_dict`)."""

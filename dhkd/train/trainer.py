@@ -109,12 +109,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def build_model(self) -> DHKD:
-        """The seeded model of the config's preset with its teacher weights loaded."""
+        """The seeded model of the config's preset with its teacher weights loaded (or its backbone teacher built)."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        model = DHKD.from_preset(cfg.preset, **{"image_size": cfg.image_size, **cfg.model_overrides})
+        backbone = cfg.teacher_backbone
+        model = DHKD.from_preset(cfg.preset, **{"image_size": cfg.image_size, **cfg.model_overrides,
+                                                **({"teacher_backbone": backbone} if backbone else {})})
         model.check_input(torch.empty(1, 3, cfg.image_size, cfg.image_size, device="meta"))  # size fits the model
-        if cfg.teacher not in UNTRAINED_TEACHERS:
+        if cfg.teacher not in UNTRAINED_TEACHERS and not backbone:
             from dhkd.persistence import load_teacher
 
             teacher = load_teacher(cfg.teacher, size=model.config.teacher_size, padding=True)
