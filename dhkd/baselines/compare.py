@@ -32,6 +32,7 @@ from scipy.ndimage import gaussian_filter
 from ..data import build_dataset
 from ..eval.evaluator import evaluate_map_list
 from ..persistence import atomic_write_bytes
+from ..train.config import BACKBONE_TEACHER_PREFIX
 
 _PRESET_TEACHER = {"paper": "medium", "small": "small", "tiny": "small"}
 DHKD_ABLATIONS = {"dhkd": {}, "dhkd-no-hstm": {"use_hstm": False}, "dhkd-no-scmm": {"use_scmm": False},
@@ -105,11 +106,15 @@ class FittedMethod:
     notes: str
 
 
-def _teacher_for(spec: DataSpec, cfg: CompareConfig) -> str:
+def _teacher_for(spec: DataSpec, cfg: CompareConfig, method: str = "") -> str:
+    """The teacher of ``spec``'s rows; ``method`` names a row that needs a PDN teacher file (not a backbone)."""
     path = cfg.teachers.get(spec.key) or cfg.teachers.get("*")
     if not path:
         raise ValueError(f"no teacher for {spec.key}: pass --teacher {spec.key}=PATH (or --teacher PATH); "
                          "see docs/recipe.md for distilling one on the training split")
+    if method and path.startswith(BACKBONE_TEACHER_PREFIX):
+        raise ValueError(f"{method} needs a PDN teacher file, but the teacher of {spec.key} is {path!r} "
+                         "(a backbone teacher is for the DHKD rows; the knn row already scores the backbone)")
     return path
 
 
@@ -145,7 +150,7 @@ def _fit_knn(on_teacher: bool):
     def fit(spec: DataSpec, cfg: CompareConfig, out: Path, shared: dict):
         from .knn import KNNConfig, KNNScorer
 
-        teacher = _teacher_for(spec, cfg) if on_teacher else ""
+        teacher = _teacher_for(spec, cfg, "knn-teacher") if on_teacher else ""
         scorer = KNNScorer(KNNConfig(image_size=cfg.image_size, bank_size=cfg.knn_bank_size, seed=cfg.seed,
                                      teacher=teacher, teacher_size=_PRESET_TEACHER.get(cfg.preset, "small")))
         t0 = time.time()
@@ -161,7 +166,7 @@ def _fit_efficientad(size: str):
         from ..persistence import load_teacher
         from .efficientad import EfficientAD, EfficientADConfig
 
-        teacher_path = _teacher_for(spec, cfg)
+        teacher_path = _teacher_for(spec, cfg, f"efficientad-{size[0]}")
         model = EfficientAD(EfficientADConfig(size=size, image_size=cfg.image_size, steps=cfg.steps, seed=cfg.seed,
                                               time_limit_minutes=cfg.time_limit_minutes),
                             load_teacher(teacher_path, size=size, padding=False))

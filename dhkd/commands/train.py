@@ -23,8 +23,8 @@ def add_arguments(parser) -> None:
                         "under the root)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="model preset (default paper)")
     parser.add_argument("--teacher", help="teacher weights (required): EfficientAD teacher_*.pth, anomalib or "
-                        "distilled .safetensors (see docs/teacher.md); 'random' for an untrained teacher "
-                        "(tests and demos only)")
+                        "distilled .safetensors (see docs/teacher.md); backbone:efficientnet-lite0 for the backbone's "
+                        "own features (no teacher file); 'random' for an untrained teacher (tests and demos only)")
     parser.add_argument("--steps", type=int, help="training steps (paper: 100000)")
     parser.add_argument("--image-size", type=int, help="square input side (default 256)")
     parser.add_argument("--seed", type=int, help="seed of init, data order, dropout and the hold-out")

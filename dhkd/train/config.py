@@ -15,7 +15,8 @@ UNTRAINED_TEACHERS = ("random", "untrained")
 BACKBONE_TEACHER_PREFIX = "backbone:"
 NO_TEACHER_HELP = ("training needs a teacher: pass --teacher FILE with EfficientAD's teacher_medium.pth / "
                    "teacher_small.pth, an anomalib file or one made by `dhkd distill-teacher` (how to get one: "
-                   "docs/teacher.md), or --teacher random to distil against an untrained teacher (for tests and "
+                   "docs/teacher.md), --teacher backbone:efficientnet-lite0 (the backbone's own features, no "
+                   "file), or --teacher random to distil against an untrained teacher (for tests and "
                    "demos only: its maps are far worse)")
 
 
