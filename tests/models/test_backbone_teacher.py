@@ -83,3 +83,17 @@ def test_compare_rows_that_need_a_pdn_teacher_refuse_a_backbone_teacher(tmp_path
     for method in ("efficientad-s", "knn-teacher"):
         with pytest.raises(ValueError, match=f"{method} needs a PDN teacher file"):
             _teacher_for(spec, cfg, method)
+
+
+def test_a_model_with_a_backbone_teacher_exports_with_the_same_outputs():
+    """torch.export traces the backbone teacher (the ONNX exporter traces with torch.export too)."""
+    from dhkd.runtime import AnomalyDetector, export_program
+
+    model = DHKD.from_preset("tiny", teacher_backbone=LITE0).eval()
+    model.set_teacher_stats(torch.randn(32) * 0.1, torch.rand(32) + 0.5)
+    model.set_quantiles(0.1, 1.0, 0.1, 1.0)
+    x = torch.randn(1, 3, 64, 64)
+    want = AnomalyDetector(model)(x)
+    got = export_program(model, 64).module()(x)
+    for a, b in zip(want, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
