@@ -33,11 +33,12 @@ from ..data import build_dataset
 from ..eval.evaluator import evaluate_map_list
 from ..persistence import atomic_write_bytes
 from ..train.config import BACKBONE_TEACHER_PREFIX
+from ..train.recipes import RECIPES
 
 _PRESET_TEACHER = {"paper": "medium", "small": "small", "tiny": "small"}
 DHKD_ABLATIONS = {"dhkd": {}, "dhkd-no-hstm": {"use_hstm": False}, "dhkd-no-scmm": {"use_scmm": False},
                   "dhkd-no-fccm": {"use_fccm": False}, "dhkd-no-gnet": {"use_gnet": False},
-                  "dhkd-recipe": {"cell_norm": True, "map_sigma": 1.0}}  # the recipe's scoring (docs/recipe.md)
+                  "dhkd-recipe": RECIPES["cpu"]["model_overrides"]}  # the CPU recipe's model (docs/recipe.md)
 
 
 @dataclass(frozen=True)

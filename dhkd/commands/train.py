@@ -15,8 +15,12 @@ def add_arguments(parser) -> None:
     """Add the ``dhkd train`` options to ``parser``."""
     from dhkd.data import DATASETS
     from dhkd.models import PRESETS
+    from dhkd.train.recipes import RECIPES
 
     parser.add_argument("--config", type=Path, help="YAML file with TrainConfig fields (flags override it)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES),
+                        help="start from a named recipe instead of the paper's defaults (flags override it): "
+                             "cpu = one category in at most an hour on a CPU (docs/recipe.md)")
     parser.add_argument("--dataset", choices=DATASETS, help="dataset layout (default mvtec_ad)")
     parser.add_argument("--root", help="dataset root folder")
     parser.add_argument("--category", help="category; several as a comma-separated list (or 'all' present "
@@ -40,11 +44,18 @@ def add_arguments(parser) -> None:
 def build_config(args):
     """The :class:`~dhkd.train.TrainConfig` of the parsed arguments (a resumed run's, a YAML file's, or the flags')."""
     from dhkd.train import TrainConfig
+    from dhkd.train.recipes import recipe_config
 
+    given = [flag for flag, value in (("--resume", args.resume), ("--config", args.config),
+                                      ("--recipe", args.recipe)) if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"{' and '.join(given)} each give the whole starting config: use one of them")
     if args.resume is not None:
         cfg = TrainConfig.from_yaml(args.resume / "config.yaml").override([f"run_dir={args.resume}"])
     elif args.config is not None:
         cfg = TrainConfig.from_yaml(args.config)
+    elif args.recipe is not None:
+        cfg = recipe_config(args.recipe)
     else:
         cfg = TrainConfig()
     flags = {"dataset": args.dataset, "root": args.root, "category": args.category, "preset": args.preset,
