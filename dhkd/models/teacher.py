@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..data.common import IMAGENET_MEAN, IMAGENET_STD
 
 # Per size: (conv specs (in, out, kernel, padding-when-padded), indices after which an avg-pool follows,
 # index of the last conv (no ReLU after it)).
@@ -66,8 +65,8 @@ class BackboneTeacher(nn.Module):
 
         self.backbone_name, self.grid = backbone, grid
         self.target = build_backbone(backbone, out_channels=out_channels)
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.as_tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.as_tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The patch descriptors of an ImageNet-normalised batch on the students' grid."""

@@ -24,13 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..data.common import IMAGENET_MEAN, IMAGENET_STD
 from ..models.teacher import PDN
 from ..persistence.distill import distill_checkpoint, load_distill_checkpoint, save_distill_checkpoint
 from ..persistence.teacher import save_teacher
 from .images import PairedViews, find_images
 
-_IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-_IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+_IMAGENET_MEAN = torch.as_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+_IMAGENET_STD = torch.as_tensor(IMAGENET_STD).view(1, 3, 1, 1)
 _RECENT = 100  # losses averaged for the reported final loss
 
 
