@@ -1,10 +1,11 @@
 """A training-free baseline: nearest-neighbour distance of patch features to a memory bank of good patches.
 
-Features: the distillation backbone's patch descriptors (:mod:`dhkd.teacher.backbones`; EfficientNet-Lite0's
-stride-8 and stride-16 blocks, each 3×3-aggregated and channel-pooled to 192 values, on the stride-8 grid) of
-the image at ``image_size``² (32×32 descriptors of 384 values at 256²). Memory bank: ``bank_size`` descriptors
-drawn uniformly at random (seeded) from all training images' descriptors. Map: the Euclidean distance of each
-test descriptor to its nearest bank descriptor, at feature resolution; the evaluator resizes it to the image.
+Features: the patch descriptors of the distillation backbone ``backbone`` (:mod:`dhkd.teacher.backbones`;
+EfficientNet-Lite0 by default, or Lite1/Lite2: the last stride-8 and stride-16 blocks, each 3×3-aggregated and
+channel-pooled to 192 values, on the stride-8 grid) of the image at ``image_size``² (32×32 descriptors of 384
+values at 256²). Memory bank: ``bank_size`` descriptors drawn uniformly at random (seeded) from all training
+images' descriptors. Map: the Euclidean distance of each test descriptor to its nearest bank descriptor, at
+feature resolution; the evaluator resizes it to the image.
 With ``teacher`` set, the descriptors are a PDN teacher's outputs instead (64×64×384 at 256²): the same
 scorer then measures how much a distilled teacher keeps of what the backbone can tell apart.
 """

