@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="dataset:root:category (repeatable), e.g. elpv:installed:all")
     p.add_argument("--methods", default="knn,efficientad-s,dhkd",
                    help=f"comma-separated, from: {', '.join(METHODS)}")
-    p.add_argument("--teacher", action="append", default=[], help="KEY=PATH per dataset_category, or PATH for all; a PATH may be "
-                   "backbone:efficientnet-lite0 (the DHKD rows' teacher is then the backbone itself)")
+    p.add_argument("--teacher", action="append", default=[],
+                   help="KEY=PATH per dataset_category, or PATH for all; a PATH may be "
+                        "backbone:efficientnet-lite0 (the DHKD rows' teacher is then the backbone itself)")
     p.add_argument("--output", default="runs/compare")
     p.add_argument("--preset", default="small")
     p.add_argument("--steps", type=int, default=2500)

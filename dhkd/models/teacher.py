@@ -63,7 +63,7 @@ class BackboneTeacher(nn.Module):
         super().__init__()
         from ..teacher.backbones import build_backbone  # lazily: the backbone packages are an optional extra
 
-        self.backbone_name, self.grid = backbone, grid
+        self.grid = grid
         self.target = build_backbone(backbone, out_channels=out_channels)
         self.register_buffer("mean", torch.as_tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.as_tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

@@ -114,7 +114,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         backbone = cfg.teacher_backbone
         model = DHKD.from_preset(cfg.preset, **{"image_size": cfg.image_size, **cfg.model_overrides,
-                                                **({"teacher_backbone": backbone} if backbone else {})})
+                                                "teacher_backbone": backbone})  # "" = a PDN teacher
         model.check_input(torch.empty(1, 3, cfg.image_size, cfg.image_size, device="meta"))  # size fits the model
         if cfg.teacher not in UNTRAINED_TEACHERS and not backbone:
             from dhkd.persistence import load_teacher
