@@ -22,7 +22,10 @@ COLUMNS = ("image_auroc", "pixel_auroc", "au_pro")
 
 
 def resolve_categories(cfg: TrainConfig) -> list[str]:
-    """``a,b,c`` or ``all`` (every folder under the root that has a train/ or an ok-train layout)."""
+    """``a,b,c`` or ``all`` (every folder under the root that has a train/ or an ok-train layout; for ELPV,
+    whose categories are cell types rather than folders, ``all`` is its own category of every cell)."""
+    if cfg.category.strip() == "all" and cfg.dataset == "elpv":
+        return ["all"]
     if cfg.category.strip() == "all":
         root = Path(cfg.root)
         cats = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "train").is_dir()) if root.is_dir() \
