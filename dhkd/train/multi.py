@@ -61,6 +61,23 @@ def _table(rows: list[dict]) -> str:
     return head + body
 
 
+def claim_summary(folder: Path, stamp: str) -> Path:
+    """A new stem ``folder/summary-<stamp>`` (``-2``, ``-3``, ... when taken) for the summary's .json and .md.
+
+    The .json is created exclusively to reserve the name, so two launches finishing in the same second with
+    the same output never overwrite each other's summary; it is then replaced atomically with the table.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        base = folder / (f"summary-{stamp}" if n == 1 else f"summary-{stamp}-{n}")
+        try:
+            base.with_suffix(".json").open("x").close()
+            return base
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free summary name for {stamp} under {folder}")
+
+
 def world_size() -> int:
     """Ranks of this ``torchrun`` launch (1 outside one)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -101,7 +118,7 @@ def train_categories(cfg: TrainConfig, evaluate_test: Evaluator | None = None) -
             dist.destroy_process_group()
     rows.sort(key=lambda r: categories.index(r["category"]))
     if rank == 0 and len(categories) > 1:
-        base = Path(cfg.output) / cfg.dataset / f"summary-{stamp[0]}"
+        base = claim_summary(Path(cfg.output) / cfg.dataset, stamp[0])
         table = _table(rows)
         atomic_write_json(base.with_suffix(".json"), rows)
         atomic_write_bytes(base.with_suffix(".md"), table.encode())

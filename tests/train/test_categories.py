@@ -1,4 +1,4 @@
-"""`--category` resolution: lists, folder discovery for `all`, and ELPV, whose `all` is a category itself."""
+"""`--category` resolution (lists, folder discovery for `all`, ELPV's own `all`) and the summary file names."""
 import pytest
 
 from dhkd.train import TrainConfig
@@ -27,3 +27,11 @@ def test_elpv_all_is_its_own_category():
 def test_duplicate_categories_are_refused():
     with pytest.raises(ValueError, match="duplicate"):
         resolve_categories(TrainConfig(dataset="mvtec_ad", root=".", category="a,b,a"))
+
+
+def test_summaries_of_launches_in_the_same_second_do_not_collide(tmp_path):
+    from dhkd.train.multi import claim_summary
+
+    first, second = claim_summary(tmp_path, "20261207-010000"), claim_summary(tmp_path, "20261207-010000")
+    assert first.name == "summary-20261207-010000" and second.name == "summary-20261207-010000-2"
+    assert first.with_suffix(".json").is_file() and second.with_suffix(".json").is_file()
