@@ -52,6 +52,8 @@ class TrainConfig:
     run_dir: str = ""                  # explicit run directory (overrides output/...)
     checkpoint_every: int = 1000
     time_limit_minutes: float = 0.0    # > 0: stop training after this wall time (checkpoint kept; --resume goes on)
+    lr_decay_time_fraction: float = 0.0  # > 0 (with time_limit_minutes): if this share of the time limit passes
+    #                                      before the lr has decayed, decay it once then, in place of lr_decay_step
     log_every: int = 10
     device: str = "auto"               # auto: cuda if available else cpu
     amp: bool = True                   # bf16/fp16 autocast on GPU (ignored on CPU)
@@ -75,6 +77,11 @@ class TrainConfig:
                              "model_overrides.teacher_backbone")
         if self.hard_mining and not 0.0 < self.hard_mining < 1.0:
             raise ValueError(f"hard_mining is a quantile in (0, 1) or 0 (off), got {self.hard_mining}")
+        if not 0.0 <= self.lr_decay_time_fraction < 1.0:
+            raise ValueError(f"lr_decay_time_fraction is a share of the time limit in [0, 1), "
+                             f"got {self.lr_decay_time_fraction}")
+        if self.lr_decay_time_fraction and self.time_limit_minutes <= 0:
+            raise ValueError("lr_decay_time_fraction needs a time limit (time_limit_minutes > 0)")
         return self
 
     @property

@@ -31,6 +31,7 @@ from dhkd.runtime.progress import progress
 from .config import UNTRAINED_TEACHERS, TrainConfig
 
 FAILED = "failed.json"  # written into a run folder whose training failed after its first checkpoint
+NEVER = 2**62  # a scheduler step size no run reaches: the lr does not decay (again)
 
 
 def sample_indices(n: int, seed: int, step: int, batch_size: int) -> list[int]:
@@ -174,12 +175,23 @@ class Trainer:
         (self.run_dir / FAILED).unlink(missing_ok=True)
         return summary
 
+    def _decay_lr_now(self, optimizer, scheduler, step: int) -> None:
+        """The time-triggered decay (``lr_decay_time_fraction``): a slow machine that would reach the time
+        limit before ``lr_decay_step`` still trains its last share at the decayed rate. It replaces the step
+        schedule: the scheduler's step size becomes unreachable, and both live in the checkpoint, so a resumed
+        run neither decays again nor loses the decay."""
+        for group in optimizer.param_groups:
+            group["lr"] *= self.cfg.lr_gamma
+        scheduler.step_size = NEVER
+        print(f"lr ×{self.cfg.lr_gamma} at step {step}: {self.cfg.lr_decay_time_fraction:.0%} of the "
+              f"{self.cfg.time_limit_minutes} min time limit passed before step {self.cfg.lr_decay_step}")
+
     def _run(self, train_set, model: DHKD) -> dict:
         cfg, device = self.cfg, self.device
         atomic_write_bytes(self.run_dir / "config.yaml", cfg.dump_yaml().encode())
         optimizer = torch.optim.Adam(model.student_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(  # lr_decay_step <= 0: never decay
-            optimizer, cfg.lr_decay_step if cfg.lr_decay_step > 0 else 2**62, cfg.lr_gamma)
+            optimizer, cfg.lr_decay_step if cfg.lr_decay_step > 0 else NEVER, cfg.lr_gamma)
         scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
                                       and not torch.cuda.is_bf16_supported())
         # images are decoded lazily, or kept in memory together with the teacher outputs when they fit
@@ -210,10 +222,14 @@ class Trainer:
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", dynamic_ncols=True)
         t0, last, done = time.time(), {}, cfg.steps
         for step in bar:
-            if cfg.time_limit_minutes > 0 and time.time() - t0 > 60 * cfg.time_limit_minutes:
+            elapsed = time.time() - t0
+            if cfg.time_limit_minutes > 0 and elapsed > 60 * cfg.time_limit_minutes:
                 done = step
                 print(f"time limit of {cfg.time_limit_minutes} min reached after {step} steps")
                 break
+            if (cfg.lr_decay_time_fraction > 0 and optimizer.param_groups[0]["lr"] == cfg.lr
+                    and elapsed > cfg.lr_decay_time_fraction * 60 * cfg.time_limit_minutes):
+                self._decay_lr_now(optimizer, scheduler, step)
             idx = sample_indices(len(train_set), cfg.seed, step, cfg.batch_size)
             x = images.get(idx).to(device)
             t_hat = t_cache[idx] if t_cache is not None else None
@@ -239,6 +255,7 @@ class Trainer:
         if done > start:  # (a resumed run that had nothing left to do keeps its checkpoint as it is)
             save_checkpoint(self.run_dir, done, model, optimizer, scheduler, cfg.to_dict())
         summary = {"run_dir": str(self.run_dir), "steps": done, "planned_steps": cfg.steps,
+                   "final_lr": optimizer.param_groups[0]["lr"],
                    "train_seconds": round(train_time, 1),
                    "seconds_per_step": round(train_time / max(1, done - start), 4), "final_losses": last,
                    "device": str(device)}

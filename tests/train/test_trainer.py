@@ -149,3 +149,24 @@ def test_unreadable_config_yaml_names_the_file(tmp_path):
     path.write_text("steps: [1, 2\n")
     with pytest.raises(ValueError, match=r"config\.yaml: not a readable YAML training config"):
         TrainConfig.from_yaml(path)
+
+
+def test_time_triggered_lr_decay_happens_once_and_survives_resume(synthetic_data, tmp_path):
+    """lr_decay_time_fraction: when that share of the time limit passes before lr_decay_step (here at once),
+    the lr decays once, in place of the step schedule; a resumed run keeps it and does not decay again."""
+    base = dict(SYNTH, **synthetic_data.train_options(), run_dir=str(tmp_path / "r"), lr_decay_step=100,
+                time_limit_minutes=10.0, lr_decay_time_fraction=1e-9)
+    assert Trainer(TrainConfig(**base, steps=2)).run()["final_lr"] == pytest.approx(1e-4)
+    state = json.loads((tmp_path / "r" / "checkpoint.json").read_text())
+    assert state["scheduler"]["step_size"] == 2**62
+    assert Trainer(TrainConfig(**base, steps=4)).run()["final_lr"] == pytest.approx(1e-4)  # resumed: no 1e-5
+    slow = dict(base, run_dir=str(tmp_path / "s"), lr_decay_time_fraction=0.9)  # its share never passes
+    assert Trainer(TrainConfig(**slow, steps=2)).run()["final_lr"] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("fraction, limit", [(1.0, 60.0), (-0.1, 60.0), (0.8, 0.0)])
+def test_lr_decay_time_fraction_is_validated(fraction, limit):
+    cfg = TrainConfig(dataset="synthetic", root=".", category="c", teacher="random",
+                      lr_decay_time_fraction=fraction, time_limit_minutes=limit)
+    with pytest.raises(ValueError, match="lr_decay_time_fraction"):
+        cfg.validate()
