@@ -159,7 +159,7 @@ def test_time_triggered_lr_decay_happens_once_and_survives_resume(synthetic_data
     assert Trainer(TrainConfig(**base, steps=2)).run()["final_lr"] == pytest.approx(1e-4)
     state = json.loads((tmp_path / "r" / "checkpoint.json").read_text())
     assert state["scheduler"]["step_size"] == 2**62
-    assert Trainer(TrainConfig(**base, steps=4)).run()["final_lr"] == pytest.approx(1e-4)  # resumed: no 1e-5
+    assert Trainer(TrainConfig(**base, steps=4)).run()["final_lr"] == pytest.approx(1e-4)  # resumed: not 1e-5
     slow = dict(base, run_dir=str(tmp_path / "s"), lr_decay_time_fraction=0.9)  # its share never passes
     assert Trainer(TrainConfig(**slow, steps=2)).run()["final_lr"] == pytest.approx(1e-3)
 
