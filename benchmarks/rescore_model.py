@@ -24,13 +24,10 @@ from dhkd.persistence import load_model
 def rescored_model(path: Path, no_cell_norm: bool = False, map_sigma: float | None = None):
     """The model at ``path`` (a run folder or its model.safetensors) with the per-cell z-score switched off
     (``no_cell_norm``) and/or another smoothing sigma (``map_sigma``; None keeps the model's)."""
-    path = Path(path)
-    model = load_model(path / "model.safetensors" if path.is_dir() else path)
+    model = load_model(path)
     sigma = model.config.map_sigma if map_sigma is None else map_sigma
-    if sigma < 0:
-        raise ValueError(f"--map-sigma must be >= 0, got {sigma}")
     cell_norm = model.cell_norm and not no_cell_norm
-    model.config = dataclasses.replace(model.config, cell_norm=cell_norm, map_sigma=sigma)
+    model.config = dataclasses.replace(model.config, cell_norm=cell_norm, map_sigma=sigma)  # validated there
     return model.eval()
 
 

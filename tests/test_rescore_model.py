@@ -33,5 +33,5 @@ def test_rescored_model_switches_the_scoring_and_keeps_the_weights(tmp_path):
         assert not torch.allclose(raw.detect(x)[0], trained.detect(x)[0])
         map_l, map_g = trained.raw_maps(x)
         assert torch.equal(raw.raw_maps(x)[0], map_l)  # same weights: only the scoring differs
-    with pytest.raises(ValueError, match="map-sigma must be >= 0"):
+    with pytest.raises(ValueError, match="map_sigma must be a finite number >= 0"):
         rescore_model.rescored_model(tmp_path / "run", map_sigma=-1.0)

@@ -72,8 +72,7 @@ def run(args) -> int:
 
         keep_freed_memory()
 
-        model_path = args.model / "model.safetensors" if args.model.is_dir() else args.model
-        results = evaluate_loaded_model(load_model(model_path), args)
+        results = evaluate_loaded_model(load_model(args.model), args)
         print_summary(results, args.output)
         return 0
     if args.export_maps:

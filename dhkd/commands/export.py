@@ -30,8 +30,7 @@ def run(args) -> int:
             require_onnx_packages()
         except ImportError as e:
             raise SystemExit(f"dhkd export: {e}") from None
-    path = args.model / "model.safetensors" if args.model.is_dir() else args.model
-    model = load_model(path)
+    model = load_model(args.model)
     size = args.image_size or model.image_size
     map_size = tuple(args.map_size) if args.map_size else None
     try:

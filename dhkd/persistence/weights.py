@@ -64,9 +64,12 @@ def save_model(model, path: str | os.PathLike, extra: dict | None = None) -> Pat
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """Rebuild a :class:`dhkd.models.DHKD` from a file written by :func:`save_model`."""
+    """Rebuild a :class:`dhkd.models.DHKD` from a file written by :func:`save_model`, or from a training run
+    folder (its ``model.safetensors``)."""
     from dhkd.models import DHKD, DHKDConfig
 
+    if Path(path).is_dir():
+        path = Path(path) / "model.safetensors"
     tensors, meta = read_safetensors(path)
     if meta.get("format") != "dhkd-model" or "config" not in meta:
         raise WeightsFileError(f"{path} is not a dhkd model file (no dhkd-model metadata); for teacher weights "
