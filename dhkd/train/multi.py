@@ -16,7 +16,7 @@ import torch.distributed as dist
 from dhkd.persistence import atomic_write_bytes, atomic_write_json
 
 from .config import TrainConfig
-from .trainer import Evaluator, Trainer
+from .trainer import Evaluator, Trainer, claim_new_path
 
 COLUMNS = ("image_auroc", "pixel_auroc", "au_pro")
 
@@ -24,9 +24,9 @@ COLUMNS = ("image_auroc", "pixel_auroc", "au_pro")
 def resolve_categories(cfg: TrainConfig) -> list[str]:
     """``a,b,c`` or ``all`` (every folder under the root that has a train/ or an ok-train layout; for ELPV,
     whose categories are cell types rather than folders, ``all`` is its own category of every cell)."""
-    if cfg.category.strip() == "all" and cfg.dataset == "elpv":
-        return ["all"]
     if cfg.category.strip() == "all":
+        if cfg.dataset == "elpv":
+            return ["all"]
         root = Path(cfg.root)
         cats = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "train").is_dir()) if root.is_dir() \
             else []
@@ -67,15 +67,8 @@ def claim_summary(folder: Path, stamp: str) -> Path:
     The .json is created exclusively to reserve the name, so two launches finishing in the same second with
     the same output never overwrite each other's summary; it is then replaced atomically with the table.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 10_000):
-        base = folder / (f"summary-{stamp}" if n == 1 else f"summary-{stamp}-{n}")
-        try:
-            base.with_suffix(".json").open("x").close()
-            return base
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free summary name for {stamp} under {folder}")
+    return claim_new_path(folder, f"summary-{stamp}", lambda base: base.with_suffix(".json").open("x").close(),
+                          "summary")
 
 
 def world_size() -> int:

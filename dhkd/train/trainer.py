@@ -14,7 +14,7 @@ import shutil
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from tqdm import tqdm
@@ -44,20 +44,23 @@ def sample_indices(n: int, seed: int, step: int, batch_size: int) -> list[int]:
     return out
 
 
-def claim_run_dir(parent: Path, stamp: str) -> Path:
-    """Create and return a new folder ``parent/stamp`` (``stamp-2``, ``stamp-3``, ... when taken).
-
-    ``mkdir`` is atomic, so trainings started together with the same output never share a folder.
-    """
+def claim_new_path(parent: Path, name: str, create: Callable[[Path], object], what: str) -> Path:
+    """The first of ``parent/name``, ``name-2``, ``name-3``, ... that ``create`` makes (it must raise
+    FileExistsError when the path is taken, atomically), so launches started together never share one."""
     parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):
-        path = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        path = parent / (name if n == 1 else f"{name}-{n}")
         try:
-            path.mkdir()
+            create(path)
             return path
         except FileExistsError:
             continue
-    raise FileExistsError(f"no free run folder name for {stamp} under {parent}")
+    raise FileExistsError(f"no free {what} name for {name} under {parent}")
+
+
+def claim_run_dir(parent: Path, stamp: str) -> Path:
+    """Create and return a new folder ``parent/stamp`` (``stamp-2``, ``stamp-3``, ... when taken)."""
+    return claim_new_path(parent, stamp, Path.mkdir, "run folder")
 
 
 class TrainingDiverged(FloatingPointError):
