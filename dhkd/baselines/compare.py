@@ -12,7 +12,7 @@ saved grids stay unsmoothed). ``compare(...)`` writes ``<output>/<dataset>_<cate
 
 Methods (:data:`METHODS`): ``knn`` (training-free, on the backbone's descriptors), ``knn-teacher`` (the
 same on the DHKD teacher's descriptors: how much the teacher keeps), ``efficientad-s`` / ``efficientad-m``
-(same teacher and steps as DHKD), ``dhkd`` (the preset's full model) and its ablations ``dhkd-no-hstm``,
+(same teacher and steps as DHKD: a PDN teacher file or a backbone teacher), ``dhkd`` (the preset's full model) and its ablations ``dhkd-no-hstm``,
 ``dhkd-no-scmm``, ``dhkd-no-fccm``.
 """
 from __future__ import annotations
@@ -109,14 +109,15 @@ class FittedMethod:
 
 
 def _teacher_for(spec: DataSpec, cfg: CompareConfig, method: str = "") -> str:
-    """The teacher of ``spec``'s rows; ``method`` names a row that needs a PDN teacher file (not a backbone)."""
+    """The teacher of ``spec``'s rows; ``method`` names a row that needs a PDN teacher file (the knn-teacher
+    row: with a backbone teacher it would repeat the knn row)."""
     path = cfg.teachers.get(spec.key) or cfg.teachers.get("*")
     if not path:
         raise ValueError(f"no teacher for {spec.key}: pass --teacher {spec.key}=PATH (or --teacher PATH); "
                          "see docs/recipe.md for distilling one on the training split")
     if method and path.startswith(BACKBONE_TEACHER_PREFIX):
         raise ValueError(f"{method} needs a PDN teacher file, but the teacher of {spec.key} is {path!r} "
-                         "(a backbone teacher is for the DHKD rows; the knn row already scores the backbone)")
+                         "(the knn row already scores the backbone's descriptors)")
     return path
 
 
@@ -169,10 +170,12 @@ def _fit_efficientad(size: str):
         from ..persistence import load_teacher
         from .efficientad import EfficientAD, EfficientADConfig
 
-        teacher_path = _teacher_for(spec, cfg, f"efficientad-{size[0]}")
+        teacher_path = _teacher_for(spec, cfg)
+        on_backbone = teacher_path.startswith(BACKBONE_TEACHER_PREFIX)
+        backbone = teacher_path[len(BACKBONE_TEACHER_PREFIX):] if on_backbone else ""
         model = EfficientAD(EfficientADConfig(size=size, image_size=cfg.image_size, steps=cfg.steps, seed=cfg.seed,
-                                              time_limit_minutes=cfg.time_limit_minutes),
-                            load_teacher(teacher_path, size=size, padding=False))
+                                              time_limit_minutes=cfg.time_limit_minutes, teacher_backbone=backbone),
+                            None if backbone else load_teacher(teacher_path, size=size, padding=False))
         train = build_dataset(spec.dataset, spec.root, spec.category, "train", cfg.image_size, cfg.seed)
         val = build_dataset(spec.dataset, spec.root, spec.category, "validation", cfg.image_size, cfg.seed)
         model.fit(train, val)

@@ -1,4 +1,4 @@
-"""EfficientAD-S/M as a trainable baseline, with any PDN teacher (e.g. the one DHKD uses).
+"""EfficientAD-S/M as a trainable baseline, with any PDN teacher (e.g. the one DHKD uses) or a backbone teacher.
 
 Written from the published description of EfficientAD: a frozen PDN teacher (without padding: 56×56 maps at
 256²), a student PDN of the same size with 768 outputs (384 imitate the teacher, 384 the autoencoder) and
@@ -9,6 +9,10 @@ student's second half imitating the autoencoder on that copy; Adam (lr 1e-4, wei
 95 % of the steps. The ImageNet penalty is left out (no ImageNet offline), as in DHKD's CPU recipe.
 Maps: ST = mean_c (T̂ − S[:384])², AE = mean_c (A − S[384:])², each normalised with its 0.9 and 0.995
 quantiles on the validation good images, averaged and padded by 4 (64×64 at 256²).
+
+With ``teacher_backbone`` set (DHKD's ``teacher=backbone:NAME``), the teacher is that pretrained backbone's
+projected 384-d patch descriptors (:class:`dhkd.models.teacher.BackboneTeacher`) instead of a PDN, resized
+to the unpadded student's grid (56×56 at 256²), so both methods of a comparison imitate the same teacher.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from torch import nn
 from ..benchmark.efficientad import Autoencoder
 from ..data.common import IMAGENET_MEAN, IMAGENET_STD
 from ..models.calibration import fit_quantiles, normalisation_weights, normalise_maps, teacher_statistics
-from ..models.teacher import PDN
+from ..models.teacher import PDN, BackboneTeacher
 
 OUT_CHANNELS = 384
 
@@ -42,6 +46,7 @@ class EfficientADConfig:
     seed: int = 0
     time_limit_minutes: float = 0.0  # > 0: stop training after this wall time
     width_div: int = 1              # divides the PDNs' hidden widths (1 = EfficientAD; larger for tests only)
+    teacher_backbone: str = ""      # a backbone name (e.g. "efficientnet-lite0"): its descriptors are the teacher
 
 
 class EfficientAD(nn.Module):
@@ -53,11 +58,17 @@ class EfficientAD(nn.Module):
         self.config = cfg = config or EfficientADConfig()
         if cfg.size not in ("small", "medium"):
             raise ValueError(f"EfficientAD size must be 'small' or 'medium', got {cfg.size!r}")
-        self.teacher = PDN(cfg.size, OUT_CHANNELS, padding=False, width_div=cfg.width_div)
-        if teacher is not None:
-            if teacher.size != cfg.size:
-                raise ValueError(f"the teacher is a PDN-{teacher.size}, EfficientAD-{cfg.size} needs PDN-{cfg.size}")
-            self.teacher.load_state_dict(teacher.state_dict())
+        if cfg.teacher_backbone:
+            if teacher is not None:
+                raise ValueError("pass either a PDN teacher or teacher_backbone, not both")
+            self.teacher = BackboneTeacher(cfg.teacher_backbone, OUT_CHANNELS, self.student_grid)
+        else:
+            self.teacher = PDN(cfg.size, OUT_CHANNELS, padding=False, width_div=cfg.width_div)
+            if teacher is not None:
+                if teacher.size != cfg.size:
+                    raise ValueError(f"the teacher is a PDN-{teacher.size}, EfficientAD-{cfg.size} needs "
+                                     f"PDN-{cfg.size}")
+                self.teacher.load_state_dict(teacher.state_dict())
         self.teacher.requires_grad_(False).eval()
         torch.manual_seed(cfg.seed)
         self.student = PDN(cfg.size, 2 * OUT_CHANNELS, padding=False, width_div=cfg.width_div)
@@ -81,6 +92,11 @@ class EfficientAD(nn.Module):
         super().train(mode)
         self.teacher.eval()
         return self
+
+    def student_grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The (h, w) of the unpadded student's output for an input of ``size`` (56×56 at 256²)."""
+        out = self.student(torch.empty(1, 3, *size, device="meta"))
+        return tuple(out.shape[-2:])
 
     def _t_hat(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

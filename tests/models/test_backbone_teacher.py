@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dhkd.models import DHKD
+from dhkd.models import DHKD, PDN
 from dhkd.persistence import load_model
 from dhkd.train import TrainConfig, Trainer
 
@@ -74,15 +74,42 @@ def test_backbone_teacher_names_are_checked():
         DHKD.from_preset("tiny", teacher_backbone="nope")
 
 
-def test_compare_rows_that_need_a_pdn_teacher_refuse_a_backbone_teacher(tmp_path):
+def test_the_knn_teacher_row_refuses_a_backbone_teacher(tmp_path):
     from dhkd.baselines.compare import CompareConfig, DataSpec, _teacher_for
 
     spec = DataSpec.parse("synthetic:unused:synthetic")
     cfg = CompareConfig(output=str(tmp_path), teachers={"*": f"backbone:{LITE0}"})
-    assert _teacher_for(spec, cfg) == f"backbone:{LITE0}"  # the DHKD rows take it
-    for method in ("efficientad-s", "knn-teacher"):
-        with pytest.raises(ValueError, match=f"{method} needs a PDN teacher file"):
-            _teacher_for(spec, cfg, method)
+    assert _teacher_for(spec, cfg) == f"backbone:{LITE0}"  # the DHKD and EfficientAD rows take it
+    with pytest.raises(ValueError, match="knn-teacher needs a PDN teacher file"):
+        _teacher_for(spec, cfg, "knn-teacher")
+
+
+def test_efficientad_with_a_backbone_teacher_imitates_its_descriptors_on_the_student_grid(synthetic_data):
+    from dhkd.baselines.efficientad import EfficientAD, EfficientADConfig
+    from dhkd.data import build_dataset
+    from dhkd.teacher.backbones import build_backbone
+
+    model = EfficientAD(EfficientADConfig(size="small", steps=2, width_div=8, teacher_backbone=LITE0))
+    x01 = torch.rand(2, 3, 256, 256)
+    x = (x01 - IMAGENET_MEAN) / IMAGENET_STD
+    raw = build_backbone(LITE0, out_channels=384)(x01)
+    assert raw.shape[-2:] == (32, 32)  # stride 8 of the image at its own size
+    t = model.teacher(x)
+    assert t.shape == (2, 384, 56, 56) == model.student(x)[:, :384].shape  # the unpadded student's grid
+    torch.testing.assert_close(t, F.interpolate(raw, size=(56, 56), mode="bilinear", align_corners=False),
+                               rtol=1e-4, atol=1e-5)
+    assert model.student_grid((256, 320)) == (56, 72)
+    frozen = [p.clone() for p in model.teacher.parameters()]
+    data = [build_dataset("synthetic", synthetic_data.root, synthetic_data.category, s, 256, **synthetic_data.options)
+            for s in ("train", "validation")]
+    model.fit(*data)
+    assert model.steps_done == 2 and all(torch.isfinite(torch.tensor(v)) for v in model.final_losses.values())
+    assert all(torch.equal(a, b) for a, b in zip(frozen, model.teacher.parameters()))  # the backbone stays frozen
+    assert not model.teacher.training and bool((model.teacher_std > 0).all())
+    m = model.anomaly_map(x)
+    assert m.shape == (2, 1, 64, 64) and torch.isfinite(m).all()
+    with pytest.raises(ValueError, match="not both"):
+        EfficientAD(EfficientADConfig(width_div=8, teacher_backbone=LITE0), PDN("small", 384, padding=False))
 
 
 def test_a_model_with_a_backbone_teacher_exports_with_the_same_outputs():
