@@ -12,8 +12,8 @@ saved grids stay unsmoothed). ``compare(...)`` writes ``<output>/<dataset>_<cate
 
 Methods (:data:`METHODS`): ``knn`` (training-free, on the backbone's descriptors), ``knn-teacher`` (the
 same on the DHKD teacher's descriptors: how much the teacher keeps), ``efficientad-s`` / ``efficientad-m``
-(same teacher and steps as DHKD: a PDN teacher file or a backbone teacher), ``dhkd`` (the preset's full model) and its ablations ``dhkd-no-hstm``,
-``dhkd-no-scmm``, ``dhkd-no-fccm``.
+(same teacher and steps as DHKD: a PDN teacher file or a backbone teacher), ``dhkd`` (the preset's full model)
+and its ablations ``dhkd-no-hstm``, ``dhkd-no-scmm``, ``dhkd-no-fccm``.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from scipy.ndimage import gaussian_filter
 from ..data import build_dataset
 from ..eval.evaluator import evaluate_map_list
 from ..persistence import atomic_write_bytes
-from ..train.config import BACKBONE_TEACHER_PREFIX
+from ..train.config import BACKBONE_TEACHER_PREFIX, backbone_name
 from ..train.recipes import RECIPES
 
 _PRESET_TEACHER = {"paper": "medium", "small": "small", "tiny": "small"}
@@ -171,8 +171,7 @@ def _fit_efficientad(size: str):
         from .efficientad import EfficientAD, EfficientADConfig
 
         teacher_path = _teacher_for(spec, cfg)
-        on_backbone = teacher_path.startswith(BACKBONE_TEACHER_PREFIX)
-        backbone = teacher_path[len(BACKBONE_TEACHER_PREFIX):] if on_backbone else ""
+        backbone = backbone_name(teacher_path)
         model = EfficientAD(EfficientADConfig(size=size, image_size=cfg.image_size, steps=cfg.steps, seed=cfg.seed,
                                               time_limit_minutes=cfg.time_limit_minutes, teacher_backbone=backbone),
                             None if backbone else load_teacher(teacher_path, size=size, padding=False))

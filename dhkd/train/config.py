@@ -20,6 +20,20 @@ NO_TEACHER_HELP = ("training needs a teacher: pass --teacher FILE with Efficient
                    "demos only: its maps are far worse)")
 
 
+def backbone_name(teacher: str) -> str:
+    """The backbone named by a teacher setting ``"backbone:NAME"`` (checked against the known backbones), or ""
+    for a teacher file or an untrained PDN."""
+    if not teacher.startswith(BACKBONE_TEACHER_PREFIX):
+        return ""
+    name = teacher[len(BACKBONE_TEACHER_PREFIX):]
+    from dhkd.teacher.backbones import BACKBONES
+
+    if name not in BACKBONES:
+        raise ValueError(f"teacher {teacher!r}: unknown backbone {name!r}; choose one of "
+                         f"{[BACKBONE_TEACHER_PREFIX + n for n in sorted(BACKBONES)]}")
+    return name
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run (data, model, optimisation, checkpoints, evaluation); saved as config.yaml."""
@@ -87,15 +101,7 @@ class TrainConfig:
     @property
     def teacher_backbone(self) -> str:
         """The backbone named by ``teacher = "backbone:NAME"``, or "" for a teacher file or an untrained PDN."""
-        if not self.teacher.startswith(BACKBONE_TEACHER_PREFIX):
-            return ""
-        name = self.teacher[len(BACKBONE_TEACHER_PREFIX):]
-        from dhkd.teacher.backbones import BACKBONES
-
-        if name not in BACKBONES:
-            raise ValueError(f"teacher {self.teacher!r}: unknown backbone {name!r}; choose one of "
-                             f"{[BACKBONE_TEACHER_PREFIX + n for n in sorted(BACKBONES)]}")
-        return name
+        return backbone_name(self.teacher)
 
     def to_dict(self) -> dict:
         """The config as a plain dict (the inverse of :meth:`from_dict`)."""
