@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=5e-4, help="DHKD learning rate (EfficientAD keeps its 1e-4)")
     p.add_argument("--lr-decay-step", type=int, default=2000)
     p.add_argument("--time-limit-minutes", type=float, default=0.0, help="per trained method")
+    p.add_argument("--lr-decay-time-fraction", type=float, default=0.0,
+                   help="with a time limit: every trained method also decays its lr (x0.1) once this share of "
+                        "the limit has passed, as the cpu recipe does (0: by step only)")
     p.add_argument("--image-size", type=int, default=CompareConfig.image_size,
                    help="square input side of every method (the kNN's descriptor grid is side/8)")
     p.add_argument("--knn-bank-size", type=int, default=CompareConfig.knn_bank_size,
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = CompareConfig(output=args.output, teachers=parse_teachers(args.teacher), preset=args.preset,
                         steps=args.steps, lr=args.lr, lr_decay_step=args.lr_decay_step,
-                        time_limit_minutes=args.time_limit_minutes, image_size=args.image_size,
+                        time_limit_minutes=args.time_limit_minutes,
+                        lr_decay_time_fraction=args.lr_decay_time_fraction, image_size=args.image_size,
                         knn_bank_size=args.knn_bank_size, knn_backbone=args.knn_backbone, seed=args.seed,
                         timed_images=args.timed_images,
                         save_grids=args.save_grids, grid_sigma=args.grid_sigma, cache_limit_mb=args.cache_limit_mb)

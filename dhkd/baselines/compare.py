@@ -72,6 +72,7 @@ class CompareConfig:
     lr: float = 5e-4
     lr_decay_step: int = 2000
     time_limit_minutes: float = 0.0
+    lr_decay_time_fraction: float = 0.0  # > 0 (with a time limit): every trained method also decays its lr then
     image_size: int = 256
     seed: int = 0
     timed_images: int = 20
@@ -173,7 +174,8 @@ def _fit_efficientad(size: str):
         teacher_path = _teacher_for(spec, cfg)
         backbone = backbone_name(teacher_path)
         model = EfficientAD(EfficientADConfig(size=size, image_size=cfg.image_size, steps=cfg.steps, seed=cfg.seed,
-                                              time_limit_minutes=cfg.time_limit_minutes, teacher_backbone=backbone),
+                                              time_limit_minutes=cfg.time_limit_minutes, teacher_backbone=backbone,
+                                              lr_decay_time_fraction=cfg.lr_decay_time_fraction),
                             None if backbone else load_teacher(teacher_path, size=size, padding=False))
         train = build_dataset(spec.dataset, spec.root, spec.category, "train", cfg.image_size, cfg.seed)
         val = build_dataset(spec.dataset, spec.root, spec.category, "validation", cfg.image_size, cfg.seed)
@@ -194,6 +196,7 @@ def _fit_dhkd(overrides: dict):
         tcfg = TrainConfig(dataset=spec.dataset, root=spec.root, category=spec.category, preset=cfg.preset,
                            model_overrides=dict(overrides), teacher=teacher_path, steps=cfg.steps, lr=cfg.lr,
                            lr_decay_step=cfg.lr_decay_step, time_limit_minutes=cfg.time_limit_minutes,
+                           lr_decay_time_fraction=cfg.lr_decay_time_fraction,
                            image_size=cfg.image_size, seed=cfg.seed, device="cpu", run_dir=str(out / "run"),
                            checkpoint_every=max(cfg.steps, 1), evaluate=False, cache_limit_mb=cfg.cache_limit_mb)
         stats_key = ("teacher_stats", spec.key, teacher_path)  # every DHKD row of a dataset shares its teacher

@@ -6,7 +6,8 @@ the convolutional autoencoder. Training per step on one training image: the stud
 the teacher (distances at or above their 0.999-quantile), the autoencoder's loss on the teacher for a
 colour-jittered copy of the image (brightness, contrast or saturation by a factor in [0.8, 1.2]), and the
 student's second half imitating the autoencoder on that copy; Adam (lr 1e-4, weight decay 1e-5), lr ×0.1 at
-95 % of the steps. The ImageNet penalty is left out (no ImageNet offline), as in DHKD's CPU recipe.
+95 % of the steps (or, with ``lr_decay_time_fraction`` and a time limit, once that share of the time has passed,
+whichever comes first, as DHKD's CPU recipe does). The ImageNet penalty is left out (no ImageNet offline), as in DHKD's CPU recipe.
 Maps: ST = mean_c (T̂ − S[:384])², AE = mean_c (A − S[384:])², each normalised with its 0.9 and 0.995
 quantiles on the validation good images, averaged and padded by 4 (64×64 at 256²).
 
@@ -45,6 +46,7 @@ class EfficientADConfig:
     jitter: float = 0.2
     seed: int = 0
     time_limit_minutes: float = 0.0  # > 0: stop training after this wall time
+    lr_decay_time_fraction: float = 0.0  # > 0 (with a time limit): also decay once this share of it has passed
     width_div: int = 1              # divides the PDNs' hidden widths (1 = EfficientAD; larger for tests only)
     teacher_backbone: str = ""      # a backbone name (e.g. "efficientnet-lite0"): its descriptors are the teacher
 
@@ -58,6 +60,11 @@ class EfficientAD(nn.Module):
         self.config = cfg = config or EfficientADConfig()
         if cfg.size not in ("small", "medium"):
             raise ValueError(f"EfficientAD size must be 'small' or 'medium', got {cfg.size!r}")
+        if not 0.0 <= cfg.lr_decay_time_fraction < 1.0:
+            raise ValueError(f"lr_decay_time_fraction is a share of the time limit in [0, 1), "
+                             f"got {cfg.lr_decay_time_fraction}")
+        if cfg.lr_decay_time_fraction and cfg.time_limit_minutes <= 0:
+            raise ValueError("lr_decay_time_fraction needs a time limit (time_limit_minutes > 0)")
         if cfg.teacher_backbone:
             if teacher is not None:
                 raise ValueError("pass either a PDN teacher or teacher_backbone, not both")
@@ -80,6 +87,7 @@ class EfficientAD(nn.Module):
         self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.train_seconds = 0.0
         self.steps_done = 0
+        self.lr_decay_step: int | None = None  # the first step trained at the decayed lr (None: not decayed)
         self.final_losses: dict[str, float] = {}
 
     @property
@@ -160,21 +168,27 @@ class EfficientAD(nn.Module):
             self.teacher_std.copy_(std.view_as(self.teacher_std))
         params = list(self.student.parameters()) + list(self.autoencoder.parameters())
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.StepLR(opt, max(1, int(cfg.lr_decay_fraction * cfg.steps)), 0.1)
+        decay_step = max(1, int(cfg.lr_decay_fraction * cfg.steps))
+        decay_seconds = cfg.lr_decay_time_fraction * 60 * cfg.time_limit_minutes
+        self.lr_decay_step = None
         rng = np.random.default_rng(cfg.seed)
         order = np.concatenate([rng.permutation(len(images)) for _ in range(cfg.steps // len(images) + 1)])
         self.train()
         out = {}
         step = 0
         for step in range(cfg.steps):
-            if cfg.time_limit_minutes > 0 and time.time() - t0 > 60 * cfg.time_limit_minutes:
+            elapsed = time.time() - t0
+            if cfg.time_limit_minutes > 0 and elapsed > 60 * cfg.time_limit_minutes:
                 break
+            if self.lr_decay_step is None and (step >= decay_step or 0 < decay_seconds < elapsed):
+                self.lr_decay_step = step
+                for group in opt.param_groups:
+                    group["lr"] = 0.1 * cfg.lr
             x = images[order[step]:order[step] + 1]
             out = self.losses(x, self._jitter(x, rng))
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
-            sched.step()
         else:
             step = cfg.steps
         self.steps_done = step

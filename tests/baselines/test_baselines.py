@@ -72,6 +72,20 @@ def test_efficientad_trains_and_calibrates(synthetic_data):
         EfficientAD(EfficientADConfig(size="medium", width_div=8), teacher)
 
 
+def test_efficientad_lr_decays_by_step_or_by_time(synthetic_data):
+    """×0.1 at 95 % of the steps, or once ``lr_decay_time_fraction`` of the time limit has passed."""
+    train, val = split(synthetic_data, "train"), split(synthetic_data, "validation")
+    by_step = EfficientAD(EfficientADConfig(size="small", steps=4, width_div=8)).fit(train, val)
+    assert by_step.lr_decay_step == 3  # int(0.95 · 4)
+    by_time = EfficientAD(EfficientADConfig(size="small", steps=4, width_div=8, time_limit_minutes=60,
+                                            lr_decay_time_fraction=1e-9)).fit(train, val)
+    assert by_time.lr_decay_step == 0 and by_time.steps_done == 4  # decayed from the first step, not stopped
+    for bad, match in (({"lr_decay_time_fraction": 1.0, "time_limit_minutes": 1}, "share of the time limit"),
+                       ({"lr_decay_time_fraction": 0.5}, "needs a time limit")):
+        with pytest.raises(ValueError, match=match):
+            EfficientAD(EfficientADConfig(size="small", width_div=8, **bad))
+
+
 def test_compare_writes_one_table_per_dataset(synthetic_data, tmp_path):
     teacher = tmp_path / "t.safetensors"
     save_teacher(PDN("small", 384, padding=True), teacher)
@@ -136,10 +150,12 @@ def test_compare_command_line_reaches_the_config(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(cli, "compare", fake_compare)
     assert cli.main(["--data", "elpv:installed:all", "--methods", "knn, dhkd-no-hstm", "--teacher", "t.safetensors",
                      "--image-size", "512", "--cache-limit-mb", "0", "--steps", "7", "--knn-bank-size", "5000",
+                     "--time-limit-minutes", "60", "--lr-decay-time-fraction", "0.8",
                      "--output", str(tmp_path)]) == 0
     cfg = seen["cfg"]
     assert seen["methods"] == ["knn", "dhkd-no-hstm"] and seen["specs"] == [DataSpec("elpv", "installed", "all")]
     assert (cfg.image_size, cfg.cache_limit_mb, cfg.steps, cfg.knn_bank_size) == (512, 0, 7, 5000)
+    assert (cfg.time_limit_minutes, cfg.lr_decay_time_fraction) == (60, 0.8)
     assert cfg.teachers == {"*": "t.safetensors"}
     assert capsys.readouterr().out.strip() == "table"
 
