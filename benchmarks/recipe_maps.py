@@ -7,7 +7,8 @@ GRID_PREFIX_validation_grid.npy and GRID_PREFIX_test_grid.npy hold (n, 1, h, w) 
 test splits in dataset order (any scorer; benchmarks/compare.py --save-grids writes them as
 <output>/<dataset>_<category>/<method>/grids). Per
 variant: the evaluator's results.json/md under OUT/<variant>/ and one row in OUT/recipe_maps.md with the share
-of good test images whose map maximum lies in the outer 5 % of the image.
+of good test images whose map maximum lies in the outer 5 % of the image. ``--image-score-top P`` adds a column:
+the image AUROC when the image score is the mean of the map's top P % of pixels instead of its maximum.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
+from sklearn.metrics import roc_auc_score
 
 from dhkd.baselines.compare import DataSpec
 from dhkd.data import build_dataset
@@ -73,6 +75,13 @@ def border_share(maps: list[np.ndarray], labels: np.ndarray, frac: float = 0.05)
     return float(np.mean(hits))
 
 
+def top_mean(m: np.ndarray, percent: float) -> float:
+    """Mean of the largest ``percent`` % of the values of ``m`` (at least one value)."""
+    flat = m.ravel()
+    k = max(1, int(round(percent / 100 * flat.size)))
+    return float(np.partition(flat, flat.size - k)[flat.size - k:].mean())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--maps", required=True, help="prefix of the cached grid maps")
@@ -80,7 +89,11 @@ def main() -> int:
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--variants", nargs="+", default=["raw", "margin1", "margin2", "submean", "zscore",
                                                       "gauss1", "margin1+zscore", "zscore+gauss1"])
+    p.add_argument("--image-score-top", type=float, default=None, metavar="P",
+                   help="also report the image AUROC with the mean of the top P %% of each map as its score")
     args = p.parse_args()
+    if args.image_score_top is not None and not 0 < args.image_score_top <= 100:
+        p.error(f"--image-score-top is a percentage in (0, 100], got {args.image_score_top}")
     val = np.load(f"{args.maps}_validation_grid.npy")
     test_grid = np.load(f"{args.maps}_test_grid.npy")
     spec = args.data
@@ -95,12 +108,16 @@ def main() -> int:
         res = evaluate_map_list(test, maps, truths, args.output / name, source=f"{args.maps} ({name})",
                                 extra={"post_processing": name, "good_max_in_outer_5pct": share})
         rows.append({"variant": name, "metrics": res["metrics"], "good_max_in_outer_5pct": share})
+        if args.image_score_top is not None:
+            scores = [top_mean(m, args.image_score_top) for m in maps]
+            rows[-1]["image_auroc_top_mean"] = float(roc_auc_score(test.labels, scores))
         print(json.dumps(rows[-1]), flush=True)
     names = list(rows[0]["metrics"])
-    lines = ["| variant | " + " | ".join(names) + " | good maps peaking in outer 5 % |",
-             "|---" * (len(names) + 2) + "|"]
+    top = [] if args.image_score_top is None else [f"image_auroc, top {args.image_score_top:g} % mean"]
+    lines = ["| variant | " + " | ".join(names + top) + " | good maps peaking in outer 5 % |",
+             "|---" * (len(names) + len(top) + 2) + "|"]
     for r in rows:
-        cells = [r["metrics"][k] for k in names]
+        cells = [r["metrics"][k] for k in names] + ([r["image_auroc_top_mean"]] if top else [])
         cells = [v.get("0.3") if isinstance(v, dict) else v for v in cells]
         lines.append(f"| {r['variant']} | " + " | ".join("n/a" if v is None else f"{100 * v:.2f}" for v in cells)
                      + f" | {100 * r['good_max_in_outer_5pct']:.0f} % |")
