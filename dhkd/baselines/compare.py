@@ -181,8 +181,9 @@ def _fit_efficientad(size: str):
         val = build_dataset(spec.dataset, spec.root, spec.category, "validation", cfg.image_size, cfg.seed)
         model.fit(train, val)
         losses = ", ".join(f"{k} {v:.4f}" for k, v in model.final_losses.items())
+        decay = "not decayed" if model.lr_decay_step is None else f"x0.1 from step {model.lr_decay_step}"
         return FittedMethod(model.anomaly_map, model.train_seconds, model.steps_done, teacher_path,
-                            f"EfficientAD lr 1e-4 (its own recipe); final losses {losses}")
+                            f"EfficientAD lr 1e-4 (its own recipe), {decay}; final losses {losses}")
     return fit
 
 

