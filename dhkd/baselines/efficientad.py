@@ -7,7 +7,8 @@ the teacher (distances at or above their 0.999-quantile), the autoencoder's loss
 colour-jittered copy of the image (brightness, contrast or saturation by a factor in [0.8, 1.2]), and the
 student's second half imitating the autoencoder on that copy; Adam (lr 1e-4, weight decay 1e-5), lr ×0.1 at
 95 % of the steps (or, with ``lr_decay_time_fraction`` and a time limit, once that share of the time has passed,
-whichever comes first, as DHKD's CPU recipe does). The ImageNet penalty is left out (no ImageNet offline), as in DHKD's CPU recipe.
+whichever comes first, as DHKD's CPU recipe does). The ImageNet penalty is left out (no ImageNet offline), as
+in DHKD's CPU recipe.
 Maps: ST = mean_c (T̂ − S[:384])², AE = mean_c (A − S[384:])², each normalised with its 0.9 and 0.995
 quantiles on the validation good images, averaged and padded by 4 (64×64 at 256²).
 
