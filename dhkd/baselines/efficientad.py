@@ -30,6 +30,7 @@ from ..benchmark.efficientad import Autoencoder
 from ..data.common import IMAGENET_MEAN, IMAGENET_STD
 from ..models.calibration import fit_quantiles, normalisation_weights, normalise_maps, teacher_statistics
 from ..models.teacher import PDN, BackboneTeacher
+from ..train.config import check_lr_decay_time_fraction
 
 OUT_CHANNELS = 384
 
@@ -61,11 +62,7 @@ class EfficientAD(nn.Module):
         self.config = cfg = config or EfficientADConfig()
         if cfg.size not in ("small", "medium"):
             raise ValueError(f"EfficientAD size must be 'small' or 'medium', got {cfg.size!r}")
-        if not 0.0 <= cfg.lr_decay_time_fraction < 1.0:
-            raise ValueError(f"lr_decay_time_fraction is a share of the time limit in [0, 1), "
-                             f"got {cfg.lr_decay_time_fraction}")
-        if cfg.lr_decay_time_fraction and cfg.time_limit_minutes <= 0:
-            raise ValueError("lr_decay_time_fraction needs a time limit (time_limit_minutes > 0)")
+        check_lr_decay_time_fraction(cfg.lr_decay_time_fraction, cfg.time_limit_minutes)
         if cfg.teacher_backbone:
             if teacher is not None:
                 raise ValueError("pass either a PDN teacher or teacher_backbone, not both")

@@ -34,6 +34,15 @@ def backbone_name(teacher: str) -> str:
     return name
 
 
+def check_lr_decay_time_fraction(fraction: float, time_limit_minutes: float) -> None:
+    """Raise unless ``fraction`` (the share of the time limit after which the lr decays; 0 = off) is in [0, 1)
+    and, when set, comes with a time limit: the check of every trainer with a time-triggered decay."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"lr_decay_time_fraction is a share of the time limit in [0, 1), got {fraction}")
+    if fraction and time_limit_minutes <= 0:
+        raise ValueError("lr_decay_time_fraction needs a time limit (time_limit_minutes > 0)")
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run (data, model, optimisation, checkpoints, evaluation); saved as config.yaml."""
@@ -91,11 +100,7 @@ class TrainConfig:
                              "model_overrides.teacher_backbone")
         if self.hard_mining and not 0.0 < self.hard_mining < 1.0:
             raise ValueError(f"hard_mining is a quantile in (0, 1) or 0 (off), got {self.hard_mining}")
-        if not 0.0 <= self.lr_decay_time_fraction < 1.0:
-            raise ValueError(f"lr_decay_time_fraction is a share of the time limit in [0, 1), "
-                             f"got {self.lr_decay_time_fraction}")
-        if self.lr_decay_time_fraction and self.time_limit_minutes <= 0:
-            raise ValueError("lr_decay_time_fraction needs a time limit (time_limit_minutes > 0)")
+        check_lr_decay_time_fraction(self.lr_decay_time_fraction, self.time_limit_minutes)
         return self
 
     @property
