@@ -15,6 +15,7 @@ import argparse
 import torch
 
 from dhkd.baselines.compare import METHODS, CompareConfig, DataSpec, compare
+from dhkd.denormals import flush_denormals
 from dhkd.teacher.backbones import BACKBONES
 
 
@@ -28,6 +29,7 @@ def parse_teachers(values: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    flush_denormals()  # before any parallel work (dhkd.denormals)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", action="append", required=True, type=DataSpec.parse,
                    help="dataset:root:category (repeatable), e.g. elpv:installed:all")

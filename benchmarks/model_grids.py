@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from dhkd.baselines.compare import DataSpec
+from dhkd.denormals import flush_denormals
 from dhkd.data import build_dataset
 from dhkd.models.calibration import dataset_batches, normalisation_weights, normalise_maps
 from dhkd.persistence import load_model
@@ -51,6 +52,7 @@ def model_grids(model, dataset, lnet_weight: float | None = None, flip: bool = F
 
 
 def main(argv: list[str] | None = None) -> int:
+    flush_denormals()  # before any parallel work (dhkd.denormals)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, type=Path, help="run folder or model.safetensors")
     p.add_argument("--data", required=True, type=DataSpec.parse, help="DATASET:ROOT:CATEGORY")

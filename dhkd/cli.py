@@ -13,6 +13,7 @@ import os
 import sys
 
 from dhkd import __version__
+from dhkd.denormals import flush_denormals
 
 COMMANDS = [
     "dhkd.commands.demo",
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(_command(argv)).parse_args(argv)
     debug = args.debug or os.environ.get("DHKD_DEBUG", "") not in ("", "0")
+    flush_denormals()  # before any parallel work, so that every thread the command starts inherits it
     try:
         return int(args._run(args) or 0)
     except USER_ERRORS as exc:
