@@ -8,7 +8,8 @@ test splits in dataset order (any scorer; benchmarks/compare.py --save-grids wri
 <output>/<dataset>_<category>/<method>/grids). Per
 variant: the evaluator's results.json/md under OUT/<variant>/ and one row in OUT/recipe_maps.md with the share
 of good test images whose map maximum lies in the outer 5 % of the image. ``--image-score-top P`` adds a column:
-the image AUROC when the image score is the mean of the map's top P % of pixels instead of its maximum.
+the image AUROC when the image score is the mean of the map's top P % of pixels instead of its maximum
+(the package's ``image_score_top``).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 from dhkd.baselines.compare import DataSpec
 from dhkd.data import build_dataset
-from dhkd.eval.evaluator import evaluate_map_list
+from dhkd.eval.evaluator import evaluate_map_list, map_scores
 
 
 def replicate_margin(m: np.ndarray, k: int) -> np.ndarray:
@@ -75,13 +76,6 @@ def border_share(maps: list[np.ndarray], labels: np.ndarray, frac: float = 0.05)
     return float(np.mean(hits))
 
 
-def top_mean(m: np.ndarray, percent: float) -> float:
-    """Mean of the largest ``percent`` % of the values of ``m`` (at least one value)."""
-    flat = m.ravel()
-    k = max(1, int(round(percent / 100 * flat.size)))
-    return float(np.partition(flat, flat.size - k)[flat.size - k:].mean())
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--maps", required=True, help="prefix of the cached grid maps")
@@ -109,7 +103,7 @@ def main() -> int:
                                 extra={"post_processing": name, "good_max_in_outer_5pct": share})
         rows.append({"variant": name, "metrics": res["metrics"], "good_max_in_outer_5pct": share})
         if args.image_score_top is not None:
-            scores = [top_mean(m, args.image_score_top) for m in maps]
+            scores = map_scores(maps, args.image_score_top)  # the package's image score with that rule
             rows[-1]["image_auroc_top_mean"] = float(roc_auc_score(test.labels, scores))
         print(json.dumps(rows[-1]), flush=True)
     names = list(rows[0]["metrics"])

@@ -1,10 +1,8 @@
-"""benchmarks/model_grids.py (a trained model's feature-resolution maps for recipe_maps.py) and the top-P % image
-score of benchmarks/recipe_maps.py."""
+"""benchmarks/model_grids.py: a trained model's feature-resolution maps for recipe_maps.py."""
 import importlib.util
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from dhkd.data import build_dataset, synthetic
@@ -21,7 +19,6 @@ def _load(name):
 
 
 model_grids = _load("model_grids")
-recipe_maps = _load("recipe_maps")
 
 
 def test_grids_are_the_models_normalised_maps_with_the_mix_and_flip(tmp_path):
@@ -49,10 +46,3 @@ def test_grids_are_the_models_normalised_maps_with_the_mix_and_flip(tmp_path):
                           model.map_weights()).numpy()
     np.testing.assert_allclose(flipped, want, rtol=1e-5, atol=1e-6)
     assert not np.allclose(flipped, plain)
-
-
-def test_top_mean():
-    m = np.arange(200, dtype=np.float64).reshape(10, 20)
-    assert recipe_maps.top_mean(m, 1.0) == pytest.approx((199 + 198) / 2)  # 1 % of 200 values: the top 2
-    assert recipe_maps.top_mean(m, 0.1) == 199.0  # fewer than one value: the maximum
-    assert recipe_maps.top_mean(m, 100.0) == pytest.approx(m.mean())

@@ -7,7 +7,8 @@ dataset's ground truth allows). Per method and dataset: the evaluator's results.
 after the first of a dataset reuse its teacher statistics, which their notes say) and the
 inference time per image at batch 1 (mean over the timed test images after one warm-up, fp32, this process's
 threads). ``grid_sigma`` > 0 smooths every method's maps at its own resolution before they are resized (the
-saved grids stay unsmoothed). ``compare(...)`` writes ``<output>/<dataset>_<category>/<method>/results.json`` and
+saved grids stay unsmoothed). Image scores are the map's maximum, except for a DHKD row whose model scores
+with the mean of the map's top P % (``image_score_top``, as the CPU recipe's ``dhkd-recipe``). ``compare(...)`` writes ``<output>/<dataset>_<category>/<method>/results.json`` and
 ``<output>/compare.md`` / ``compare.json``.
 
 Methods (:data:`METHODS`): ``knn`` (training-free, on the backbone's descriptors), ``knn-teacher`` (the
@@ -101,12 +102,14 @@ class MethodResult:
 @dataclass
 class FittedMethod:
     """What fitting a method yields: its map function (ImageNet-normalised batch -> (b, 1, h, w) maps),
-    fit time, training steps (None: training-free), teacher file (None: none) and a note for the table."""
+    fit time, training steps (None: training-free), teacher file (None: none), a note for the table and its
+    image score's rule (``image_score_top``: 0 = the map's maximum; a DHKD model's own config value)."""
     map_fn: Callable[[torch.Tensor], torch.Tensor]
     fit_seconds: float
     steps: int | None
     teacher: str | None
     notes: str
+    image_score_top: float = 0.0
 
 
 def _teacher_for(spec: DataSpec, cfg: CompareConfig, method: str = "") -> str:
@@ -214,7 +217,8 @@ def _fit_dhkd(overrides: dict):
         losses = ", ".join(f"{k} {v:.4f}" for k, v in summary["final_losses"].items())
         reused = "; teacher statistics of an earlier row (not in fit s)" if trainer.teacher_stats is not None else ""
         return FittedMethod(map_fn, time.time() - t0, summary["steps"], teacher_path,
-                            f"preset {cfg.preset}, overrides {overrides or 'none'}; final losses {losses}{reused}")
+                            f"preset {cfg.preset}, overrides {overrides or 'none'}; final losses {losses}{reused}",
+                            image_score_top=model.image_score_top)
     return fit
 
 
@@ -247,7 +251,8 @@ def run_method(method: str, spec: DataSpec, cfg: CompareConfig, shared: dict | N
     res = evaluate_map_list(test, maps, masks, out, source=method, smooth_sigma=0.0, seed=cfg.seed,
                             extra={"method": method, "grid_sigma": cfg.grid_sigma,
                                    "fit_seconds": round(f.fit_seconds, 1), "ms_per_image": round(ms, 1),
-                                   "steps": f.steps, "teacher": f.teacher, "notes": f.notes})
+                                   "steps": f.steps, "teacher": f.teacher, "notes": f.notes},
+                            image_score_top=f.image_score_top)
     return MethodResult(method, spec.dataset, spec.category, res["metrics"], f.fit_seconds, ms, f.steps, f.teacher,
                         str(out / "results.json"), f.notes)
 

@@ -10,6 +10,7 @@ resolution):
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 NAME = "evaluate"
@@ -34,6 +35,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--smooth-sigma", type=float, default=0.0,
                         help="Gaussian sigma applied to full-resolution maps before scoring (0 = off; the "
                              "authors' released LOCO evaluation used 2)")
+    parser.add_argument("--image-score-top", type=float, default=None, metavar="P",
+                        help="image score = mean of the map's top P %% of values (0 = its maximum); default: "
+                             "the model's own rule (its config's image_score_top), the maximum for --maps")
     parser.add_argument("--export-maps", action="store_true",
                         help="model form: write the maps as float32 TIFFs under <output>/anomaly_maps/")
     parser.add_argument("--batch-size", type=int, default=8, help="model form: images per forward pass")
@@ -49,6 +53,8 @@ def evaluate_loaded_model(model, args) -> dict:
     except ValueError as e:
         raise SystemExit(f"dhkd evaluate: {e}") from None
     model.to(device)
+    if args.image_score_top is not None:  # score this evaluation with another rule than the model's own
+        model.config = replace(model.config, image_score_top=args.image_score_top)
     return evaluate_model(model, args.dataset, args.root, args.category, args.output, seed=args.seed,
                           batch_size=args.batch_size, smooth_sigma=args.smooth_sigma,
                           export_maps=args.export_maps, overlays=args.overlays)
@@ -63,9 +69,15 @@ def print_summary(results: dict, output: Path) -> None:
 def run(args) -> int:
     """Run ``dhkd evaluate`` on a model's maps or on a folder of maps; returns the exit status."""
     from dhkd.eval.evaluator import evaluate_maps
+    from dhkd.models.scoring import check_image_score_top
 
     if (args.maps is None) == (args.model is None):
         raise SystemExit("dhkd evaluate: give exactly one of --maps DIR (maps of any method) or --model RUN")
+    if args.image_score_top is not None:
+        try:
+            check_image_score_top(args.image_score_top)
+        except ValueError as e:
+            raise SystemExit(f"dhkd evaluate: --image-score-top: {e}") from None
     if args.model is not None:
         from dhkd.allocator import keep_freed_memory
         from dhkd.persistence import load_model
@@ -78,6 +90,7 @@ def run(args) -> int:
     if args.export_maps:
         raise SystemExit("dhkd evaluate: --export-maps needs a model; with --maps the maps already exist")
     results = evaluate_maps(args.maps, args.dataset, args.root, args.category, args.output, seed=args.seed,
-                            overlays=args.overlays, smooth_sigma=args.smooth_sigma)
+                            overlays=args.overlays, smooth_sigma=args.smooth_sigma,
+                            image_score_top=args.image_score_top or 0.0)
     print_summary(results, args.output)
     return 0

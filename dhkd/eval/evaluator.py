@@ -5,7 +5,11 @@ The model interface used here (eval mode):
   ``model.raw_maps(images) -> (map_l, map_g)``  each (b, 1, h, w) fp32, unnormalised;
   ``model.set_quantiles(qa_l, qb_l, qa_g, qb_g)``;
   ``model.normalized_map(map_l, map_g, size=(H, W)) -> (b, 1, H, W)`` combined and bilinearly resized;
-  ``model.image_size`` the square input side.
+  ``model.image_size`` the square input side;
+  ``model.image_score_top`` (optional, default 0) the image score's rule, as :func:`dhkd.models.scoring.image_score`.
+
+Every image score is computed from its full-resolution map by :func:`dhkd.models.scoring.image_score`: the
+map's maximum, or with ``image_score_top`` = P > 0 the mean of its largest P % of values.
 
 :func:`evaluate_maps` scores a folder of TIFF maps from any method, without a model.
 """
@@ -21,7 +25,7 @@ from scipy.ndimage import gaussian_filter
 from ..data import AnomalyDataset, build_dataset
 from ..data.common import read_rgb
 from ..models.calibration import dataset_batches, fit_quantiles, model_device
-from ..models.scoring import check_finite, resize_map
+from ..models.scoring import check_finite, check_image_score_top, image_score, resize_map
 from ..runtime.progress import progress
 from . import maps_io
 from .metrics import LocoGroundTruth, MetricInputs, MetricResults, compute_metrics
@@ -63,7 +67,7 @@ def scorer_maps(map_fn, dataset: AnomalyDataset, *, batch_size: int = 8, smooth_
 
 def evaluate_scorer(map_fn, dataset: AnomalyDataset, output_dir: str | Path, *, source: str,
                     smooth_sigma: float = 0.0, batch_size: int = 8, seed: int = 0, overlays: bool = False,
-                    extra: dict | None = None) -> dict:
+                    extra: dict | None = None, image_score_top: float = 0.0) -> dict:
     """Evaluate the maps of any scorer (see :func:`scorer_maps`) on ``dataset`` (a test split) and write
     results.json / results.md; ``source`` names the scorer in the results, ``extra`` adds entries to them."""
     maps, masks = [], []
@@ -71,41 +75,52 @@ def evaluate_scorer(map_fn, dataset: AnomalyDataset, output_dir: str | Path, *, 
         maps.append(m)
         masks.append(item["mask"].numpy())
     return evaluate_map_list(dataset, maps, masks, output_dir, source=source, smooth_sigma=smooth_sigma,
-                             overlays=overlays, seed=seed, extra=extra)
+                             overlays=overlays, seed=seed, extra=extra, image_score_top=image_score_top)
 
 
 def evaluate_map_list(dataset: AnomalyDataset, maps: list[np.ndarray], masks: list[np.ndarray],
                       output_dir: str | Path, *, source: str, smooth_sigma: float | None = None,
-                      overlays: bool = False, seed: int = 0, extra: dict | None = None) -> dict:
+                      overlays: bool = False, seed: int = 0, extra: dict | None = None,
+                      image_score_top: float = 0.0) -> dict:
     """Score full-resolution ``maps`` already computed (dataset order; ``masks`` as ``dataset.mask(i)``)
     and write results.json / results.md; ``smooth_sigma`` only records the smoothing the maps had."""
     if len(maps) != len(dataset) or len(masks) != len(dataset):
         raise ValueError(f"{len(maps)} maps and {len(masks)} masks for {len(dataset)} images of {dataset!r}")
     return _finish(dataset, maps, masks, Path(output_dir), source=source, smooth_sigma=smooth_sigma,
-                   overlays=overlays, seed=seed, extra=extra or {})
+                   overlays=overlays, seed=seed, extra=extra or {}, image_score_top=image_score_top)
 
 
-def score_maps(dataset: AnomalyDataset, maps: list[np.ndarray], masks: list[np.ndarray], *, seed: int = 0
-               ) -> MetricResults:
+def map_scores(maps: list[np.ndarray], image_score_top: float = 0.0) -> np.ndarray:
+    """The image score of each full-resolution map (:func:`dhkd.models.scoring.image_score`), float64."""
+    check_image_score_top(image_score_top)
+    return np.array([float(image_score(torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None],
+                                       image_score_top)[0]) for m in maps], dtype=np.float64)
+
+
+def score_maps(dataset: AnomalyDataset, maps: list[np.ndarray], masks: list[np.ndarray], scores: np.ndarray, *,
+               seed: int = 0) -> MetricResults:
     """Every registered metric that the ground truth of ``dataset`` allows (``dataset.provides``), on the
-    full-resolution ``maps`` (dataset order) given each image's (K, H0, W0) ground truth."""
+    full-resolution ``maps`` (dataset order) given each image's (K, H0, W0) ground truth and image score
+    (:func:`map_scores`)."""
     provides = dataset.provides
     loco = None
     if "loco_channels" in provides:
         loco = [LocoGroundTruth(s.defect, g if s.label else None) for s, g in zip(dataset.samples, masks)]
-    inputs = MetricInputs(maps=maps, scores=np.array([float(m.max()) for m in maps]), labels=dataset.labels,
+    inputs = MetricInputs(maps=maps, scores=scores, labels=dataset.labels,
                           masks=[g.any(axis=0) for g in masks] if "pixel_masks" in provides else None,
                           loco=loco, defects_config=dataset.defects_config, seed=seed)
     return compute_metrics(inputs, provides)
 
 
 def _finish(dataset: AnomalyDataset, maps, masks, output_dir: Path, *, source: str, smooth_sigma: float | None,
-            overlays: bool, seed: int, extra: dict) -> dict:
+            overlays: bool, seed: int, extra: dict, image_score_top: float = 0.0) -> dict:
+    scores = map_scores(maps, image_score_top)
     result = EvaluationResult(
         dataset=dataset.name, category=dataset.category, split=dataset.split,
-        ground_truth=tuple(sorted(dataset.provides)), map=MapInfo(source=source, smoothing_sigma=smooth_sigma),
-        metrics=score_maps(dataset, maps, masks, seed=seed), extra=dict(extra),
-        images=[ImageScore(str(s.path), s.defect, s.label, float(m.max())) for s, m in zip(dataset.samples, maps)])
+        ground_truth=tuple(sorted(dataset.provides)),
+        map=MapInfo(source=source, smoothing_sigma=smooth_sigma, image_score_top=float(image_score_top)),
+        metrics=score_maps(dataset, maps, masks, scores, seed=seed), extra=dict(extra),
+        images=[ImageScore(str(s.path), s.defect, s.label, float(v)) for s, v in zip(dataset.samples, scores)])
     if overlays:
         vmin, vmax = colour_scale(maps, seed=seed)
         result.overlay_colour_scale = {"vmin": vmin, "vmax": vmax}
@@ -132,7 +147,8 @@ def evaluate(model, dataset: AnomalyDataset, output_dir: str | Path, *, smooth_s
                                                Path(item["path"])), m)
     extra = {"quantiles": quantiles} if quantiles is not None else {}
     return _finish(dataset, maps, masks, output_dir, source="model", smooth_sigma=smooth_sigma,
-                   overlays=overlays, seed=seed, extra=extra)
+                   overlays=overlays, seed=seed, extra=extra,
+                   image_score_top=float(getattr(model, "image_score_top", 0.0)))
 
 
 def evaluate_model(model, dataset: str, root: str | Path, category: str, output_dir: str | Path, *,
@@ -154,10 +170,11 @@ def evaluate_model(model, dataset: str, root: str | Path, category: str, output_
 
 def evaluate_maps(maps_dir: str | Path, dataset: str, root: str | Path, category: str, output_dir: str | Path,
                   *, seed: int = 0, overlays: bool = False, smooth_sigma: float = 0.0,
-                  **dataset_options) -> dict:
+                  image_score_top: float = 0.0, **dataset_options) -> dict:
     """Score a folder of float TIFF maps from any method (one per test image, at the original image size,
     ``<maps_dir>/<category>/test/<defect>/<id>.tiff``) and write results.json / results.md.
-    ``smooth_sigma`` > 0 applies a Gaussian to each map first (0: the maps are scored as stored)."""
+    ``smooth_sigma`` > 0 applies a Gaussian to each map first (0: the maps are scored as stored);
+    ``image_score_top`` as :func:`map_scores`."""
     test = build_dataset(dataset, root, category, "test", 1, seed, **dataset_options)
     base = maps_io.resolve_maps_base(Path(maps_dir), dataset, category)
     maps, masks = [], []
@@ -168,4 +185,4 @@ def evaluate_maps(maps_dir: str | Path, dataset: str, root: str | Path, category
         masks.append(gt)
     return _finish(test, maps, masks, Path(output_dir), source=str(base),
                    smooth_sigma=smooth_sigma if smooth_sigma > 0 else None,
-                   overlays=overlays, seed=seed, extra={})
+                   overlays=overlays, seed=seed, extra={}, image_score_top=image_score_top)

@@ -2,7 +2,7 @@
 
 results.json layout (stable): ``dataset``, ``category``, ``split``, ``num_images``, ``num_anomalous``,
 ``ground_truth`` (the kinds the dataset provides, e.g. ``["image_labels"]`` for a set without masks),
-``map`` {resolution, clamped, smoothing_sigma, source}, ``metrics`` (name -> value; only the metrics the
+``map`` {resolution, clamped, smoothing_sigma, source, image_score}, ``metrics`` (name -> value; only the metrics the
 ground truth allows), ``metric_definitions``, ``details``, any extra entries (e.g. ``quantiles``), ``images``
 [{path, defect, label, score}] and, with overlays, ``overlay_colour_scale``.
 """
@@ -27,11 +27,12 @@ class MapInfo:
     smoothing_sigma: float | None
     resolution: str = "original image size"
     clamped: bool = False
+    image_score_top: float = 0.0   # the image score: the map's maximum (0) or the mean of its top P %
 
 
 @dataclass(frozen=True)
 class ImageScore:
-    """One test image's score (the maximum of its map)."""
+    """One test image's score (the maximum of its map, or the mean of its top ``image_score_top`` %)."""
     path: str
     defect: str
     label: int
@@ -67,7 +68,8 @@ class EvaluationResult:
                "num_images": self.num_images, "num_anomalous": self.num_anomalous,
                "ground_truth": list(self.ground_truth),
                "map": {"resolution": self.map.resolution, "clamped": self.map.clamped,
-                       "smoothing_sigma": self.map.smoothing_sigma, "source": self.map.source},
+                       "smoothing_sigma": self.map.smoothing_sigma, "source": self.map.source,
+                       "image_score": _image_score_rule(self.map.image_score_top)},
                "metrics": self.metrics.values, "metric_definitions": self.metrics.definitions,
                "details": self.metrics.details, **self.extra,
                "images": [{"path": im.path, "defect": im.defect, "label": im.label, "score": im.score}
@@ -79,6 +81,10 @@ class EvaluationResult:
 
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
+
+
+def _image_score_rule(top_percent: float) -> str:
+    return "maximum of the map" if top_percent == 0 else f"mean of the map's top {top_percent:g} %"
 
 
 def _smoothing(sigma) -> str:
@@ -118,6 +124,7 @@ def to_markdown(results: dict) -> str:
     lines = [f"# {results['dataset']} / {results['category']}", "",
              f"{results['num_images']} test images ({results['num_anomalous']} anomalous); maps at original "
              f"resolution, unclamped, {_smoothing(results['map']['smoothing_sigma'])}; "
+             f"image score: {results['map'].get('image_score', _image_score_rule(0))}; "
              f"source: {results['map']['source']}. Values in %.", ""]
     gt = _ground_truth_line(results.get("ground_truth", ()))
     if gt:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from .scoring import check_image_score_top
+
 
 @dataclass(frozen=True)
 class DHKDConfig:
@@ -34,12 +36,14 @@ class DHKDConfig:
     # Scoring options of the CPU recipe (docs/recipe.md), not the paper's; the defaults leave the paper's map as is.
     cell_norm: bool = False                  # z-score each map cell with statistics of the good validation maps
     map_sigma: float = 0.0                   # Gaussian sigma in feature cells, applied before the resize (0 = off)
+    image_score_top: float = 0.0             # image score = mean of the map's top P % of values (0 = its maximum)
 
     def __post_init__(self):
         if not isinstance(self.cell_norm, bool):
             raise ValueError(f"cell_norm must be true or false, got {self.cell_norm!r}")
         if not (isinstance(self.map_sigma, (int, float)) and 0.0 <= float(self.map_sigma) < float("inf")):
             raise ValueError(f"map_sigma must be a finite number >= 0 (feature cells), got {self.map_sigma!r}")
+        check_image_score_top(self.image_score_top)
 
     def to_dict(self) -> dict:
         """The config as a plain dict (the inverse of :meth:`from_dict`)."""

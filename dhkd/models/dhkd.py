@@ -22,7 +22,7 @@ class DHKD(nn.Module):
     Input: an ImageNet-normalised image batch (b, 3, H, W). Training (``model.train()``): ``model(x)``
     returns the 1:1:2 loss and its terms. Evaluation (``model.eval()``): ``model(x)`` returns
     ``anomaly_map`` (b, 1, H, W) — the quantile-normalised combined map at the input's resolution — and
-    ``score`` (b,), its maximum. The teacher channel statistics and the map quantiles are buffers, saved
+    ``score`` (b,), its maximum (or the mean of its top ``image_score_top`` %). The teacher channel statistics and the map quantiles are buffers, saved
     with the weights; :mod:`dhkd.models.calibration` fits them and :mod:`dhkd.models.scoring` turns the
     normalised map into the map at the image size and the score.
 
@@ -140,6 +140,11 @@ class DHKD(nn.Module):
     def cell_norm(self) -> bool:
         """Whether the normalised map is z-scored per feature cell (``config.cell_norm``)."""
         return self.config.cell_norm
+
+    @property
+    def image_score_top(self) -> float:
+        """The image score's share of the map in % (``config.image_score_top``; 0 = the map's maximum)."""
+        return float(self.config.image_score_top)
 
     @property
     def has_cell_statistics(self) -> bool:
@@ -264,12 +269,13 @@ class DHKD(nn.Module):
                        weights: tuple[float, float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(anomaly map (b, 1, H, W) at ``size``, score (b,)) of the raw maps: normalised with ``weights``
         (default: from the fitted quantiles), then :func:`dhkd.models.scoring.map_and_score` with the per-cell
-        statistics (``cell_norm``) and ``map_sigma``. Without ``weights`` the calibration is checked here; a
+        statistics (``cell_norm``), ``map_sigma`` and ``image_score_top``. Without ``weights`` the calibration is checked here; a
         caller passing them (the deployment detector) checked it once, so the traced graph has no such test."""
         checked = weights is None
         weights = weights or self.map_weights()
         return map_and_score(normalise_maps(map_l, map_g, weights), size,
-                             cell_stats=self.cell_statistics(check=checked), sigma=float(self.config.map_sigma))
+                             cell_stats=self.cell_statistics(check=checked), sigma=float(self.config.map_sigma),
+                             top_percent=self.image_score_top)
 
     def detect(self, x: torch.Tensor, size: tuple[int, int] | None = None,
                weights: tuple[float, float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

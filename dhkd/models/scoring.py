@@ -4,7 +4,8 @@ the image score.
 The model's evaluation forward, the evaluator, ``dhkd predict`` and every exported detector (ONNX,
 ``torch.export``) go through :func:`map_and_score`, so the same image gives the same map and score in all of
 them: the map is resized once, bilinearly (half-pixel centres, no corner alignment, fp32), from feature
-resolution straight to the requested size, and the score is the maximum of that map.
+resolution straight to the requested size, and the score is the maximum of that map, or with
+``DHKDConfig.image_score_top`` = P > 0 the mean of its largest P % of values (:func:`image_score`).
 
 Two opt-in steps of the CPU recipe (``DHKDConfig.cell_norm`` / ``map_sigma``) run before the resize, at feature
 resolution and in this order: a per-cell z-score with statistics of the good validation maps
@@ -23,9 +24,29 @@ def resize_map(fmap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(fmap.float(), size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
 
 
-def image_score(amap: torch.Tensor) -> torch.Tensor:
-    """The image score of each map of a (b, 1, H, W) batch: its maximum, shape (b,)."""
-    return amap.flatten(1).amax(1)
+def check_image_score_top(top_percent: float) -> None:
+    """Raise unless ``top_percent`` (the share of a map's values whose mean is the image score, in %; 0 = the
+    maximum) is a number in [0, 100]."""
+    if isinstance(top_percent, bool) or not isinstance(top_percent, (int, float)) or not 0 <= top_percent <= 100:
+        raise ValueError(f"image_score_top is a percentage of the map's values in [0, 100] (0 = the map's "
+                         f"maximum), got {top_percent!r}")
+
+
+def top_count(num_values: int, top_percent: float) -> int:
+    """How many of a map's ``num_values`` values the top-``top_percent`` % mean takes: round(P/100 · n), at
+    least one."""
+    return max(1, int(round(top_percent / 100 * num_values)))
+
+
+def image_score(amap: torch.Tensor, top_percent: float = 0.0) -> torch.Tensor:
+    """The image score of each map of a (b, 1, H, W) batch, shape (b,): its maximum (``top_percent`` = 0), or
+    the mean of its largest ``top_percent`` % of values (:func:`top_count` of them), which a single hot pixel
+    moves less than the maximum."""
+    check_image_score_top(top_percent)
+    flat = amap.flatten(1)
+    if top_percent == 0:
+        return flat.amax(1)
+    return flat.topk(top_count(flat.shape[1], top_percent), dim=1).values.mean(1)
 
 
 def gaussian_kernel(sigma: float, device: torch.device | str | None = None) -> torch.Tensor:
@@ -71,14 +92,15 @@ def cell_normalise(fmap: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
 
 def map_and_score(fmap: torch.Tensor, size: tuple[int, int], *,
                   cell_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  sigma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                  sigma: float = 0.0, top_percent: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(anomaly map (b, 1, H, W) at ``size``, score (b,)) of a normalised feature-resolution map (b, 1, h, w):
     per-cell z-score with ``cell_stats`` = (mean, std) when given, then a Gaussian of ``sigma`` cells when
-    > 0, then the resize and the maximum. Without both options the map is only resized."""
+    > 0, then the resize and the image score (:func:`image_score` with ``top_percent``). Without both options
+    the map is only resized."""
     if cell_stats is not None:
         fmap = cell_normalise(fmap, *cell_stats)
     amap = resize_map(smooth_map(fmap, sigma), size)
-    return amap, image_score(amap)
+    return amap, image_score(amap, top_percent)
 
 
 class NonFiniteMapError(ValueError):

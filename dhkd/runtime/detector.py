@@ -21,7 +21,7 @@ class AnomalyDetector(nn.Module):
 
     The map is the normalised combined map resized bilinearly from feature resolution to ``output_size``
     (default: the input size), exactly as the evaluator resizes it to an image's original size; the score is
-    its maximum (:func:`dhkd.models.scoring.map_and_score`). Pass the original image size as
+    its maximum, or the mean of its top ``image_score_top`` % (:func:`dhkd.models.scoring.map_and_score`). Pass the original image size as
     ``output_size`` to get the evaluator's map and score for images of that size.
     """
 

@@ -87,5 +87,6 @@ def test_typed_result_serialises_to_the_results_json_layout():
     assert list(d) == ["dataset", "category", "split", "num_images", "num_anomalous", "ground_truth", "map",
                        "metrics", "metric_definitions", "details", "quantiles", "images"]
     assert d["num_images"] == 2 and d["num_anomalous"] == 1 and d["metrics"] == {"image_auroc": 1.0}
-    assert d["map"] == {"resolution": "original image size", "clamped": False, "smoothing_sigma": 0.0, "source": "m"}
+    assert d["map"] == {"resolution": "original image size", "clamped": False, "smoothing_sigma": 0.0, "source": "m",
+                        "image_score": "maximum of the map"}
     json.dumps(d)

@@ -18,7 +18,9 @@ from dhkd.runtime import AnomalyDetector, export_onnx, export_program, require_o
 SYN = dict(size=48, n_train=6, n_test_good=2, n_test_defect=3)  # 48×48 originals, the tiny model reads 64×64
 AGREE = 1e-6
 # the paper's scoring, and the recipe's per-cell normalisation + one-cell smoothing (needs >= 2 validation images)
-SCORING = {"paper": ({}, SYN), "recipe": ({"cell_norm": True, "map_sigma": 1.0}, dict(SYN, n_train=20))}
+# + the mean of the map's top 1 % as the image score
+SCORING = {"paper": ({}, SYN),
+           "recipe": ({"cell_norm": True, "map_sigma": 1.0, "image_score_top": 1.0}, dict(SYN, n_train=20))}
 
 
 @pytest.fixture(scope="module", params=sorted(SCORING))

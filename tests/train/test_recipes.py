@@ -15,7 +15,7 @@ def test_the_cpu_recipe_is_a_valid_config_with_its_measured_settings():
     assert (cfg.preset, cfg.teacher, cfg.steps, cfg.lr, cfg.lr_decay_step) == (
         "small", "backbone:efficientnet-lite0", 3000, 5e-4, 2400)
     assert (cfg.time_limit_minutes, cfg.lr_decay_time_fraction) == (60.0, 0.8)
-    assert cfg.model_overrides == {"use_hstm": False, "cell_norm": True, "map_sigma": 1.0}
+    assert cfg.model_overrides == {"use_hstm": False, "cell_norm": True, "map_sigma": 1.0, "image_score_top": 1.0}
     cfg.model_overrides["use_hstm"] = True  # a config's dict is its own: the recipe table is unchanged
     assert RECIPES["cpu"]["model_overrides"]["use_hstm"] is False
     with pytest.raises(ValueError, match="set the dataset root"):
