@@ -8,8 +8,9 @@ after the first of a dataset reuse its teacher statistics, which their notes say
 inference time per image at batch 1 (mean over the timed test images after one warm-up, fp32, this process's
 threads). ``grid_sigma`` > 0 smooths every method's maps at its own resolution before they are resized (the
 saved grids stay unsmoothed). Image scores are the map's maximum, except for a DHKD row whose model scores
-with the mean of the map's top P % (``image_score_top``, as the CPU recipe's ``dhkd-recipe``). ``compare(...)`` writes ``<output>/<dataset>_<category>/<method>/results.json`` and
-``<output>/compare.md`` / ``compare.json``.
+with the mean of the map's top P % (``image_score_top``, as the CPU recipe's ``dhkd-recipe``).
+``compare(...)`` writes ``<output>/<dataset>_<category>/<method>/results.json`` and ``<output>/compare.md`` /
+``compare.json``.
 
 Methods (:data:`METHODS`): ``knn`` (training-free, on the backbone's descriptors), ``knn-teacher`` (the
 same on the DHKD teacher's descriptors: how much the teacher keeps), ``efficientad-s`` / ``efficientad-m``

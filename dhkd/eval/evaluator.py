@@ -67,7 +67,7 @@ def scorer_maps(map_fn, dataset: AnomalyDataset, *, batch_size: int = 8, smooth_
 
 def evaluate_scorer(map_fn, dataset: AnomalyDataset, output_dir: str | Path, *, source: str,
                     smooth_sigma: float = 0.0, batch_size: int = 8, seed: int = 0, overlays: bool = False,
-                    extra: dict | None = None, image_score_top: float = 0.0) -> dict:
+                    extra: dict | None = None) -> dict:
     """Evaluate the maps of any scorer (see :func:`scorer_maps`) on ``dataset`` (a test split) and write
     results.json / results.md; ``source`` names the scorer in the results, ``extra`` adds entries to them."""
     maps, masks = [], []
@@ -75,7 +75,7 @@ def evaluate_scorer(map_fn, dataset: AnomalyDataset, output_dir: str | Path, *, 
         maps.append(m)
         masks.append(item["mask"].numpy())
     return evaluate_map_list(dataset, maps, masks, output_dir, source=source, smooth_sigma=smooth_sigma,
-                             overlays=overlays, seed=seed, extra=extra, image_score_top=image_score_top)
+                             overlays=overlays, seed=seed, extra=extra)
 
 
 def evaluate_map_list(dataset: AnomalyDataset, maps: list[np.ndarray], masks: list[np.ndarray],

@@ -22,9 +22,9 @@ class DHKD(nn.Module):
     Input: an ImageNet-normalised image batch (b, 3, H, W). Training (``model.train()``): ``model(x)``
     returns the 1:1:2 loss and its terms. Evaluation (``model.eval()``): ``model(x)`` returns
     ``anomaly_map`` (b, 1, H, W) — the quantile-normalised combined map at the input's resolution — and
-    ``score`` (b,), its maximum (or the mean of its top ``image_score_top`` %). The teacher channel statistics and the map quantiles are buffers, saved
-    with the weights; :mod:`dhkd.models.calibration` fits them and :mod:`dhkd.models.scoring` turns the
-    normalised map into the map at the image size and the score.
+    ``score`` (b,), its maximum (or the mean of its top ``image_score_top`` %). The teacher channel statistics
+    and the map quantiles are buffers, saved with the weights; :mod:`dhkd.models.calibration` fits them and
+    :mod:`dhkd.models.scoring` turns the normalised map into the map at the image size and the score.
 
     With ``cell_norm`` (an option of the CPU recipe, not the paper's) the normalised map is z-scored per feature
     cell with buffers ``cell_mean`` / ``cell_std`` (1, 1, h, w) fitted on the good validation maps right after
@@ -269,8 +269,9 @@ class DHKD(nn.Module):
                        weights: tuple[float, float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(anomaly map (b, 1, H, W) at ``size``, score (b,)) of the raw maps: normalised with ``weights``
         (default: from the fitted quantiles), then :func:`dhkd.models.scoring.map_and_score` with the per-cell
-        statistics (``cell_norm``), ``map_sigma`` and ``image_score_top``. Without ``weights`` the calibration is checked here; a
-        caller passing them (the deployment detector) checked it once, so the traced graph has no such test."""
+        statistics (``cell_norm``), ``map_sigma`` and ``image_score_top``. Without ``weights`` the calibration is
+        checked here; a caller passing them (the deployment detector) checked it once, so the traced graph has no
+        such test."""
         checked = weights is None
         weights = weights or self.map_weights()
         return map_and_score(normalise_maps(map_l, map_g, weights), size,

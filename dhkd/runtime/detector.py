@@ -21,8 +21,8 @@ class AnomalyDetector(nn.Module):
 
     The map is the normalised combined map resized bilinearly from feature resolution to ``output_size``
     (default: the input size), exactly as the evaluator resizes it to an image's original size; the score is
-    its maximum, or the mean of its top ``image_score_top`` % (:func:`dhkd.models.scoring.map_and_score`). Pass the original image size as
-    ``output_size`` to get the evaluator's map and score for images of that size.
+    its maximum, or the mean of its top ``image_score_top`` % (:func:`dhkd.models.scoring.map_and_score`). Pass
+    the original image size as ``output_size`` to get the evaluator's map and score for images of that size.
     """
 
     def __init__(self, model: DHKD, output_size: tuple[int, int] | None = None):

@@ -46,7 +46,8 @@ def test_train_with_the_cpu_recipe_and_overrides(tmp_path):
 
     model = load_model(run_dir / "model.safetensors")
     cfg = model.config
-    assert (cfg.teacher_backbone, cfg.use_hstm, cfg.cell_norm, cfg.map_sigma) == ("efficientnet-lite0", False, True, 1.0)
+    assert (cfg.teacher_backbone, cfg.use_hstm, cfg.cell_norm, cfg.map_sigma, cfg.image_score_top) == (
+        "efficientnet-lite0", False, True, 1.0, 1.0)
     assert model.has_cell_statistics
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 2
