@@ -10,7 +10,9 @@ to 56 % of their Adam moments were subnormal; one such convolution ran 3× faste
 The mode is per thread and a thread starts with its creator's, so it reaches the thread pools of PyTorch and
 of the package's kernels only when it is set before their first parallel work: every ``dhkd`` command sets it
 first thing, as does :class:`dhkd.train.Trainer`; a script of your own should call it before anything else.
-The numerical effect is that values below 1.2e-38 count as zero.
+The numerical effect: fp32 values below 1.2e-38 count as zero, and so do fp16 values below 6.1e-5 (fp16's
+subnormals) where the CPU converts them to fp32 (the package's fp16 CPU kernels do): a process that feeds
+such tiny fp16 values to the CPU kernels should not set it.
 """
 from __future__ import annotations
 

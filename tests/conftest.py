@@ -22,6 +22,14 @@ if not torch.cuda.is_available():
 
 
 
+@pytest.fixture(autouse=True)
+def _keep_the_floating_point_mode(monkeypatch):
+    """Every dhkd command and the Trainer flush subnormal floats for their whole process (dhkd.denormals); the
+    tests share one process and some check subnormal fp16 inputs, so here that flush does nothing
+    (tests/test_denormals.py checks the real one in fresh processes)."""
+    monkeypatch.setattr(torch, "set_flush_denormal", lambda mode: True)
+
+
 @dataclass(frozen=True)
 class SyntheticData:
     """A tiny synthetic dataset on disk: ``root``/``category`` made by :func:`dhkd.data.synthetic.ensure`."""
