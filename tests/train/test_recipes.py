@@ -15,9 +15,9 @@ def test_the_cpu_recipe_is_a_valid_config_with_its_measured_settings():
     assert (cfg.preset, cfg.teacher, cfg.steps, cfg.lr, cfg.lr_decay_step) == (
         "small", "backbone:efficientnet-lite0", 3000, 5e-4, 2400)
     assert (cfg.time_limit_minutes, cfg.lr_decay_time_fraction) == (60.0, 0.8)
-    assert cfg.model_overrides == {"use_hstm": False, "cell_norm": True, "map_sigma": 1.0, "image_score_top": 1.0}
-    cfg.model_overrides["use_hstm"] = True  # a config's dict is its own: the recipe table is unchanged
-    assert RECIPES["cpu"]["model_overrides"]["use_hstm"] is False
+    assert cfg.model_overrides == {"cell_norm": True, "map_sigma": 1.0, "image_score_top": 1.0}
+    cfg.model_overrides["use_hstm"] = False  # a config's dict is its own: the recipe table is unchanged
+    assert "use_hstm" not in RECIPES["cpu"]["model_overrides"]
     with pytest.raises(ValueError, match="set the dataset root"):
         cfg.validate()
     with pytest.raises(ValueError, match="unknown recipe 'gpu'"):
@@ -47,7 +47,7 @@ def test_train_with_the_cpu_recipe_and_overrides(tmp_path):
     model = load_model(run_dir / "model.safetensors")
     cfg = model.config
     assert (cfg.teacher_backbone, cfg.use_hstm, cfg.cell_norm, cfg.map_sigma, cfg.image_score_top) == (
-        "efficientnet-lite0", False, True, 1.0, 1.0)
+        "efficientnet-lite0", True, True, 1.0, 1.0)
     assert model.has_cell_statistics
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 2

@@ -11,8 +11,9 @@ LOCO_OUTPUTS = ("image_auroc", "image_auroc_loco_tie_rule", "au_spro")
 
 
 @register_metric("image_auroc", needs={"image_labels"}, definitions={
-    "image_auroc": "AUROC of image scores (max of the full-resolution map), good = negative; exact and "
-                   "tie-aware (Mann-Whitney, equals sklearn roc_auc_score)."})
+    "image_auroc": "AUROC of image scores (each from the full-resolution map by the rule in map.image_score: "
+                   "its maximum, or the mean of its top P %), good = negative; exact and tie-aware "
+                   "(Mann-Whitney, equals sklearn roc_auc_score)."})
 def image_auroc(inputs: MetricInputs) -> MetricOutput:
     """Image AUROC; None when the test split lacks good or anomalous images."""
     labels = inputs.labels
@@ -43,7 +44,7 @@ def au_pro_metric(inputs: MetricInputs) -> MetricOutput:
 
 
 @register_metric("loco", needs={"image_labels", "loco_channels"}, replaces=("image_auroc",), definitions={
-    "image_auroc": "AUROC of image scores (max of the full-resolution map) per LOCO subset (one anomaly type "
+    "image_auroc": "AUROC of image scores (by the rule in map.image_score) per LOCO subset (one anomaly type "
                    "+ all good images) and their mean; exact and tie-aware.",
     "image_auroc_loco_tie_rule": "Image AUROC per LOCO subset as the official LOCO script computes it "
                                  "(its tie rule favours tied scores; equal to image_auroc without ties).",
