@@ -42,5 +42,10 @@ def run(args) -> int:
     except ValueError as e:  # an unfitted model, a bad size
         raise SystemExit(f"dhkd export: {e}") from None
     shown = f"{map_size[0]}×{map_size[1]}" if map_size else "input-size"
-    print(f"wrote {args.output} ({args.format}, {size}×{size} input; outputs anomaly_map ({shown}), score)")
+    inputs = f"{size}×{size} input"
+    if model.input_mode != "squash" and map_size:
+        from dhkd.data.windows import plan_windows
+
+        inputs = f"the {plan_windows(map_size, size, model.input_mode).count} {size}×{size} windows of one image"
+    print(f"wrote {args.output} ({args.format}, {inputs}; outputs anomaly_map ({shown}), score)")
     return 0

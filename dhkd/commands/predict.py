@@ -33,7 +33,8 @@ def run(args) -> int:
     import torch
 
     from dhkd.allocator import keep_freed_memory
-    from dhkd.data.common import IMAGE_EXTENSIONS, DatasetError, list_images, preprocess, read_rgb
+    from dhkd.data.common import IMAGE_EXTENSIONS, DatasetError, list_images, read_rgb
+    from dhkd.data.windows import image_windows
     from dhkd.eval.visualize import save_overlay
     from dhkd.models.scoring import check_finite
     from dhkd.persistence import atomic_write_json, load_model
@@ -76,7 +77,8 @@ def run(args) -> int:
                 print(f"dhkd predict: skipped {path}: {e}", file=sys.stderr)
                 continue
             # map and score at the image's size, on the host in fp32: those of `dhkd evaluate`
-            amap, score = detect(preprocess(img, model.image_size)[None], (img.height, img.width))
+            x = image_windows(img, model.image_size, model.input_mode)[0]  # (1 or n, 3, S, S)
+            amap, score = detect(x, (img.height, img.width))
             check_finite(amap, str(path))
             full, score = amap[0, 0].numpy(), float(score[0])
             entry = {"path": str(path), "score": score}

@@ -1,7 +1,9 @@
 """The item format shared by every dataset, image/mask reading with Pillow, and the dataset class.
 
 An item is a dict:
-  ``image``  float32 tensor (3, S, S): RGB resized to the model input side S, ImageNet-normalised;
+  ``image``  float32 tensor (3, S, S): RGB resized to the model input side S, ImageNet-normalised; with an
+             ``input_mode`` other than "squash" the image's (n, 3, S, S) windows (:mod:`dhkd.data.windows`),
+             and ``windows`` their :class:`~dhkd.data.windows.WindowPlan`;
   ``label``  0 good / 1 anomalous;
   ``mask``   uint8 tensor (K, H0, W0) at the ORIGINAL resolution. ``mask_mode="binary"``: K = 1, values 0/1.
              ``mask_mode="channels"`` (MVTec LOCO): one channel per ground-truth PNG with its pixel value kept
@@ -139,10 +141,11 @@ def read_mask_values(path: Path, expected_size: tuple[int, int] | None) -> np.nd
     return arr
 
 
-def preprocess(img: Image.Image, size: int) -> torch.Tensor:
-    """Bilinear resize to size x size, scale to [0, 1], ImageNet-normalise, CHW float32."""
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
+def preprocess(img: Image.Image, size: int | tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize to size x size (or to (h, w)), scale to [0, 1], ImageNet-normalise, CHW float32."""
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     arr = (arr - IMAGENET_MEAN) / IMAGENET_STD
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
@@ -174,6 +177,19 @@ class AnomalyDataset(torch.utils.data.Dataset):
         self.mask_mode, self.has_masks = mask_mode, has_masks
         self.defects_config = defects_config
         self.root = root
+        self._input_mode = "squash"
+
+    @property
+    def input_mode(self) -> str:
+        """How an image becomes the model's S×S inputs: "squash" (resized to S×S), "pad" or "tile"
+        (:mod:`dhkd.data.windows`)."""
+        return self._input_mode
+
+    @input_mode.setter
+    def input_mode(self, mode: str) -> None:
+        from .windows import check_input_mode
+
+        self._input_mode = check_input_mode(mode)
 
     @property
     def provides(self) -> frozenset[str]:
@@ -211,8 +227,15 @@ class AnomalyDataset(torch.utils.data.Dataset):
         s = self.samples[index]
         img = read_rgb(s.path)
         size = (img.height, img.width)
+        if self.input_mode == "squash":
+            item = {"image": preprocess(img, self.image_size)}
+        else:
+            from .windows import image_windows
+
+            windows, plan = image_windows(img, self.image_size, self.input_mode)
+            item = {"image": windows, "windows": plan}
         return {
-            "image": preprocess(img, self.image_size),
+            **item,
             "label": s.label,
             "mask": torch.from_numpy(self.mask(index, size)),
             "path": str(s.path),
@@ -223,4 +246,5 @@ class AnomalyDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         n_bad = int(self.labels.sum())
         return (f"{type(self).__name__}({self.name}/{self.category}, split={self.split}, "
-                f"{len(self) - n_bad} good + {n_bad} anomalous, image_size={self.image_size})")
+                f"{len(self) - n_bad} good + {n_bad} anomalous, image_size={self.image_size}, "
+                f"input_mode={self.input_mode})")

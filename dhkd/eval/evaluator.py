@@ -4,8 +4,10 @@ image resolution, score them, and write results.json / results.md (plus optional
 The model interface used here (eval mode):
   ``model.raw_maps(images) -> (map_l, map_g)``  each (b, 1, h, w) fp32, unnormalised;
   ``model.set_quantiles(qa_l, qb_l, qa_g, qb_g)``;
-  ``model.normalized_map(map_l, map_g, size=(H, W)) -> (b, 1, H, W)`` combined and bilinearly resized;
-  ``model.image_size`` the square input side;
+  ``model.normalized_map(map_l, map_g, size=(H, W)) -> (b, 1, H, W)`` combined and bilinearly resized (for
+  an image cut into windows also ``plan=``: the maps are the windows of one image, :mod:`dhkd.data.windows`);
+  ``model.image_size`` the square input side; ``model.input_mode`` (optional, default "squash") how images
+  become inputs;
   ``model.image_score_top`` (optional, default 0) the image score's rule, as :func:`dhkd.models.scoring.image_score`.
 
 Every image score is computed from its full-resolution map by :func:`dhkd.models.scoring.image_score`: the
@@ -24,6 +26,7 @@ from scipy.ndimage import gaussian_filter
 
 from ..data import AnomalyDataset, build_dataset
 from ..data.common import read_rgb
+from ..data.windows import batch_windows, check_same_input_mode
 from ..models.calibration import dataset_batches, fit_quantiles, model_device
 from ..models.scoring import check_finite, check_image_score_top, image_score, resize_map
 from ..runtime.progress import progress
@@ -38,11 +41,16 @@ def anomaly_maps(model, dataset: AnomalyDataset, *, batch_size: int = 8, device=
     """Yield (item, map) per image in dataset order; the map is float32 (H0, W0), unclamped, optionally
     Gaussian-smoothed with ``smooth_sigma`` at full resolution."""
     device = model_device(model, device)
+    check_same_input_mode(model, dataset)
     for batch in dataset_batches(dataset, batch_size=batch_size, num_workers=num_workers, progress=progress,
                                  desc="evaluate"):
-        map_l, map_g = model.raw_maps(torch.stack([it["image"] for it in batch]).to(device))
+        x, counts = batch_windows(batch)  # an image cut into windows (input_mode) gives one map per window
+        map_l, map_g = model.raw_maps(x.to(device))
+        starts = np.cumsum([0] + counts)
         for j, item in enumerate(batch):
-            m = model.normalized_map(map_l[j:j + 1], map_g[j:j + 1], size=tuple(item["size"]))
+            part = slice(int(starts[j]), int(starts[j + 1]))
+            windows = {"plan": item["windows"]} if "windows" in item else {}  # an image cut into windows
+            m = model.normalized_map(map_l[part], map_g[part], size=tuple(item["size"]), **windows)
             check_finite(m, item["path"])
             m = m.reshape(m.shape[-2:]).float().cpu().numpy()
             if smooth_sigma > 0:
@@ -158,9 +166,9 @@ def evaluate_model(model, dataset: str, root: str | Path, category: str, output_
     """The whole model evaluation: fit the quantiles on the validation split (LOCO's validation folder, else
     the seeded 10% hold-out of train/good), then evaluate the test split. Call it after loading a model."""
     model.eval()
-    size = int(model.image_size)
-    val = build_dataset(dataset, root, category, "validation", size, seed, **dataset_options)
-    test = build_dataset(dataset, root, category, "test", size, seed, **dataset_options)
+    size, mode = int(model.image_size), getattr(model, "input_mode", "squash")
+    val = build_dataset(dataset, root, category, "validation", size, seed, mode, **dataset_options)
+    test = build_dataset(dataset, root, category, "test", size, seed, mode, **dataset_options)
     q = fit_quantiles(model, val, batch_size=batch_size, device=device, seed=seed, num_workers=num_workers,
                       progress=progress)
     return evaluate(model, test, output_dir, smooth_sigma=smooth_sigma, export_maps=export_maps,

@@ -25,6 +25,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..data.windows import batch_windows, check_same_input_mode
+
 QUANTILES = (0.9, 0.995)          # q_a, q_b of each raw map over all pixels of the good validation images
 MAX_QUANTILE_VALUES = 1 << 24     # more pixels per map than this are subsampled (seeded) before the quantiles
 NORM_SCALE = 0.1                  # norm(q_a) = 0, norm(q_b) = 0.1
@@ -178,14 +180,21 @@ def model_device(model, device=None) -> torch.device:
 def _good_batches(model, dataset, *, batch_size: int, device, num_workers: int,
                   progress: Callable[[Iterable, int, str], Iterable] | None, what: str
                   ) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """(images on the model's device, names) of the GOOD images of ``dataset``, ``batch_size`` at a time."""
+    """(images on the model's device, names) of the GOOD images of ``dataset``, ``batch_size`` at a time (each
+    window of an image cut into windows is one image here, named after its file)."""
     good = [i for i, s in enumerate(dataset.samples) if s.label == 0]
     if not good:
         raise ValueError(f"{dataset!r} has no good image to fit the {what} on")
+    check_same_input_mode(model, dataset)
     device = model_device(model, device)
-    return ((torch.stack([it["image"] for it in batch]).to(device), [it["path"] for it in batch])
+    return (_inputs_and_names(batch, device)
             for batch in dataset_batches(dataset, good, batch_size=batch_size, num_workers=num_workers,
                                          progress=progress, desc="calibrate"))
+
+
+def _inputs_and_names(batch: list[dict], device) -> tuple[torch.Tensor, list[str]]:
+    x, counts = batch_windows(batch)  # an image cut into windows gives one map per window
+    return x.to(device), [it["path"] for it, n in zip(batch, counts) for _ in range(n)]
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from ..data.windows import check_input_mode
 from .scoring import check_image_score_top
 
 
@@ -11,6 +12,7 @@ class DHKDConfig:
     """Every width and switch of the DHKD model. Defaults are the ``paper`` preset (the shapes of docs/method.md)."""
 
     image_size: int = 256                    # square input side used in training and inference
+    input_mode: str = "squash"               # how an image becomes S×S inputs: squash, pad or tile (dhkd.data.windows)
     channels: int = 384                      # feature channels of teacher and student outputs
     teacher_size: str = "medium"             # PDN-M ("medium") or PDN-S ("small")
     teacher_padding: bool = True             # DHKD's teacher is padded (64×64 maps at 256²)
@@ -44,6 +46,7 @@ class DHKDConfig:
         if not (isinstance(self.map_sigma, (int, float)) and 0.0 <= float(self.map_sigma) < float("inf")):
             raise ValueError(f"map_sigma must be a finite number >= 0 (feature cells), got {self.map_sigma!r}")
         check_image_score_top(self.image_score_top)
+        check_input_mode(self.input_mode)
 
     def to_dict(self) -> dict:
         """The config as a plain dict (the inverse of :meth:`from_dict`)."""

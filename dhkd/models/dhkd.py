@@ -6,6 +6,7 @@ import math
 import torch
 from torch import nn
 
+from ..data.windows import WindowPlan
 from .calibration import BOTH_MAPS, normalisation_weights, normalise_maps
 from .config import DHKDConfig, preset
 from .fccm import FCCM
@@ -142,6 +143,11 @@ class DHKD(nn.Module):
         return self.config.cell_norm
 
     @property
+    def input_mode(self) -> str:
+        """How an image becomes the model's S×S inputs (``config.input_mode``: squash, pad or tile)."""
+        return self.config.input_mode
+
+    @property
     def image_score_top(self) -> float:
         """The image score's share of the map in % (``config.image_score_top``; 0 = the map's maximum)."""
         return float(self.config.image_score_top)
@@ -260,30 +266,36 @@ class DHKD(nn.Module):
         map_g = ((f["f_g"] - f["f_s"]) ** 2).mean(1, keepdim=True) if "f_g" in f else torch.zeros_like(map_l)
         return map_l.float(), map_g.float()
 
-    def normalized_map(self, map_l: torch.Tensor, map_g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def normalized_map(self, map_l: torch.Tensor, map_g: torch.Tensor, size: tuple[int, int],
+                       plan: WindowPlan | None = None) -> torch.Tensor:
         """0.5·norm(map_L) + 0.5·norm(map_G), norm(m) = 0.1·(m−q_a)/(q_b−q_a) (then the per-cell z-score and
-        the smoothing when configured), bilinearly resized to ``size``."""
-        return self.score_raw_maps(map_l, map_g, size)[0]
+        the smoothing when configured), bilinearly resized to ``size`` (the windows of one image stitched
+        first, with ``plan``)."""
+        return self.score_raw_maps(map_l, map_g, size, plan=plan)[0]
 
     def score_raw_maps(self, map_l: torch.Tensor, map_g: torch.Tensor, size: tuple[int, int],
-                       weights: tuple[float, float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       weights: tuple[float, float, float] | None = None,
+                       plan: WindowPlan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(anomaly map (b, 1, H, W) at ``size``, score (b,)) of the raw maps: normalised with ``weights``
         (default: from the fitted quantiles), then :func:`dhkd.models.scoring.map_and_score` with the per-cell
-        statistics (``cell_norm``), ``map_sigma`` and ``image_score_top``. Without ``weights`` the calibration is
+        statistics (``cell_norm``), ``map_sigma``, ``image_score_top`` and the window ``plan`` (the maps are
+        then the windows of one image: (1, 1, H, W) and (1,)). Without ``weights`` the calibration is
         checked here; a caller passing them (the deployment detector) checked it once, so the traced graph has no
         such test."""
         checked = weights is None
         weights = weights or self.map_weights()
         return map_and_score(normalise_maps(map_l, map_g, weights), size,
                              cell_stats=self.cell_statistics(check=checked), sigma=float(self.config.map_sigma),
-                             top_percent=self.image_score_top)
+                             top_percent=self.image_score_top, plan=plan)
 
     def detect(self, x: torch.Tensor, size: tuple[int, int] | None = None,
-               weights: tuple[float, float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(anomaly map (b, 1, H, W) at ``size`` (default: the input's), score (b,)) of an image batch: the
-        inference path of the eval forward and of :class:`dhkd.runtime.AnomalyDetector`."""
+               weights: tuple[float, float, float] | None = None,
+               plan: WindowPlan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anomaly map (b, 1, H, W) at ``size`` (default: the input's), score (b,)) of an image batch, or with
+        ``plan`` of the windows of one image (:mod:`dhkd.data.windows`): the inference path of the eval forward
+        and of :class:`dhkd.runtime.AnomalyDetector`."""
         map_l, map_g = self.raw_maps(x)
-        return self.score_raw_maps(map_l, map_g, size or tuple(x.shape[-2:]), weights)
+        return self.score_raw_maps(map_l, map_g, size or tuple(x.shape[-2:]), weights, plan)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training: the loss terms of :meth:`losses`. Evaluation: anomaly map, score and the raw maps."""

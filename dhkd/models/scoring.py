@@ -11,12 +11,17 @@ Two opt-in steps of the CPU recipe (``DHKDConfig.cell_norm`` / ``map_sigma``) ru
 resolution and in this order: a per-cell z-score with statistics of the good validation maps
 (:func:`cell_normalise`), then a Gaussian of ``sigma`` feature cells (:func:`smooth_map`, separable, with
 scipy's default "reflect" borders). Both are plain tensor operations, so they export with the rest.
+
+An image cut into several S×S windows (``DHKDConfig.input_mode`` "pad" or "tile") is scored as one: the
+windows' maps are stitched into the image before the resize and the score (``plan`` of :func:`map_and_score`).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..data.windows import WindowPlan
 
 
 def resize_map(fmap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -90,16 +95,41 @@ def cell_normalise(fmap: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     return (fmap.float() - mean) / std
 
 
+def stitch_windows(maps: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+    """The (1, 1, h, w) map of an image's frame (``plan.frame``) from the (n, 1, S, S) maps of its windows:
+    each window's part inside the frame, overlaps averaged (written with padding, not in-place writes, so it
+    traces and exports)."""
+    (h, w), s = plan.frame, plan.side
+    total, count = None, torch.zeros(1, 1, h, w, device=maps.device)
+    for m, (y, x) in zip(maps, plan.offsets):
+        top, left, bottom, right = max(0, y), max(0, x), min(h, y + s), min(w, x + s)
+        pad = (left, w - right, top, h - bottom)
+        part = F.pad(m[None, :, top - y:bottom - y, left - x:right - x].float(), pad)
+        total = part if total is None else total + part
+        count = count + F.pad(torch.ones(1, 1, bottom - top, right - left, device=maps.device), pad)
+    return total / count
+
+
 def map_and_score(fmap: torch.Tensor, size: tuple[int, int], *,
                   cell_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  sigma: float = 0.0, top_percent: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                  sigma: float = 0.0, top_percent: float = 0.0,
+                  plan: WindowPlan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(anomaly map (b, 1, H, W) at ``size``, score (b,)) of a normalised feature-resolution map (b, 1, h, w):
     per-cell z-score with ``cell_stats`` = (mean, std) when given, then a Gaussian of ``sigma`` cells when
     > 0, then the resize and the image score (:func:`image_score` with ``top_percent``). Without both options
-    the map is only resized."""
+    the map is only resized.
+
+    With a ``plan`` that cuts the image into windows (:mod:`dhkd.data.windows`) the batch holds the windows
+    of ONE image: each window's map is resized to S×S, they are stitched into the image's frame
+    (:func:`stitch_windows`), and that is resized to ``size``; the result is (1, 1, H, W) and (1,)."""
     if cell_stats is not None:
         fmap = cell_normalise(fmap, *cell_stats)
-    amap = resize_map(smooth_map(fmap, sigma), size)
+    fmap = smooth_map(fmap, sigma)
+    if plan is not None and not plan.whole:
+        if fmap.shape[0] != plan.count:
+            raise ValueError(f"the plan has {plan.count} windows, the batch {fmap.shape[0]} maps")
+        fmap = stitch_windows(resize_map(fmap, (plan.side, plan.side)), plan)
+    amap = resize_map(fmap, size)
     return amap, image_score(amap, top_percent)
 
 

@@ -13,6 +13,7 @@ import copy
 import torch
 from torch import nn
 
+from dhkd.data.windows import plan_windows
 from dhkd.models import DHKD
 
 
@@ -45,8 +46,19 @@ class AnomalyDetector(nn.Module):
         self.model.requires_grad_(False)
         self.weights = model.map_weights()  # Python floats: constants in compiled graphs
         self.output_size = None if output_size is None else (int(output_size[0]), int(output_size[1]))
+        self.plan = None  # the windows of one image of output_size, when the model cuts images into several
+        if model.input_mode != "squash":
+            if self.output_size is None:
+                raise ValueError(f"a model with input_mode {model.input_mode!r} cuts each image into windows by "
+                                 "its size: give the size of the images as output_size")
+            plan = plan_windows(self.output_size, model.image_size, model.input_mode)
+            self.plan = None if plan.whole else plan
         self.eval()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(anomaly map, image score) of an image batch."""
-        return self.model.detect(x, self.output_size, self.weights)
+        """(anomaly map, image score) of an image batch, or of the windows of one image (``plan``)."""
+        if self.plan is not None and x.shape[0] != self.plan.count:
+            raise ValueError(f"this detector judges {self.output_size[0]}×{self.output_size[1]} images as "
+                             f"{self.plan.count} windows of {self.plan.side}×{self.plan.side}, got a batch of "
+                             f"{x.shape[0]}")
+        return self.model.detect(x, self.output_size, self.weights, self.plan)

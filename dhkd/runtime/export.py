@@ -68,9 +68,17 @@ def _traceable() -> Iterator[None]:
         yield
 
 
-def _example(image_size: int | tuple[int, int], batch: int = 1) -> torch.Tensor:
+def _example(detector: AnomalyDetector, image_size: int | tuple[int, int], batch: int = 1) -> torch.Tensor:
+    """A random input: a batch of ``image_size`` images, or the windows of one image for a detector that
+    cuts images into windows (its input side must then be the model's)."""
     h, w = _pair(image_size, "image_size")
-    return torch.randn(batch, 3, h, w)
+    plan = detector.plan
+    if plan is None:
+        return torch.randn(batch, 3, h, w)
+    if (h, w) != (plan.side, plan.side):
+        raise ValueError(f"the model cuts images into {plan.side}×{plan.side} windows; its input size cannot "
+                         f"be {h}×{w}")
+    return torch.randn(plan.count, 3, h, w)
 
 
 def export_onnx(model_or_detector: nn.Module, path: str | os.PathLike, image_size: int | tuple[int, int],
@@ -78,12 +86,15 @@ def export_onnx(model_or_detector: nn.Module, path: str | os.PathLike, image_siz
                 map_size: int | tuple[int, int] | None = None) -> Path:
     """Write the detector for ``image_size`` inputs to the ONNX file ``path`` (input ``image``, outputs
     ``anomaly_map`` at ``map_size`` and ``score``; the batch axis is dynamic unless ``dynamic_batch=False``).
+    A model that cuts images into windows (``input_mode`` pad / tile) needs ``map_size``, the size of the
+    images: its input is then the fixed number of windows of one such image (:mod:`dhkd.data.windows`).
     ``optimize`` runs the ONNX optimiser (constant folding, dead-node removal) before saving, without ONNX's
     own shape inference: that serialises the whole model, weights included, on every pass and took two
     thirds of the paper preset's export time."""
     require_onnx_packages()
     detector = as_detector(model_or_detector, map_size)
-    x = _example(image_size, batch=2 if dynamic_batch else 1)  # a batch of 1 would be specialised
+    x = _example(detector, image_size, batch=2 if dynamic_batch else 1)  # a batch of 1 would be specialised
+    dynamic_batch = dynamic_batch and detector.plan is None  # the windows of one image: a fixed count
     dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
     stage = Stages(f"export {Path(path).name}")
     stage("tracing the detector and converting it to ONNX")
@@ -108,7 +119,7 @@ def export_program(model_or_detector: nn.Module, image_size: int | tuple[int, in
     """``torch.export`` the detector for ``image_size`` inputs (static shapes; maps at ``map_size``); save it
     to ``path`` (a ``.pt2`` file, read back with ``torch.export.load``) when given."""
     detector = as_detector(model_or_detector, map_size)
-    x = _example(image_size)
+    x = _example(detector, image_size)
     stage = Stages("export torch program")
     stage("tracing the detector")
     with _traceable(), torch.no_grad():

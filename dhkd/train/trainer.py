@@ -21,8 +21,10 @@ from tqdm import tqdm
 
 from dhkd.data import build_dataset
 from dhkd.data.common import check_images
+from dhkd.data.windows import WindowDataset
 from dhkd.denormals import flush_denormals
 from dhkd.models import DHKD
+from dhkd.models.config import preset
 from dhkd.models.calibration import fit_quantiles, teacher_statistics
 from dhkd.persistence import CheckpointError, atomic_write_bytes, atomic_write_json, save_model
 from dhkd.persistence.training import has_checkpoint, load_checkpoint, save_checkpoint, training_checkpoint
@@ -141,17 +143,23 @@ class Trainer:
         All unreadable files are listed in one :class:`dhkd.data.DatasetError` before any training.
         """
         cfg = self.cfg
-        train_set = build_dataset(cfg.dataset, cfg.root, cfg.category, "train", cfg.image_size, cfg.seed,
-                                  **cfg.dataset_options)
-        splits = [train_set] + [build_dataset(cfg.dataset, cfg.root, cfg.category, split, cfg.image_size,
-                                              cfg.seed, **cfg.dataset_options)
+        train_set = self._split("train")
+        splits = [train_set] + [self._split(split)
                                 for split in (("validation", "test") if cfg.evaluate else ("validation",))]
         check_images(sorted({s.path for d in splits for s in d.samples}))
         good = sum(s.label == 0 for s in splits[1].samples)
         if cfg.model_overrides.get("cell_norm") and good < 2:  # fitted after training: refuse before it
             raise ValueError(f"cell_norm needs at least 2 good validation images for its per-cell map statistics, "
                              f"the validation split of {cfg.dataset}/{cfg.category} has {good}")
-        return train_set
+        # images cut into several windows (input_mode pad / tile) train on every window as its own image
+        return train_set if train_set.input_mode == "squash" else WindowDataset(train_set)
+
+    def _split(self, split: str):
+        """One split of the run's dataset, its images cut into inputs as the model's ``input_mode`` says."""
+        cfg = self.cfg
+        mode = cfg.model_overrides.get("input_mode", preset(cfg.preset).input_mode)
+        return build_dataset(cfg.dataset, cfg.root, cfg.category, split, cfg.image_size, cfg.seed, mode,
+                             **cfg.dataset_options)
 
     def run(self) -> dict:
         """Train (continuing from the run folder's checkpoint if there is one), evaluate, save the model.
@@ -267,12 +275,10 @@ class Trainer:
         # the map normalisation is fitted on held-out good images whether or not the test split is evaluated,
         # so every saved model is deployable
         model.eval()
-        validation = build_dataset(cfg.dataset, cfg.root, cfg.category, "validation", cfg.image_size, cfg.seed,
-                                   **cfg.dataset_options)
+        validation = self._split("validation")
         summary["quantiles"] = fit_quantiles(model, validation, device=device, seed=cfg.seed, progress=progress)
         if cfg.evaluate:  # the optional test-split evaluation, a step the caller handed in
-            test = build_dataset(cfg.dataset, cfg.root, cfg.category, "test", cfg.image_size, cfg.seed,
-                                 **cfg.dataset_options)
+            test = self._split("test")
             summary["results"] = self.evaluate_test(model, test, self.run_dir, device=device,
                                                     quantiles=summary["quantiles"])
         save_model(model, self.run_dir / "model.safetensors",
