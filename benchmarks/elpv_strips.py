@@ -90,11 +90,34 @@ def make(out: Path, seed: int = 0) -> dict:
     return info
 
 
+def auroc_by_cells(results: dict, manifest: dict) -> dict[str, float]:
+    """Image AUROC (%) of an evaluation of the strips (``results.json``) over all strips and over the strips of
+    k = 1, 2, 3 cells each (good and anomalous strips of that length)."""
+    from sklearn.metrics import roc_auc_score
+
+    cells = {s["file"]: len(s["cells"]) for s in manifest["strips"]}
+    rows = [(cells["/".join(Path(im["path"]).parts[-2:])], im["label"], im["score"]) for im in results["images"]]
+    out = {"all": 100 * roc_auc_score([r[1] for r in rows], [r[2] for r in rows])}
+    for k in (1, 2, 3):
+        part = [r for r in rows if r[0] == k]
+        out[f"{k} cells"] = 100 * roc_auc_score([r[1] for r in part], [r[2] for r in part])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, required=True, help="folder to write elpv_strips/ into")
+    parser.add_argument("--output", type=Path, required=True, help="folder to write elpv_strips/ into (or that "
+                                                                   "holds it, with --breakdown)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--breakdown", type=Path, metavar="RESULTS_JSON",
+                        help="instead of writing the strips: the image AUROC of an evaluation of them "
+                             "(its results.json) over all strips and per strip length in cells")
     args = parser.parse_args()
+    if args.breakdown is not None:
+        manifest = json.loads((args.output / "elpv_strips" / "manifest.json").read_text())
+        result = auroc_by_cells(json.loads(args.breakdown.read_text()), manifest)
+        print(", ".join(f"{k}: {v:.2f}" for k, v in result.items()))
+        return
     info = make(args.output, args.seed)
     counts = {}
     for s in info["strips"]:

@@ -2,6 +2,7 @@
 the ranks of a ``torchrun`` launch)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -31,6 +32,10 @@ def add_arguments(parser) -> None:
                         "own features (no teacher file); 'random' for an untrained teacher (tests and demos only)")
     parser.add_argument("--steps", type=int, help="training steps (paper: 100000)")
     parser.add_argument("--image-size", type=int, help="square input side (default 256)")
+    parser.add_argument("--input-mode", choices=("squash", "pad", "tile"),
+                        help="how an image becomes the square input: squash (resize, the default), pad (aspect "
+                             "kept, padded) or tile (short side to the input side, windows along the long "
+                             "side); kept with the model. Sets model_overrides' input_mode, keeping the rest")
     parser.add_argument("--seed", type=int, help="seed of init, data order, dropout and the hold-out")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--output", help="runs are written to OUTPUT/<dataset>/<category>/<timestamp>/")
@@ -62,7 +67,10 @@ def build_config(args):
              "teacher": args.teacher, "steps": args.steps, "image_size": args.image_size, "seed": args.seed,
              "device": args.device, "output": args.output}
     assignments = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.set)
-    return cfg.override(assignments)
+    cfg = cfg.override(assignments)
+    if args.input_mode is not None:
+        cfg = dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, "input_mode": args.input_mode})
+    return cfg
 
 
 def evaluator_for(cfg):

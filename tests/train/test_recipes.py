@@ -51,3 +51,21 @@ def test_train_with_the_cpu_recipe_and_overrides(tmp_path):
     assert model.has_cell_statistics
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 2
+
+
+def test_input_mode_flag_sets_only_that_model_override():
+    import argparse
+
+    from dhkd.commands import train
+    from dhkd.data import INPUT_MODES
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(["--recipe", "cpu", "--input-mode", "tile", "--set", "steps=5"])
+    cfg = train.build_config(args)
+    assert cfg.model_overrides == {"cell_norm": True, "map_sigma": 1.0, "image_score_top": 1.0, "input_mode": "tile"}
+    assert cfg.steps == 5 and "input_mode" not in RECIPES["cpu"]["model_overrides"]
+    choices = next(a.choices for a in parser._actions if a.dest == "input_mode")
+    assert tuple(choices) == INPUT_MODES
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--input-mode", "crop"])
