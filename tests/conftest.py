@@ -85,3 +85,28 @@ def synthetic_data(tmp_path_factory) -> SyntheticData:
     data = SyntheticData(tmp_path_factory.mktemp("synthetic_data"))
     synthetic.ensure(data.root, data.category, **data.options)
     return data
+
+
+@pytest.fixture(scope="session")
+def non_square_folder(tmp_path_factory) -> Path:
+    """A folder dataset (``--dataset folder``, root = its parent, category = its name) of non-square grey
+    images, 64×150 (even numbers) and 100×64 (odd): 20 normal, 2 good test and 2 abnormal test images with a
+    bright 16×16 square and its mask. Shared: tests must not change it."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    base = tmp_path_factory.mktemp("non_square") / "strips"
+    for sub in ("normal", "normal_test", "abnormal", "mask"):
+        (base / sub).mkdir(parents=True)
+    for sub, n in (("normal", 20), ("normal_test", 2), ("abnormal", 2)):
+        for i in range(n):
+            h, w = (64, 150) if i % 2 == 0 else (100, 64)
+            arr = (rng.normal(120, 20, (h, w, 1)) * np.ones(3)).clip(0, 255).astype(np.uint8)
+            if sub == "abnormal":
+                mask = np.zeros((h, w), np.uint8)
+                mask[20:36, 30:46] = 255
+                arr[mask > 0] = 255
+                Image.fromarray(mask).save(base / "mask" / f"{i}.png")
+            Image.fromarray(arr).save(base / sub / f"{i}.png")
+    return base

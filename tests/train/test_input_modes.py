@@ -15,61 +15,38 @@ from dhkd.runtime import AnomalyDetector, export_program
 from dhkd.train import TrainConfig, Trainer
 
 
-@pytest.fixture(scope="module")
-def strips(tmp_path_factory):
-    """64×150 and 100×64 images: normal, good test, abnormal test with a bright square and its mask."""
-    rng = np.random.default_rng(1)
-    base = tmp_path_factory.mktemp("strips") / "strips"
-    for sub in ("normal", "normal_test", "abnormal", "mask"):
-        (base / sub).mkdir(parents=True)
-
-    def image(i):
-        h, w = (64, 150) if i % 2 == 0 else (100, 64)
-        return (rng.normal(120, 20, (h, w, 1)) * np.ones(3)).clip(0, 255).astype(np.uint8)
-    for sub, n in (("normal", 20), ("normal_test", 2), ("abnormal", 2)):
-        for i in range(n):
-            arr, mask = image(i), None
-            if sub == "abnormal":
-                mask = np.zeros(arr.shape[:2], np.uint8)
-                mask[20:36, 30:46] = 255
-                arr[mask > 0] = 255
-                Image.fromarray(mask).save(base / "mask" / f"{i}.png")
-            Image.fromarray(arr).save(base / sub / f"{i}.png")
-    return base
-
-
 @pytest.fixture(scope="module", params=["tile", "pad"])
-def trained(request, strips, tmp_path_factory):
+def trained(request, non_square_folder, tmp_path_factory):
     mode = request.param
     run = tmp_path_factory.mktemp(f"run_{mode}")
     cfg = TrainConfig(preset="tiny", image_size=64, teacher="random", steps=2, evaluate=False, log_every=1,
-                      dataset="folder", root=str(strips.parent), category="strips", run_dir=str(run),
+                      dataset="folder", root=str(non_square_folder.parent), category=non_square_folder.name, run_dir=str(run),
                       model_overrides={"input_mode": mode, "cell_norm": True, "map_sigma": 1.0,
                                        "image_score_top": 1.0})
     summary = Trainer(cfg).run()
     return mode, run, summary
 
 
-def test_training_sees_every_window_and_the_saved_model_keeps_its_mode(trained, strips):
+def test_training_sees_every_window_and_the_saved_model_keeps_its_mode(trained, non_square_folder):
     mode, run, summary = trained
     assert load_model(run / "model.safetensors").input_mode == mode
-    validation = build_dataset("folder", strips.parent, "strips", "validation", 64, input_mode=mode)
+    validation = build_dataset("folder", non_square_folder.parent, non_square_folder.name, "validation", 64, input_mode=mode)
     windows = sum(validation[i]["image"].shape[0] for i in range(len(validation)))
     assert summary["quantiles"]["num_images"] == windows  # one calibration map per window
 
 
-def test_evaluation_predict_detector_and_export_agree(trained, strips, tmp_path):
+def test_evaluation_predict_detector_and_export_agree(trained, non_square_folder, tmp_path):
     mode, run, _ = trained
     model = load_model(run / "model.safetensors").eval()
-    results = evaluate_model(model, "folder", strips.parent, "strips", tmp_path / "eval")
+    results = evaluate_model(model, "folder", non_square_folder.parent, non_square_folder.name, tmp_path / "eval")
     scores = {im["path"]: im["score"] for im in results["images"]}
     assert len(scores) == 4 and all(np.isfinite(list(scores.values())))
-    test = build_dataset("folder", strips.parent, "strips", "test", 64, input_mode=mode)
+    test = build_dataset("folder", non_square_folder.parent, non_square_folder.name, "test", 64, input_mode=mode)
     maps = {item["path"]: m for item, m in anomaly_maps(model, test)}
     assert {k: m.shape for k, m in maps.items()} == {it.path.as_posix(): Image.open(it.path).size[::-1]
                                                      for it in test.samples}
 
-    assert main(["predict", str(strips / "abnormal"), "--model", str(run), "--output", str(tmp_path / "p"),
+    assert main(["predict", str(non_square_folder / "abnormal"), "--model", str(run), "--output", str(tmp_path / "p"),
                  "--no-heatmaps"]) == 0
     for entry in json.loads((tmp_path / "p" / "scores.json").read_text())["images"]:
         assert entry["score"] == pytest.approx(scores[entry["path"]], rel=1e-5, abs=1e-6)
