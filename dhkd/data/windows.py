@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .common import image_size, preprocess
+from .common import image_size, preprocess, read_rgb
 
 INPUT_MODES = ("squash", "pad", "tile")
 
@@ -137,6 +137,9 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, j: int) -> dict:
         i, k = self.index[j]
-        item = self.dataset[i]
-        image = item["image"]
-        return {"image": image[k] if image.dim() == 4 else image, "label": item["label"], "path": item["path"]}
+        sample = self.dataset.samples[i]
+        img = read_rgb(sample.path)  # one window cut, not all of them for one
+        plan = plan_windows((img.height, img.width), self.dataset.image_size, self.dataset.input_mode)
+        window = WindowPlan(plan.mode, plan.side, plan.frame, (plan.offsets[k],))
+        return {"image": cut_windows(preprocess(img, plan.frame), window)[0], "label": sample.label,
+                "path": str(sample.path)}
